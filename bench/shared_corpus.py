@@ -1,0 +1,67 @@
+"""Lay out the offline English corpus (../shared/data) as a local source with an explicit split.
+
+The corpus ships as a few gzip files of whole books concatenated. A book is far longer than a
+training row, and BOS-aligned packing crops what does not fit, so books are cut into documents of
+about `--chars` characters at paragraph boundaries. The split follows the corpus README: the
+validation books plus the last 10% of tinyshakespeare are validation, everything else training.
+
+    python bench/shared_corpus.py ../shared/data /tmp/corpus
+    evolve prepare --profile h100 --source local:/tmp/corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+from pathlib import Path
+
+
+def chunks(text: str, size: int):
+    """Cut text at blank lines into pieces of roughly `size` characters."""
+    piece: list[str] = []
+    length = 0
+    for para in text.split("\n\n"):
+        piece.append(para)
+        length += len(para) + 2
+        if length >= size:
+            yield "\n\n".join(piece).strip()
+            piece, length = [], 0
+    if piece and "".join(piece).strip():
+        yield "\n\n".join(piece).strip()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path, help="the shared data folder (with gutenberg_manifest.tsv)")
+    ap.add_argument("out", type=Path, help="output folder; gets train/ and val/ subfolders")
+    ap.add_argument("--chars", type=int, default=6000, help="target characters per document")
+    args = ap.parse_args()
+
+    texts: dict[str, str] = {}
+    counts = {"train": 0, "val": 0}
+    for split in ("train", "val"):
+        (args.out / split).mkdir(parents=True, exist_ok=True)
+
+    def write(split: str, stem: str, text: str) -> None:
+        for i, doc in enumerate(chunks(text, args.chars)):
+            (args.out / split / f"{stem}-{i:04d}.txt").write_text(doc + "\n", encoding="utf-8")
+            counts[split] += 1
+
+    with open(args.data / "gutenberg_manifest.tsv", newline="", encoding="utf-8") as f:
+        for number, row in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
+            name = row["file"]
+            if name not in texts:
+                texts[name] = gzip.open(args.data / name, "rt", encoding="utf-8").read()
+            start, n = int(row["char_offset"]), int(row["chars"])
+            split = "val" if "_val" in name else "train"
+            write(split, f"book{number:03d}", texts[name][start : start + n])
+    shakespeare = gzip.open(args.data / "tinyshakespeare.txt.gz", "rt", encoding="utf-8").read()
+    cut = int(len(shakespeare) * 0.9)
+    write("train", "shakespeare", shakespeare[:cut])
+    write("val", "shakespeare", shakespeare[cut:])
+    print(f"{counts['train']} training and {counts['val']} validation documents in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""The store's schema, as numbered migrations recorded in a `migrations` table.
+
+A migration is a function of one connection. `migrate` applies, in order and each in its own
+transaction together with its row in `migrations`, every migration whose version the database
+has not seen yet, so re-opening a store is a no-op and a crash mid-migration leaves the previous
+version intact. Never edit a released migration: add the next number.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .errors import EvolveError
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _v1_schema(conn: sqlite3.Connection) -> None:
+    # Statements one by one: executescript() would commit the surrounding transaction.
+    for statement in _V1:
+        conn.execute(statement)
+
+
+_V1 = (
+    """CREATE TABLE runs (
+        name TEXT PRIMARY KEY,
+        settings TEXT NOT NULL DEFAULT '{}',
+        created REAL NOT NULL,
+        strategy TEXT NOT NULL,
+        profile TEXT NOT NULL
+    )""",
+    """CREATE TABLE individuals (
+        id TEXT PRIMARY KEY,
+        run TEXT NOT NULL REFERENCES runs(name),
+        commit_sha TEXT NOT NULL,
+        branch TEXT NOT NULL DEFAULT '',
+        parents TEXT NOT NULL DEFAULT '[]',
+        operator TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        island INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'proposed' CHECK (status IN
+            ('proposed', 'queued', 'running', 'evaluated', 'rejected', 'failed')),
+        priority INTEGER NOT NULL DEFAULT 0,
+        decision TEXT CHECK (decision IS NULL OR decision IN ('accept', 'reject')),
+        code_hash TEXT,
+        created REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        guard_reason TEXT
+    )""",
+    "CREATE INDEX individuals_run_status ON individuals(run, status)",
+    "CREATE INDEX individuals_code_hash ON individuals(code_hash)",
+    """CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        individual TEXT NOT NULL REFERENCES individuals(id),
+        depth INTEGER NOT NULL,
+        budget REAL NOT NULL,
+        seed INTEGER NOT NULL,
+        profile TEXT NOT NULL,
+        data_fingerprint TEXT NOT NULL DEFAULT '',
+        device TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        val_bpb REAL,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        wall_seconds REAL,
+        training_seconds REAL,
+        torch_version TEXT NOT NULL DEFAULT '',
+        gpu_name TEXT NOT NULL DEFAULT '',
+        log_path TEXT,
+        error_tail TEXT NOT NULL DEFAULT '',
+        reason TEXT NOT NULL DEFAULT '',
+        purpose TEXT NOT NULL CHECK (purpose IN ('search', 'reeval', 'baseline', 'validation')),
+        created REAL NOT NULL,
+        -- resume after a crash may report the same run twice: it is one row
+        UNIQUE (individual, depth, seed, purpose)
+    )""",
+    """CREATE TABLE lineage (
+        child TEXT NOT NULL REFERENCES individuals(id),
+        parent TEXT NOT NULL REFERENCES individuals(id),
+        kind TEXT NOT NULL CHECK (kind IN ('mutation', 'crossover', 'merge')),
+        PRIMARY KEY (child, parent)
+    )""",
+    "CREATE INDEX lineage_parent ON lineage(parent)",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        run TEXT,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}'
+    )""",
+    "CREATE INDEX events_run_kind ON events(run, kind)",
+    """CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        run TEXT,
+        model TEXT NOT NULL,
+        operator TEXT NOT NULL DEFAULT '',
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        latency REAL NOT NULL DEFAULT 0,
+        ok INTEGER NOT NULL,
+        error TEXT NOT NULL DEFAULT ''
+    )""",
+    """CREATE TABLE meta_insights (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        run TEXT,
+        text TEXT NOT NULL
+    )""",
+    # Mean of the ok search-depth evaluations (validation runs at another depth and budget).
+    """CREATE VIEW search_scores AS
+        SELECT e.individual AS individual, e.depth AS depth, COUNT(*) AS n, AVG(e.val_bpb) AS mean
+        FROM evaluations e
+        WHERE e.status = 'ok' AND e.val_bpb IS NOT NULL AND e.purpose != 'validation'
+        GROUP BY e.individual, e.depth""",
+    # An operator's credit: children that beat their best parent at the same depth.
+    """CREATE VIEW operator_stats AS
+        SELECT i.run AS run, i.operator AS operator,
+            COUNT(*) AS children,
+            SUM(s.mean IS NOT NULL) AS evaluated,
+            SUM(COALESCE(s.mean < (
+                SELECT MIN(ps.mean) FROM lineage l
+                JOIN search_scores ps ON ps.individual = l.parent AND ps.depth = s.depth
+                WHERE l.child = i.id), 0)) AS improvements,
+            SUM(i.status IN ('failed', 'rejected')) AS failures
+        FROM individuals i LEFT JOIN search_scores s ON s.individual = i.id
+        WHERE EXISTS (SELECT 1 FROM lineage l WHERE l.child = i.id)
+        GROUP BY i.run, i.operator""",
+)
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _v1_schema),)
+
+
+def applied_versions(conn: sqlite3.Connection) -> list[int]:
+    """Versions recorded in the database, oldest first (empty for a new file)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'migrations'"
+    ).fetchone()
+    if not exists:
+        return []
+    return [row[0] for row in conn.execute("SELECT version FROM migrations ORDER BY version")]
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply the pending migrations; return the versions applied now. `conn` must be in autocommit."""
+    versions = [m.version for m in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError(f"migration versions must be unique and increasing, got {versions}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        done = set(applied_versions(conn))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    newer = done - set(versions)
+    if newer and max(newer) > max(versions, default=0):
+        raise EvolveError(
+            f"this store has schema version {max(newer)}, newer than this autoevolve knows "
+            f"({max(versions, default=0)}): upgrade autoevolve"
+        )
+    applied = []
+    for migration in migrations:
+        if migration.version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while we waited for the write lock.
+            if conn.execute("SELECT 1 FROM migrations WHERE version = ?", (migration.version,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            migration.apply(conn)
+            conn.execute(
+                "INSERT INTO migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied

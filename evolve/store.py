@@ -1,0 +1,767 @@
+"""The run's state in one SQLite file (`.evolve/evolve.db`): runs, individuals, evaluations, lineage.
+
+Code lives in git; everything else lives here. Every state change is one transaction, so a
+`kill -9` at any moment leaves either the old state or the new one, never half of a change. The
+file is in WAL mode: a second process (`evolve status`, `analysis`) reads while a run writes.
+Each thread gets its own connection; `Store(path, readonly=True)` opens with `mode=ro` for analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from .errors import EvolveError
+from .migrations import MIGRATIONS, Migration, applied_versions, migrate
+from .promotion import Score, pooled_std
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Status(str, Enum):
+    """Where an individual is in its life: proposed -> queued -> running -> evaluated | failed."""
+
+    PROPOSED = "proposed"
+    QUEUED = "queued"
+    RUNNING = "running"
+    EVALUATED = "evaluated"
+    REJECTED = "rejected"  # the static guard or the novelty check refused it: never trained
+    FAILED = "failed"  # trained, but no ok evaluation (crash, oom, diverged, timeout, invalid)
+
+    def is_finished(self) -> bool:
+        return self in (Status.EVALUATED, Status.REJECTED, Status.FAILED)
+
+
+# evaluated -> queued is a re-evaluation with a new seed; running -> queued is a resume after a crash.
+_TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.PROPOSED: frozenset({Status.QUEUED, Status.REJECTED, Status.FAILED}),
+    Status.QUEUED: frozenset({Status.RUNNING, Status.REJECTED, Status.FAILED}),
+    Status.RUNNING: frozenset({Status.EVALUATED, Status.FAILED, Status.QUEUED}),
+    Status.EVALUATED: frozenset({Status.QUEUED}),
+    Status.FAILED: frozenset({Status.QUEUED}),
+    Status.REJECTED: frozenset(),
+}
+
+
+class Purpose(str, Enum):
+    SEARCH = "search"
+    REEVAL = "reeval"
+    BASELINE = "baseline"
+    VALIDATION = "validation"
+
+
+# Evaluations at the search depth; validation runs at another depth and budget.
+SEARCH_PURPOSES = (Purpose.SEARCH, Purpose.REEVAL, Purpose.BASELINE)
+
+
+class LineageKind(str, Enum):
+    MUTATION = "mutation"
+    CROSSOVER = "crossover"
+    MERGE = "merge"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    settings: dict[str, Any]
+    created: float
+    strategy: str
+    profile: str
+
+
+@dataclass(frozen=True)
+class Individual:
+    """One individual as the store sees it (its code is the git commit)."""
+
+    id: str
+    run: str
+    commit: str
+    branch: str
+    parents: tuple[str, ...]
+    operator: str
+    description: str
+    island: int
+    generation: int
+    status: Status
+    priority: int
+    decision: str | None
+    code_hash: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    guard_reason: str | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One training run of one individual at one (depth, budget, seed), with its provenance."""
+
+    individual: str
+    depth: int
+    budget: float
+    seed: int
+    profile: str
+    status: str  # ok, crash, oom, diverged, timeout, invalid (the trainer's words)
+    purpose: Purpose = Purpose.SEARCH
+    val_bpb: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str = ""
+    device: str = ""
+    wall_seconds: float | None = None
+    training_seconds: float | None = None
+    torch_version: str = ""
+    gpu_name: str = ""
+    log_path: str | None = None
+    error_tail: str = ""
+    reason: str = ""
+    created: float | None = None
+    id: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.val_bpb is not None
+
+    @classmethod
+    def from_result(
+        cls, individual: str, result: Mapping[str, Any], *, purpose: Purpose | str, device: str = ""
+    ) -> Evaluation:
+        """Build from the trainer's result as a plain dict (`RunResult.to_dict()`).
+
+        Provenance (depth, budget, seed, profile, devices, data_fingerprint, torch_version,
+        gpu_name) is read from the top level or from a nested `provenance` dict."""
+        prov = {**result, **dict(result.get("provenance") or {})}
+        text = lambda key: str(prov.get(key) or "")
+        metrics = dict(result.get("metrics") or {})
+        status = result["status"]
+        status = str(getattr(status, "value", status))
+        devices = prov.get("devices")
+        if not device and devices:
+            device = devices if isinstance(devices, str) else ",".join(str(d) for d in devices)
+        val_bpb = metrics.get("val_bpb") if status == "ok" else None
+        training_seconds = metrics.get("training_seconds")
+        return cls(
+            individual=individual,
+            depth=int(prov.get("depth") or metrics.get("depth") or 0),
+            budget=float(prov.get("budget") or 0.0),
+            seed=int(prov.get("seed") or 0),
+            profile=text("profile"),
+            status=status,
+            purpose=Purpose(purpose),
+            val_bpb=None if val_bpb is None else float(val_bpb),
+            metrics=metrics,
+            data_fingerprint=text("data_fingerprint"),
+            device=device,
+            wall_seconds=result.get("wall_seconds"),
+            training_seconds=training_seconds if isinstance(training_seconds, (int, float)) else None,
+            torch_version=text("torch_version"),
+            gpu_name=text("gpu_name"),
+            log_path=None if result.get("log_path") is None else str(result["log_path"]),
+            error_tail=text("error_tail"),
+            reason=text("reason"),
+        )
+
+
+# The evaluations table has one column per field; `id` is assigned by SQLite.
+_EVALUATION_COLUMNS = tuple(f.name for f in fields(Evaluation) if f.name != "id")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: float
+    run: str | None
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A leaderboard line: an individual and its score at the asked depth."""
+
+    individual: Individual
+    score: Score
+
+
+@dataclass(frozen=True)
+class DiskUse:
+    db_bytes: int  # the database with its WAL and shared-memory files
+    log_bytes: int  # the training logs the evaluations point to, where they still exist
+    log_files: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.db_bytes + self.log_bytes
+
+
+class Store:
+    """The SQLite store. Safe to share between threads; open it once per process.
+
+    >>> store = Store(workspace / ".evolve" / "evolve.db")
+    >>> with store.transaction():  # several changes that must land together
+    ...     store.add_individual(...)
+    ...     store.add_event(...)
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        if readonly:
+            if not self.path.exists():
+                raise EvolveError(f"no store at {self.path}: run `evolve run` in this workspace first")
+            known = max((m.version for m in migrations), default=0)
+            found = applied_versions(self._conn())
+            if found and max(found) > known:
+                raise EvolveError(
+                    f"this store has schema version {max(found)}, newer than this autoevolve knows "
+                    f"({known}): upgrade autoevolve"
+                )
+            self.applied: list[int] = []
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn()
+            # WAL is a property of the file: set once, it lets readers work beside the writer.
+            conn.execute("PRAGMA journal_mode=WAL")
+            self.applied = migrate(conn, migrations)
+
+    # --- connections and transactions ---
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.readonly:
+                conn = sqlite3.connect(
+                    self.path.resolve().as_uri() + "?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            else:
+                # Each thread uses only its own connection; the flag lets close() end them all.
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if not self.readonly:
+                # Durable against a killed process (not power loss), and much faster than FULL.
+                conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            self._local.depth = 0
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic change: commits at the end, rolls everything back on any exception.
+
+        Nested calls on the same thread join the outermost transaction."""
+        conn = self._conn()
+        if self._local.depth:
+            self._local.depth += 1
+            try:
+                yield conn
+            finally:
+                self._local.depth -= 1
+            return
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
+        conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
+        self._local.depth = 1
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+        finally:
+            self._local.depth = 0
+
+    def close(self) -> None:
+        """Close every thread's connection (the store is unusable afterwards)."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def schema_version(self) -> int:
+        return max(applied_versions(self._conn()), default=0)
+
+    # --- runs ---
+
+    def add_run(
+        self,
+        name: str,
+        *,
+        strategy: str,
+        profile: str,
+        settings: Mapping[str, Any] | None = None,
+        exist_ok: bool = False,
+    ) -> Run:
+        with self.transaction() as conn:
+            existing = self.get_run(name)
+            if existing is not None:
+                if exist_ok:
+                    return existing
+                raise EvolveError(f"run {name!r} already exists: resume it or pick another name")
+            conn.execute(
+                "INSERT INTO runs (name, settings, created, strategy, profile) VALUES (?, ?, ?, ?, ?)",
+                (name, json.dumps(dict(settings or {}), sort_keys=True), time.time(), strategy, profile),
+            )
+            run = self.get_run(name)
+        assert run is not None
+        return run
+
+    def get_run(self, name: str) -> Run | None:
+        rows = self._query("SELECT * FROM runs WHERE name = ?", (name,))
+        if not rows:
+            return None
+        r = rows[0]
+        return Run(r["name"], json.loads(r["settings"]), r["created"], r["strategy"], r["profile"])
+
+    def runs(self) -> list[Run]:
+        names = [r["name"] for r in self._query("SELECT name FROM runs ORDER BY created, name")]
+        return [run for name in names if (run := self.get_run(name)) is not None]
+
+    # --- individuals ---
+
+    def add_individual(
+        self,
+        *,
+        id: str,
+        run: str,
+        commit: str,
+        parents: Sequence[str] = (),
+        operator: str = "",
+        description: str = "",
+        branch: str = "",
+        island: int = 0,
+        generation: int | None = None,
+        status: Status | str = Status.PROPOSED,
+        code_hash: str | None = None,
+        kind: LineageKind | str | None = None,
+        guard_reason: str | None = None,
+        priority: int = 0,
+    ) -> Individual:
+        """Insert an individual and its lineage edges together.
+
+        `generation` defaults to one more than the highest generation among its parents (0 for a
+        root). `kind` defaults to mutation for one parent and crossover for two or more."""
+        parents = tuple(parents)
+        status = Status(status)
+        if kind is None:
+            kind = LineageKind.MUTATION if len(parents) <= 1 else LineageKind.CROSSOVER
+        kind = LineageKind(kind)
+        with self.transaction() as conn:
+            if generation is None:
+                generation = 0
+                if parents:
+                    marks = ",".join("?" * len(parents))
+                    row = conn.execute(
+                        f"SELECT MAX(generation) FROM individuals WHERE id IN ({marks})", parents
+                    ).fetchone()
+                    generation = 1 + (row[0] or 0)
+            now = time.time()
+            conn.execute(
+                "INSERT INTO individuals (id, run, commit_sha, branch, parents, operator, description,"
+                " island, generation, status, priority, code_hash, created, guard_reason,"
+                " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    id, run, commit, branch, json.dumps(list(parents)), operator, description,
+                    island, generation, status.value, priority, code_hash, now, guard_reason,
+                    now if status.is_finished() else None,
+                ),
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT INTO lineage (child, parent, kind) VALUES (?, ?, ?)",
+                [(id, parent, kind.value) for parent in dict.fromkeys(parents)],
+            )
+            individual = self.get(id)
+        assert individual is not None
+        return individual
+
+    def get(self, individual_id: str) -> Individual | None:
+        rows = self._query("SELECT * FROM individuals WHERE id = ?", (individual_id,))
+        return _individual(rows[0]) if rows else None
+
+    def individuals(
+        self,
+        run: str | None = None,
+        *,
+        status: Status | str | Iterable[Status | str] | None = None,
+        decision: str | None = None,
+    ) -> list[Individual]:
+        """Individuals in the order they were created, filtered by run, status(es) and decision."""
+        where, params = [], []
+        if run is not None:
+            where.append("run = ?")
+            params.append(run)
+        if status is not None:
+            statuses = [status] if isinstance(status, (str, Status)) else list(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(Status(s).value for s in statuses)
+        if decision is not None:
+            where.append("decision = ?")
+            params.append(decision)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(f"SELECT * FROM individuals {clause} ORDER BY created, rowid", params)
+        return [_individual(r) for r in rows]
+
+    def set_status(
+        self,
+        individual_id: str,
+        status: Status | str,
+        *,
+        guard_reason: str | None = None,
+        priority: int | None = None,
+    ) -> Individual:
+        """Move an individual to `status`; illegal moves (e.g. out of rejected) raise ValueError."""
+        status = Status(status)
+        with self.transaction() as conn:
+            current = self.get(individual_id)
+            if current is None:
+                raise KeyError(f"no individual {individual_id!r}")
+            if status != current.status and status not in _TRANSITIONS[current.status]:
+                raise ValueError(f"{individual_id}: cannot go from {current.status.value} to {status.value}")
+            now = time.time()
+            conn.execute(
+                "UPDATE individuals SET status = ?,"
+                " guard_reason = COALESCE(?, guard_reason), priority = COALESCE(?, priority),"
+                " started = CASE WHEN ? THEN ? ELSE started END,"
+                " finished = CASE WHEN ? THEN ? WHEN ? THEN NULL ELSE finished END"
+                " WHERE id = ?",
+                (
+                    status.value, guard_reason, priority,
+                    status == Status.RUNNING, now,
+                    status.is_finished(), now, status in (Status.QUEUED, Status.RUNNING),
+                    individual_id,
+                ),
+            )  # fmt: skip
+            updated = self.get(individual_id)
+        assert updated is not None
+        return updated
+
+    def set_decision(self, individual_id: str, decision: str | None) -> None:
+        """Record what promotion decided: 'accept' (a member of the population) or 'reject'."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE individuals SET decision = ? WHERE id = ?", (decision, individual_id))
+            if cur.rowcount != 1:
+                raise KeyError(f"no individual {individual_id!r}")
+
+    def claim(self, run: str) -> Individual | None:
+        """Take the next queued individual (highest priority, then oldest) and mark it running.
+
+        Atomic: two workers never claim the same one. None when the queue is empty."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "UPDATE individuals SET status = 'running', started = ?, finished = NULL WHERE id = ("
+                " SELECT id FROM individuals WHERE run = ? AND status = 'queued'"
+                " ORDER BY priority DESC, created, rowid LIMIT 1) RETURNING id",
+                (time.time(), run),
+            ).fetchone()
+            return self.get(row[0]) if row else None
+
+    def in_flight(self, run: str) -> list[Individual]:
+        """Individuals marked running: after a crash, the work to run again."""
+        return self.individuals(run, status=Status.RUNNING)
+
+    def requeue_in_flight(self, run: str) -> list[str]:
+        """Put every running individual of `run` back in the queue (on resume); returns their ids."""
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "UPDATE individuals SET status = 'queued', started = NULL"
+                " WHERE run = ? AND status = 'running' RETURNING id",
+                (run,),
+            ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def children_counts(self, run: str | None = None) -> dict[str, int]:
+        """How many children (of any status) each individual has."""
+        sql = "SELECT l.parent, COUNT(*) FROM lineage l JOIN individuals c ON c.id = l.child"
+        rows = self._query(
+            sql + (" WHERE c.run = ? GROUP BY l.parent" if run else " GROUP BY l.parent"),
+            (run,) if run else (),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def lineage(self, individual_id: str) -> list[tuple[str, str]]:
+        """The (parent, kind) edges into one individual."""
+        rows = self._query(
+            "SELECT parent, kind FROM lineage WHERE child = ? ORDER BY rowid", (individual_id,)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def find_by_code_hash(
+        self,
+        code_hash: str,
+        run: str | None = None,
+        statuses: Iterable[Status | str] = (Status.EVALUATED,),
+    ) -> Individual | None:
+        """The first individual with this normalized code hash (by default, only evaluated ones)."""
+        statuses = [Status(s).value for s in statuses]
+        sql = f"SELECT * FROM individuals WHERE code_hash = ? AND status IN ({','.join('?' * len(statuses))})"
+        params: list[Any] = [code_hash, *statuses]
+        if run is not None:
+            sql += " AND run = ?"
+            params.append(run)
+        rows = self._query(sql + " ORDER BY created, rowid LIMIT 1", params)
+        return _individual(rows[0]) if rows else None
+
+    # --- evaluations ---
+
+    def record_evaluation(self, evaluation: Evaluation) -> bool:
+        """Store one evaluation and, for search-depth runs, the individual's resulting status.
+
+        Idempotent: the same (individual, depth, seed, purpose) recorded again changes nothing and
+        returns False. The individual becomes evaluated if it has any ok search-depth evaluation,
+        else failed; a validation run leaves its status alone."""
+        e = evaluation
+        with self.transaction() as conn:
+            row = {name: getattr(e, name) for name in _EVALUATION_COLUMNS}
+            row.update(
+                purpose=Purpose(e.purpose).value,
+                metrics=json.dumps(e.metrics, sort_keys=True, default=str),
+                created=e.created or time.time(),
+            )
+            cur = conn.execute(
+                f"INSERT INTO evaluations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+                " ON CONFLICT (individual, depth, seed, purpose) DO NOTHING",
+                tuple(row.values()),
+            )
+            if cur.rowcount == 0:
+                return False
+            if Purpose(e.purpose) != Purpose.VALIDATION:
+                marks = ",".join("?" * len(SEARCH_PURPOSES))
+                conn.execute(
+                    "UPDATE individuals SET finished = ?, status = CASE WHEN EXISTS ("
+                    " SELECT 1 FROM evaluations WHERE individual = ? AND status = 'ok'"
+                    f" AND val_bpb IS NOT NULL AND purpose IN ({marks}))"
+                    " THEN 'evaluated' ELSE 'failed' END WHERE id = ?",
+                    (time.time(), e.individual, *(p.value for p in SEARCH_PURPOSES), e.individual),
+                )
+        return True
+
+    def evaluations(
+        self,
+        individual: str | None = None,
+        *,
+        run: str | None = None,
+        purpose: Purpose | str | None = None,
+    ) -> list[Evaluation]:
+        where, params = [], []
+        if individual is not None:
+            where.append("e.individual = ?")
+            params.append(individual)
+        if run is not None:
+            where.append("i.run = ?")
+            params.append(run)
+        if purpose is not None:
+            where.append("e.purpose = ?")
+            params.append(Purpose(purpose).value)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(
+            f"SELECT e.* FROM evaluations e JOIN individuals i ON i.id = e.individual {clause} ORDER BY e.id",
+            params,
+        )
+        return [_evaluation(r) for r in rows]
+
+    def seeds_used(self, individual: str, depth: int) -> list[int]:
+        rows = self._query(
+            "SELECT DISTINCT seed FROM evaluations WHERE individual = ? AND depth = ? ORDER BY seed",
+            (individual, depth),
+        )
+        return [r[0] for r in rows]
+
+    def values(
+        self,
+        depth: int,
+        run: str | None = None,
+        purposes: Iterable[Purpose | str] = SEARCH_PURPOSES,
+    ) -> dict[str, list[float]]:
+        """val_bpb of every ok evaluation at `depth`, per individual, in recording order."""
+        purposes = [Purpose(p).value for p in purposes]
+        sql = (
+            "SELECT e.individual, e.val_bpb FROM evaluations e JOIN individuals i ON i.id = e.individual"
+            f" WHERE e.status = 'ok' AND e.val_bpb IS NOT NULL AND e.depth = ?"
+            f" AND e.purpose IN ({','.join('?' * len(purposes))})"
+        )
+        params: list[Any] = [depth, *purposes]
+        if run is not None:
+            sql += " AND i.run = ?"
+            params.append(run)
+        out: dict[str, list[float]] = {}
+        for r in self._query(sql + " ORDER BY e.id", params):
+            out.setdefault(r[0], []).append(r[1])
+        return out
+
+    def scores(
+        self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
+    ) -> dict[str, Score]:
+        """Mean, spread and count of the ok evaluations at `depth`, per individual."""
+        return {ind: Score.of(vals) for ind, vals in self.values(depth, run, purposes).items()}
+
+    def noise_floor(self, depth: int, run: str | None = None) -> float | None:
+        """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
+        return pooled_std(self.values(depth, run).values())
+
+    def leaderboard(
+        self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False
+    ) -> list[Ranked]:
+        """Individuals by mean val_bpb at `depth`, best first (ties: more seeds first)."""
+        scores = self.scores(depth, run)
+        ranked = sorted(scores.items(), key=lambda kv: (kv[1].mean, -kv[1].n, kv[0]))
+        out = []
+        for ind_id, score in ranked:
+            ind = self.get(ind_id)
+            if ind is None or (accepted_only and ind.decision != "accept"):
+                continue
+            out.append(Ranked(ind, score))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def operator_stats(self, run: str) -> dict[str, dict[str, int]]:
+        """Per operator: children, evaluated, improvements (beat their best parent), failures."""
+        rows = self._query("SELECT * FROM operator_stats WHERE run = ? ORDER BY operator", (run,))
+        return {
+            r["operator"]: {k: int(r[k] or 0) for k in ("children", "evaluated", "improvements", "failures")}
+            for r in rows
+        }
+
+    # --- events, LLM calls, insights ---
+
+    def add_event(self, kind: str, payload: Mapping[str, Any] | None = None, run: str | None = None) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO events (time, run, kind, payload) VALUES (?, ?, ?, ?)",
+                (time.time(), run, kind, json.dumps(dict(payload or {}), sort_keys=True, default=str)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def events(
+        self,
+        run: str | None = None,
+        *,
+        kind: str | None = None,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Events oldest first; `after_id` lets a live view read only what is new."""
+        where, params = ["id > ?"], [after_id]
+        if run is not None:
+            where.append("run = ?")
+            params.append(run)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [
+            Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"]))
+            for r in self._query(sql, params)
+        ]
+
+    def add_llm_call(
+        self,
+        *,
+        model: str,
+        ok: bool,
+        operator: str = "",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float = 0.0,
+        latency: float = 0.0,
+        error: str = "",
+        run: str | None = None,
+    ) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO llm_calls (time, run, model, operator, prompt_tokens, completion_tokens,"
+                " cost, latency, ok, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), run, model, operator, prompt_tokens, completion_tokens, cost, latency,
+                 int(ok), error),
+            )  # fmt: skip
+
+    def llm_spend(self, run: str | None = None) -> dict[str, float]:
+        """Totals over LLM calls: calls, failures, tokens, cost and mean latency."""
+        sql = (
+            "SELECT COUNT(*) AS calls, COALESCE(SUM(1 - ok), 0) AS failures,"
+            " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
+            " COALESCE(AVG(latency), 0) AS mean_latency FROM llm_calls"
+        )
+        row = self._query(sql + (" WHERE run = ?" if run else ""), (run,) if run else ())[0]
+        return {k: row[k] for k in row.keys()}
+
+    def add_insight(self, text: str, run: str | None = None) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta_insights (time, run, text) VALUES (?, ?, ?)", (time.time(), run, text)
+            )
+
+    def insights(self, run: str | None = None, limit: int = 20) -> list[str]:
+        """The most recent insights, oldest of them first."""
+        sql = "SELECT text FROM meta_insights" + (" WHERE run = ?" if run else "")
+        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", ((run,) if run else ()) + (limit,))
+        return [r[0] for r in reversed(rows)]
+
+    # --- housekeeping ---
+
+    def disk_use(self) -> DiskUse:
+        """Bytes used by the database files and by the training logs it points to."""
+        db = 0
+        for suffix in ("", "-wal", "-shm"):
+            p = Path(str(self.path) + suffix)
+            if p.exists():
+                db += p.stat().st_size
+        log_bytes = files = 0
+        for (log_path,) in self._query(
+            "SELECT DISTINCT log_path FROM evaluations WHERE log_path IS NOT NULL"
+        ):
+            p = Path(log_path)
+            if p.is_file():
+                log_bytes += p.stat().st_size
+                files += 1
+        return DiskUse(db, log_bytes, files)
+
+
+def _individual(r: sqlite3.Row) -> Individual:
+    row = dict(r)
+    row["commit"] = row.pop("commit_sha")
+    row["parents"] = tuple(json.loads(row["parents"]))
+    row["status"] = Status(row["status"])
+    return Individual(**row)
+
+
+def _evaluation(r: sqlite3.Row) -> Evaluation:
+    row = dict(r)
+    row["purpose"] = Purpose(row["purpose"])
+    row["metrics"] = json.loads(row["metrics"])
+    return Evaluation(**row)
