@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import importlib
 
+# Eager on purpose (cheap: no torch): the contract takes the run's signing key out of the
+# environment at import, so it must be gone as soon as train.py says `import prepare`.
+from . import contract as _contract  # noqa: F401
+
 _EXPORTS = {
     # profiles and paths
     "Profile": "profiles",
@@ -22,6 +26,8 @@ _EXPORTS = {
     "RunConfig": "contract",
     "run_config": "contract",
     "report": "contract",
+    "abort_diverged": "contract",
+    "EXIT_DIVERGED": "contract",
     # tokenizer
     "Tokenizer": "tokenizer",
     "train_tokenizer": "tokenizer",

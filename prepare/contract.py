@@ -24,6 +24,9 @@ from .profiles import Profile, dataset_dir, get_profile
 # read it back from os.environ (see docs/SECURITY.md for what an in-process check cannot stop).
 _RESULT_KEY: bytes = os.environ.pop("EVOLVE_RESULT_KEY", "").encode()
 
+# Exit code of a run that stopped itself because its loss became NaN or exploded.
+EXIT_DIVERGED = 86
+
 SUMMARY_KEYS = (
     "val_bpb",
     "training_seconds",
@@ -166,3 +169,13 @@ def config_dict(cfg: RunConfig) -> dict:
     d["result_path"] = str(cfg.result_path) if cfg.result_path else None
     d["data_dir"] = str(cfg.data_dir)
     return d
+
+
+def abort_diverged(step: int, loss: float) -> None:
+    """End the run at once because the loss is NaN or exploded; the trainer reads it as `diverged`."""
+    import sys
+
+    print(f"DIVERGED: loss {loss} at step {step}; stopping the run", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_DIVERGED)
