@@ -16,19 +16,7 @@ import csv
 import gzip
 from pathlib import Path
 
-
-def chunks(text: str, size: int):
-    """Cut text at blank lines into pieces of roughly `size` characters."""
-    piece: list[str] = []
-    length = 0
-    for para in text.split("\n\n"):
-        piece.append(para)
-        length += len(para) + 2
-        if length >= size:
-            yield "\n\n".join(piece).strip()
-            piece, length = [], 0
-    if piece and "".join(piece).strip():
-        yield "\n\n".join(piece).strip()
+from prepare.sources import chunk_text
 
 
 def main() -> None:
@@ -44,8 +32,8 @@ def main() -> None:
         (args.out / split).mkdir(parents=True, exist_ok=True)
 
     def write(split: str, stem: str, text: str) -> None:
-        for i, doc in enumerate(chunks(text, args.chars)):
-            (args.out / split / f"{stem}-{i:04d}.txt").write_text(doc + "\n", encoding="utf-8")
+        for i, doc in enumerate(chunk_text(text, args.chars)):
+            (args.out / split / f"{stem}-{i:04d}.txt").write_text(doc, encoding="utf-8")
             counts[split] += 1
 
     with open(args.data / "gutenberg_manifest.tsv", newline="", encoding="utf-8") as f:

@@ -156,6 +156,23 @@ class _HashSplitSource(Source):
                 yield text
 
 
+def chunk_text(text: str, size: int) -> Iterator[str]:
+    """Cut `text` at blank lines into pieces of at least about `size` characters (the last may be
+    shorter). Long files become documents short enough for BOS-aligned rows, which crop whatever
+    does not fit a row."""
+    piece: list[str] = []
+    length = 0
+    for para in text.split("\n\n"):
+        piece.append(para)
+        length += len(para) + 2
+        if length >= size:
+            yield "\n\n".join(piece).strip("\n") + "\n"
+            piece, length = [], 0
+    rest = "\n\n".join(piece).strip("\n")
+    if rest.strip():
+        yield rest + "\n"
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8", errors="replace")
@@ -278,6 +295,9 @@ class BuiltinSource(_HashSplitSource):
     text and never imported: offline, on every machine with Python, ~14 MB on CPython 3.11."""
 
     name = "builtin"
+    # A module is cut into documents of about this many characters (a few hundred tokens), so that
+    # a tiny-profile row holds whole documents instead of the cropped start of one module.
+    DOCUMENT_CHARS = 1500
     # Third-party packages are not the standard library; test suites are mostly data, not prose.
     SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 
@@ -316,8 +336,7 @@ class BuiltinSource(_HashSplitSource):
                 text = path.read_bytes().decode("utf-8")
             except (OSError, UnicodeDecodeError):
                 continue  # a few stdlib files are latin-1 or unreadable: skip them, deterministically
-            if text and not text.isspace():
-                yield text
+            yield from chunk_text(text, self.DOCUMENT_CHARS)
 
 
 # --- climbmix (the Hugging Face hub) ------------------------------------------------------------

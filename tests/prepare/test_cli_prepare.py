@@ -40,7 +40,7 @@ def test_prepare_tiny_builtin_then_a_second_run_does_nothing(evolve_home):
 def test_unknown_profile_is_one_line_and_exit_1():
     result = run("--profile", "huge")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: unknown profile 'huge'; choose one of: h100, tiny"
+    assert result.stderr.strip() == "error: unknown profile 'huge'; choose one of: h100, h100-small, tiny"
 
 
 def test_missing_local_source_is_one_line_and_exit_1(tmp_path):
