@@ -1,0 +1,126 @@
+"""`evolve init` and `evolve export`: make a workspace, and take an individual out of it."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from genome import GenomeError, GenomeRepo, export, init_workspace, open_workspace
+from genome.repo import git_process
+from genome.settings import STRATEGIES
+
+from .errors import EvolveError
+
+# The engine provides `resolve_champion(workspace_root) -> id` (and optionally
+# `lineage_scores(workspace_root, ids) -> {id: val_bpb}`) in this module once it has a store.
+CHAMPION_MODULE = "evolve.champion"
+
+
+def _champion_hooks(root: Path) -> tuple[Callable[[], str] | None, Callable[[list[str]], dict] | None]:
+    try:
+        module = importlib.import_module(CHAMPION_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != CHAMPION_MODULE:
+            raise
+        return None, None
+    resolve = getattr(module, "resolve_champion", None)
+    scores = getattr(module, "lineage_scores", None)
+    return (
+        (lambda: resolve(root)) if resolve else None,
+        (lambda ids: scores(root, ids)) if scores else None,
+    )
+
+
+@click.command("init")
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--run", "run_name", help="Run name; branches are evo/<run>/<id>. Default: today, e.g. mar27.")
+@click.option("--profile", help="prepare's profile (h100, tiny). Default: h100.")
+@click.option("--source", help="Prepared data source. Default: the profile's.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), help="population (islands) or ratchet.")
+@click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy (default 4).")
+@click.option(
+    "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
+)
+@click.option("--depth", type=click.IntRange(min=1), help="Model depth during the search.")
+@click.option(
+    "--train",
+    "train_py",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Start from this train.py instead of the packaged baseline (new directories only).",
+)
+def init_cmd(directory, run_name, profile, source, strategy, islands, budget, depth, train_py):
+    """Create a workspace in DIRECTORY: a git repository with train.py, program.md and evolve.toml.
+
+    \b
+    In a new or empty directory the first commit holds the baseline train.py (generation 0).
+    In the root of an existing repository whose HEAD has a train.py, that commit is adopted as
+    generation 0 (evolve.toml and program.md are committed if missing; uncommitted changes
+    are refused). In an existing workspace, --run NEW starts a new run from the current commit,
+    e.g. after `evolve export champion --branch main`.
+    """
+    try:
+        ws = init_workspace(
+            directory,
+            run_name,
+            profile=profile,
+            source=source,
+            strategy=strategy,
+            islands=islands,
+            budget=budget,
+            depth=depth,
+            train_py=train_py,
+        )
+        baseline = ws.repo().baseline()
+    except GenomeError as exc:
+        raise EvolveError(str(exc)) from None
+    s = ws.settings
+    click.echo(f"workspace {ws.root}")
+    click.echo(
+        f"  run {s.name}: profile {s.profile}, source {s.source}, {s.strategy}, depth {s.depth}, budget {s.budget:g}s"
+    )
+    click.echo(f"  generation 0: {baseline.branch} ({baseline.commit[:10]})")
+    click.echo("  edit program.md to steer the research, then:")
+    click.echo(f"    cd {directory} && evolve run" if str(directory) != "." else "    evolve run")
+
+
+@click.command("export")
+@click.argument("genome_id", metavar="ID|champion")
+@click.option("--branch", "-b", required=True, help="The branch to create (or extend, when it is --base).")
+@click.option("--base", help="The branch the new commit sits on. Default: the checked-out branch, else main.")
+@click.option("--run", "run_name", help="The run ID belongs to. Default: evolve.toml's run.")
+@click.option(
+    "--workspace",
+    "-w",
+    default=".",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Workspace directory.",
+)
+def export_cmd(genome_id, branch, base, run_name, workspace):
+    """Put an individual's train.py on a plain branch: ONE new commit on top of --base.
+
+    \b
+    The commit message lists the lineage's changes from the baseline. Refuses to run while the
+    checkout has uncommitted changes. `champion` is the best individual, once the run has scores.
+    Examples:
+      evolve export g0042 --branch try-g0042
+      evolve export champion --branch main     # the champion becomes the new baseline commit
+    """
+    try:
+        ws = open_workspace(workspace)
+        repo = ws.repo() if run_name is None else GenomeRepo(ws.root, run_name, ws.settings.mutable)
+        if base is None:
+            head = git_process(ws.root, "symbolic-ref", "--quiet", "--short", "HEAD").stdout.decode().strip()
+            base = head or "main"
+        champion, scores_hook = _champion_hooks(ws.root)
+        scores = None
+        if scores_hook is not None:
+            ids = [g.id for g in repo.genomes()]
+            scores = scores_hook(ids)
+        result = export(repo, genome_id, branch, base=base, scores=scores, champion=champion)
+    except GenomeError as exc:
+        raise EvolveError(str(exc)) from None
+    click.echo(f"{result.branch}: {result.commit[:10]} = {result.genome.id}'s train.py on top of {base}")
+    click.echo(result.message.rstrip())
