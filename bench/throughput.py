@@ -1,0 +1,284 @@
+"""Throughput of the baseline train.py: tokens/s, MFU, peak memory and start-up overhead per depth.
+
+Runs on the GPU machine (and, for a smoke test, on CPU with `--profile tiny`):
+
+    python bench/throughput.py --profile h100-small --source local:../shared/data --depths 8,12,24 \\
+        --budget 60 --full-depth 12 --full-budget 300 --repeat-warm --out bench.json
+
+(`h100-small` is h100 with a 768K-token evaluation: ../shared/data's validation split is too small
+for h100's 20M. A folder of `*.txt.gz` books is first unpacked into paragraph-sized documents.)
+
+It prepares the dataset if needed, measures a bf16 matmul (8192^3) in this process as a roofline,
+then runs the baseline once per depth in a subprocess, exactly as the trainer would (EVOLVE_*
+variables, a result file), and prints a Markdown table. Inductor and Triton caches live under
+`--cache-dir`, shared by all runs, so `--repeat-warm` (the first depth run twice, on an emptied
+cache) shows the cold and the warm start-up cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when installed
+
+from prepare.profiles import evolve_home, get_profile  # noqa: E402
+
+BASELINE = REPO / "genome" / "baseline" / "train.py"
+DATASHEET_FLOPS = 989e12  # H100 SXM, bf16 dense
+UNTIMED_STEPS = {"cuda": 2, "cpu": 1}  # train.py does not time its first steps (warm-up)
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    depth: int
+    budget: float
+    status: str
+    params_M: float = 0.0
+    tokens_per_s: float = 0.0
+    mfu_datasheet: float = 0.0  # percent of 989 TFLOP/s per device
+    mfu_measured: float = 0.0  # percent of the matmul peak measured here
+    peak_mem_mb: float = 0.0
+    val_bpb: float = float("nan")
+    training_s: float = 0.0
+    wall_s: float = 0.0
+    num_steps: int = 0
+    log: str = ""
+
+
+def measure_matmul(device: str, n: int = 8192, iters: int = 50) -> float:
+    """Achieved TFLOP/s of an n^3 matmul (bf16 on CUDA, float32 on CPU), the roofline for MFU."""
+    if device.startswith("cuda"):
+        a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            a @ b
+        end.record()
+        torch.cuda.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+    else:
+        n, iters = 1024, 10  # the CPU path is a smoke test, not a measurement
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        seconds = time.perf_counter() - t0
+    return 2 * n**3 * iters / seconds / 1e12
+
+
+def unpack_corpus(src: Path, dst: Path, chunk_chars: int = 4000) -> Path:
+    """A folder of `*.txt.gz` (e.g. ../shared/data) as `dst/train/*.txt` and `dst/val/*.txt` documents.
+
+    prepare's local source reads plain text, one document per file, and every training row starts
+    at a document (the tail of a longer one is dropped), so whole books are cut into documents of
+    about `chunk_chars` at paragraph breaks. Files named `*val*` are validation; so is the last 10%
+    of any other file whose name has no `train` in it (tinyshakespeare), as the corpus suggests."""
+    if (dst / "DONE").is_file():
+        return dst
+    shutil.rmtree(dst, ignore_errors=True)
+    for split in ("train", "val"):
+        (dst / split).mkdir(parents=True)
+    count = {"train": 0, "val": 0}
+
+    def write(split: str, text: str) -> None:
+        chunk: list[str] = []
+        size = 0
+        for para in text.split("\n\n") + [None]:
+            if para is None or (size + len(para) > chunk_chars and chunk):
+                (dst / split / f"{count[split]:06d}.txt").write_text("\n\n".join(chunk))
+                count[split] += 1
+                chunk, size = [], 0
+            if para is not None:
+                chunk.append(para)
+                size += len(para) + 2
+
+    for path in sorted(src.glob("*.txt.gz")):
+        text = gzip.open(path, "rt", encoding="utf-8").read()
+        if "val" in path.name:
+            write("val", text)
+        elif "train" in path.name:
+            write("train", text)
+        else:
+            cut = int(len(text) * 0.9)
+            write("train", text[:cut])
+            write("val", text[cut:])
+    (dst / "DONE").write_text(json.dumps(count))
+    return dst
+
+
+def prepare_data(profile_name: str, source: str | None) -> Path:
+    from prepare.pipeline import prepare_dataset
+
+    if source and source.startswith("local:"):
+        folder = Path(source[len("local:") :]).expanduser().resolve()
+        if folder.is_dir() and any(folder.glob("*.txt.gz")):
+            source = "local:" + str(unpack_corpus(folder, evolve_home() / "bench-corpus" / folder.name))
+    manifest = prepare_dataset(get_profile(profile_name), source=source)
+    return Path(manifest.path)
+
+
+def run_baseline(
+    label: str, depth: int, budget: float, args: argparse.Namespace, data: Path, matmul_tflops: float
+) -> Row:
+    """One run of the baseline in a subprocess; the wall time is process start to exit."""
+    logs = args.out.with_suffix("").parent / (args.out.stem + "-logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{label}.log"
+    result = logs / f"{label}.json"
+    result.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.update(
+        EVOLVE_PROFILE=args.profile,
+        EVOLVE_DATA=str(data),
+        EVOLVE_DEPTH=str(depth),
+        EVOLVE_TIME_BUDGET=str(budget),
+        EVOLVE_SEED=str(args.seed),
+        EVOLVE_RESULT=str(result),
+        TORCHINDUCTOR_CACHE_DIR=str(args.cache_dir / "inductor"),
+        TRITON_CACHE_DIR=str(args.cache_dir / "triton"),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    if args.device:
+        env["EVOLVE_DEVICE"] = args.device
+    print(f"\n### {label}: depth {depth}, budget {budget:g}s -> {log_path}", flush=True)
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(BASELINE)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for line in proc.stdout:  # tee: live progress on screen, everything in the log
+            log.write(line)
+            print("   ", line, end="", flush=True)
+        code = proc.wait()
+    wall = time.time() - t0
+    if code != 0 or not result.is_file():
+        return Row(label, depth, budget, status=f"exit {code}", wall_s=wall, log=str(log_path))
+    r = json.loads(result.read_text())
+    cuda = (args.device or get_profile(args.profile).device).startswith("cuda")
+    steps = int(r["num_steps"])
+    timed = max(steps - UNTIMED_STEPS["cuda" if cuda else "cpu"], 0)
+    tok_s = r["total_tokens_M"] * 1e6 * timed / max(steps, 1) / max(r["training_seconds"], 1e-9)
+    achieved = r["mfu_percent"] / 100 * DATASHEET_FLOPS  # model FLOP/s per device
+    return Row(
+        label,
+        depth,
+        budget,
+        status="ok",
+        params_M=r["num_params_M"],
+        tokens_per_s=tok_s,
+        mfu_datasheet=r["mfu_percent"],
+        mfu_measured=100 * achieved / (matmul_tflops * 1e12) if matmul_tflops else 0.0,
+        peak_mem_mb=r["peak_vram_mb"],
+        val_bpb=r["val_bpb"],
+        training_s=r["training_seconds"],
+        wall_s=wall,
+        num_steps=steps,
+        log=str(log_path),
+    )
+
+
+def markdown(rows: list[Row], matmul_tflops: float) -> str:
+    head = (
+        f"| run | depth | params (M) | tokens/s | MFU vs 989 TFLOP/s | MFU vs matmul ({matmul_tflops:.3g} TFLOP/s)"
+        " | peak mem (GiB) | val_bpb | training s | wall s | steps |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if r.status != "ok":
+            lines.append(
+                f"| {r.label} | {r.depth} | {r.status} (see {r.log}) |" + " |" * 6 + f" {r.wall_s:.1f} | |"
+            )
+            continue
+        lines.append(
+            f"| {r.label} | {r.depth} | {r.params_M:.1f} | {r.tokens_per_s:,.0f} | {r.mfu_datasheet:.1f}%"
+            f" | {r.mfu_measured:.1f}% | {r.peak_mem_mb / 1024:.1f} | {r.val_bpb:.4f} | {r.training_s:.1f}"
+            f" | {r.wall_s:.1f} | {r.num_steps} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="h100", help="prepare profile (h100, or tiny for a CPU smoke test)")
+    p.add_argument(
+        "--source", default=None, help="data source, e.g. local:../shared/data (profile default if unset)"
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help="an already prepared dataset dir (skips preparing)"
+    )
+    p.add_argument("--depths", default="8,12,24", help="comma-separated depths, one run each")
+    p.add_argument("--budget", type=float, default=60.0, help="EVOLVE_TIME_BUDGET of each depth run (s)")
+    p.add_argument("--full-depth", type=int, default=12, help="depth of the full run")
+    p.add_argument("--full-budget", type=float, default=0.0, help="budget of one extra full run (0 = none)")
+    p.add_argument("--repeat-warm", action="store_true", help="empty the cache, run the first depth twice")
+    p.add_argument("--cache-dir", type=Path, default=None, help="inductor/Triton caches (shared by all runs)")
+    p.add_argument("--device", default=None, help="EVOLVE_DEVICE for the runs (profile default if unset)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", type=Path, default=Path("bench-throughput.json"), help="JSON results")
+    args = p.parse_args(argv)
+    args.cache_dir = args.cache_dir or evolve_home() / "compile-cache"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    device = args.device or get_profile(args.profile).device
+    card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    data = args.data or prepare_data(args.profile, args.source)
+    print(f"data: {data} ({time.time() - started:.0f}s to prepare or find)", flush=True)
+    matmul = measure_matmul(device)
+    print(f"matmul peak on {card}: {matmul:.1f} TFLOP/s", flush=True)
+
+    depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    plan: list[tuple[str, int, float]] = []
+    if args.repeat_warm:
+        shutil.rmtree(args.cache_dir, ignore_errors=True)
+        plan += [
+            (f"d{depths[0]}-cold", depths[0], args.budget),
+            (f"d{depths[0]}-warm", depths[0], args.budget),
+        ]
+        depths = depths[1:]
+    plan += [(f"d{d}", d, args.budget) for d in depths]
+    if args.full_budget > 0:
+        plan.append((f"d{args.full_depth}-full", args.full_depth, args.full_budget))
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    rows = [run_baseline(label, depth, budget, args, data, matmul) for label, depth, budget in plan]
+    table = markdown(rows, matmul)
+    command = "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])])
+    print(f"\n{dt.date.today()} | {card} | torch {torch.__version__} | `{command}`\n\n{table}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(date=str(dt.date.today()), card=card, torch=torch.__version__, command=command)
+    doc = dict(
+        meta, profile=args.profile, data=str(data), matmul_tflops=matmul, rows=[asdict(r) for r in rows]
+    )
+    args.out.write_text(json.dumps(doc, indent=2))
+    return 0 if all(r.status == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
