@@ -7,10 +7,11 @@ import sys
 import click
 
 from prepare.errors import PrepareError
+from trainer.errors import TrainerError
 
 from .errors import EvolveError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (EvolveError, PrepareError)
+USER_ERRORS: tuple[type[BaseException], ...] = (EvolveError, PrepareError, TrainerError)
 
 
 class _Group(click.Group):
@@ -43,6 +44,20 @@ def _register() -> None:
     from .cli_prepare import prepare_cmd
 
     main.add_command(prepare_cmd)
+    from .cli_genome import export_cmd, init_cmd
+
+    main.add_command(init_cmd)
+    main.add_command(export_cmd)
+    from .cli_report import report_cmd
+
+    main.add_command(report_cmd)
+    from .cli_run import demo_cmd, lineage_cmd, run_cmd, show_cmd, status_cmd, top_cmd
+
+    for command in (run_cmd, status_cmd, top_cmd, show_cmd, lineage_cmd, demo_cmd):
+        main.add_command(command)
+    from .cli_validate import validate_cmd
+
+    main.add_command(validate_cmd)
     # --- end of subcommands ---
 
 

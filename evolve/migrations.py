@@ -139,7 +139,64 @@ _V1 = (
 )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _v1_schema),)
+def _v2_sessions(conn: sqlite3.Connection) -> None:
+    # One row per `evolve run` process: the devices it held and how busy they were, for the
+    # duty cycle (training seconds / device-held seconds). Updated in place while it runs, so a
+    # killed session keeps its last update.
+    conn.execute(
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run TEXT NOT NULL REFERENCES runs(name),
+            pid INTEGER NOT NULL,
+            devices TEXT NOT NULL DEFAULT '',
+            slots INTEGER NOT NULL,
+            started REAL NOT NULL,
+            updated REAL NOT NULL,
+            ended REAL,
+            stop_reason TEXT NOT NULL DEFAULT '',
+            held_seconds REAL NOT NULL DEFAULT 0,
+            busy_seconds REAL NOT NULL DEFAULT 0,
+            training_seconds REAL NOT NULL DEFAULT 0,
+            evaluations INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    conn.execute("CREATE INDEX sessions_run ON sessions(run)")
+
+
+def _v3_transfer_verdicts(conn: sqlite3.Connection) -> None:
+    # `evolve validate`: per individual and validation depth, the improvement over the baseline at
+    # the search depth and at the validation depth (means, deltas, noise floors) and the verdict.
+    # A re-validation replaces its row (INSERT OR REPLACE), so the newest row comes last, which
+    # is how analysis reads the `individual`/`verdict` columns.
+    conn.execute(
+        """CREATE TABLE transfer_verdicts (
+            run TEXT NOT NULL REFERENCES runs(name),
+            individual TEXT NOT NULL REFERENCES individuals(id),
+            search_depth INTEGER NOT NULL,
+            validation_depth INTEGER NOT NULL,
+            budget REAL,
+            search_mean REAL,
+            search_n INTEGER NOT NULL DEFAULT 0,
+            search_delta REAL,
+            search_floor REAL,
+            validation_mean REAL,
+            validation_n INTEGER NOT NULL DEFAULT 0,
+            validation_delta REAL,
+            validation_floor REAL,
+            verdict TEXT NOT NULL CHECK (verdict IN ('transfers', 'does not transfer', 'inconclusive')),
+            reason TEXT NOT NULL DEFAULT '',
+            updated REAL NOT NULL,
+            UNIQUE (individual, validation_depth)
+        )"""
+    )
+    conn.execute("CREATE INDEX transfer_verdicts_run ON transfer_verdicts(run, validation_depth)")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _v1_schema),
+    Migration(2, "sessions: device time and duty cycle", _v2_sessions),
+    Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
+)
 
 
 def applied_versions(conn: sqlite3.Connection) -> list[int]:

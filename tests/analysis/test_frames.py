@@ -205,8 +205,11 @@ def test_llm_usage_and_stored_verdicts_are_read_when_the_store_has_them(tmp_path
             " VALUES (0, 'm', 'llm_mutation', ?, ?, ?, 1, ?)",
             [(p, c, cost, ind) for ind, p, c, cost in rows],
         )
-        conn.execute("CREATE TABLE transfer_verdicts (individual TEXT, verdict TEXT)")
-        conn.execute("INSERT INTO transfer_verdicts VALUES (?, 'does not transfer')", (ids["warm"],))
+        conn.execute(  # the table of migration 3 (evolve validate)
+            "INSERT INTO transfer_verdicts (run, individual, search_depth, validation_depth, verdict, updated)"
+            " SELECT run, id, 2, 4, 'does not transfer', 0 FROM individuals WHERE id = ?",
+            (ids["warm"],),
+        )
     conn.close()
     df = analysis.lineage(b.root).set_index("id")
     assert df.loc[ids["cap"], ["llm_prompt_tokens", "llm_completion_tokens", "llm_tokens"]].tolist() == [

@@ -47,7 +47,7 @@ def child(store: Store, cid: str, parents=("base",), **kw):
 
 def test_new_store_is_wal_with_foreign_keys_and_reopening_applies_nothing(db):
     first = Store(db)
-    assert first.applied == [1]
+    assert first.applied == [m.version for m in MIGRATIONS]
     conn = first._conn()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -55,7 +55,7 @@ def test_new_store_is_wal_with_foreign_keys_and_reopening_applies_nothing(db):
     again = Store(db)
     assert again.applied == []
     rows = again._conn().execute("SELECT version, name, applied_at FROM migrations").fetchall()
-    assert [(r[0], r[1]) for r in rows] == [(1, "initial schema")] and rows[0][2] > 0
+    assert [(r[0], r[1]) for r in rows] == [(m.version, m.name) for m in MIGRATIONS] and rows[0][2] > 0
     with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced
         again.record_evaluation(ev("nobody", 0, 1.0))
 
@@ -68,9 +68,10 @@ def test_a_future_migration_is_applied_exactly_once(db):
         calls.append(1)
         conn.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, busy_seconds REAL)")
 
-    future = (*MIGRATIONS, Migration(2, "devices", v2))
+    nxt = MIGRATIONS[-1].version + 1
+    future = (*MIGRATIONS, Migration(nxt, "devices", v2))
     upgraded = Store(db, migrations=future)
-    assert upgraded.applied == [2] and upgraded.schema_version() == 2
+    assert upgraded.applied == [nxt] and upgraded.schema_version() == nxt
     upgraded._conn().execute("INSERT INTO devices VALUES ('cuda:0', 1.5)")
     upgraded.close()
     assert Store(db, migrations=future).applied == []
@@ -88,9 +89,9 @@ def test_a_failing_migration_leaves_the_previous_version(db):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        Store(db, migrations=(*MIGRATIONS, Migration(2, "broken", broken)))
+        Store(db, migrations=(*MIGRATIONS, Migration(MIGRATIONS[-1].version + 1, "broken", broken)))
     s = Store(db)
-    assert s.schema_version() == 1
+    assert s.schema_version() == MIGRATIONS[-1].version
     assert not s._conn().execute("SELECT 1 FROM sqlite_master WHERE name = 'half'").fetchone()
 
 

@@ -1,0 +1,445 @@
+"""`evolve run`, `status`, `top`, `show`, `lineage` and `demo`: run an evolution and read it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from genome import GenomeError, open_workspace
+from genome.repo import git_process
+from genome.workspace import Workspace
+from prepare.errors import PrepareError
+from prepare.profiles import PROFILES, get_profile
+
+from .cli_validate import latest_transfer, transfer_summary, transfer_table
+from .engine import DB_FILE, Engine, EngineConfig
+from .errors import EvolveError
+from .live import Device, LiveView, render, snapshot
+from .scheduler import StopConditions, StopReason, read_log
+from .store import Store
+
+_WORKSPACE = click.option(
+    "--workspace",
+    "-w",
+    default=".",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Workspace directory (default: the current one, or the nearest above it).",
+)
+
+
+def _workspace(path: Path) -> Workspace:
+    try:
+        return open_workspace(path)
+    except GenomeError as exc:
+        raise EvolveError(str(exc)) from None
+
+
+def _store(ws: Workspace) -> Store:
+    db = ws.state_dir / DB_FILE
+    if not db.exists():
+        raise EvolveError(f"no evolution in {ws.root} yet; start one with `evolve run`")
+    return Store(db, readonly=True)
+
+
+def make_console() -> Console:
+    """A console; in a log file (no terminal), wide enough that tables do not wrap every cell."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def parse_gpus(spec: str | None, profile: str) -> tuple[str, ...]:
+    """`all`, `0,1` or `cpu[:N]` as the executor's devices."""
+    if spec is None:
+        spec = "all" if get_profile(profile).device == "cuda" else "cpu"
+    spec = spec.strip().lower()
+    if spec == "cpu" or spec.startswith("cpu:"):
+        count = spec.partition(":")[2] or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise EvolveError(f"--gpus {spec}: use cpu or cpu:N with N >= 1")
+        return ("cpu",) * int(count)
+    if spec == "all":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise EvolveError(
+                "--gpus all: no CUDA device found; use --gpus cpu (with --profile tiny) to run on CPU"
+            )
+        return tuple(str(i) for i in range(n))
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise EvolveError(f"--gpus {spec!r}: use all, a list like 0,1, or cpu[:N]")
+    return tuple(parts)
+
+
+def run_engine(
+    ws: Workspace,
+    config: EngineConfig,
+    devices: tuple[str, ...],
+    console: Console,
+    interval: float = 30.0,
+    address: str | None = None,
+) -> tuple[StopReason, Engine]:
+    """Run an evolution with the live view; shared by `evolve run` and `evolve demo`.
+
+    With an `address` ("auto", "ray://HOST:PORT" or "local"), the runs go to a Ray cluster
+    instead of `devices`."""
+    from trainer import LocalExecutor, RayExecutor, TrainerError
+
+    holder: dict[str, Engine] = {}
+
+    def source():
+        engine = holder["engine"]
+        devs = None
+        if engine.scheduler is not None:
+            now = time.time()
+            devs = [
+                Device(f"slot {i}", s.individual, now - s.since if s.individual else 0.0)
+                for i, s in enumerate(engine.scheduler.busy())
+            ]
+        return snapshot(
+            engine.store, engine.run_name, depth=config.depth, islands=config.islands,
+            devices=devs, state_dir=ws.state_dir,
+        )  # fmt: skip
+
+    def device_event(kind: str, payload: dict) -> None:  # e.g. a GPU taken out of rotation
+        if "engine" in holder:
+            holder["engine"].event(kind, **payload)
+
+    view = LiveView(source, console, interval=interval)
+    try:
+        chosen = (
+            LocalExecutor(devices, on_event=device_event)
+            if address is None
+            else RayExecutor(  # a CPU profile's runs need no GPU
+                None if address == "local" else address,
+                gpus_per_task=1 if get_profile(config.profile).device == "cuda" else 0,
+            )
+        )
+    except TrainerError as exc:
+        raise EvolveError(str(exc)) from None
+    with chosen as executor:
+        engine = Engine(ws, config, executor, on_event=view.on_event)
+        holder["engine"] = engine
+        with view:
+            try:
+                reason = engine.run(on_tick=view.tick)
+            except (GenomeError, PrepareError) as exc:
+                raise EvolveError(str(exc)) from None
+    return reason, engine
+
+
+def _leaderboard(store: Store, run: str, depth: int, n: int) -> Table:
+    board = store.leaderboard(depth, run, limit=n)
+    scores = store.scores(depth, run)
+    base = next((i for i in store.individuals(run) if not i.parents), None)
+    base_mean = scores[base.id].mean if base is not None and base.id in scores else None
+    table = Table(title=f"top {n} of run {run} (val_bpb at depth {depth}, lower is better)")
+    for col in ("#", "id", "val_bpb", "vs baseline", "decision", "operator", "island", "description"):
+        table.add_column(col, justify="right" if col in ("#", "island") else "left")
+    for rank, line in enumerate(board, start=1):
+        ind, score = line.individual, line.score
+        delta = f"{score.mean - base_mean:+.6f}" if base_mean is not None else "-"
+        table.add_row(
+            str(rank),
+            ind.id,
+            str(score),
+            delta,
+            ind.decision or "-",
+            ind.operator,
+            str(ind.island),
+            ind.description,
+        )
+    return table
+
+
+_STOP_TEXT = {
+    StopReason.DONE: "done: every experiment asked for has finished",
+    StopReason.HOURS: "stopped: --hours reached (in-flight runs finished)",
+    StopReason.TARGET: "stopped: --target-bpb reached",
+    StopReason.INTERRUPTED: "stopped cleanly (in-flight runs finished); `evolve run` resumes",
+    StopReason.ABANDONED: "stopped; runs in flight were abandoned and will run again on `evolve run`",
+    StopReason.STALLED: "stopped: proposals keep failing (see `evolve status`)",
+}
+
+
+@click.command("run")
+@_WORKSPACE
+@click.option("--gpus", help="Devices: all (default on GPU profiles), a list like 0,1, or cpu[:N].")
+@click.option(
+    "--profile", type=click.Choice(sorted(PROFILES)), help="prepare's profile (default: evolve.toml's)."
+)
+@click.option(
+    "--strategy", type=click.Choice(["population", "ratchet"]), help="population (islands) or ratchet."
+)
+@click.option(
+    "--hours",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many hours (of this session; the runs in flight finish).",
+)
+@click.option(
+    "--max-experiments", type=click.IntRange(min=0), help="Stop once this many children were trained."
+)
+@click.option("--target-bpb", type=float, help="Stop once the best mean val_bpb is at or below this.")
+@click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy.")
+@click.option(
+    "--baseline-seeds", type=click.IntRange(min=1), help="Evaluations of the baseline at start (default 3)."
+)
+@click.option(
+    "--max-seeds", type=click.IntRange(min=1), help="Most evaluations of one child before a decision (3)."
+)
+@click.option(
+    "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
+)
+@click.option("--depth", type=click.IntRange(min=1), help="Model depth during the search.")
+@click.option(
+    "--operators", help="Comma-separated operator names (default: evolve.toml's, else all built in)."
+)
+@click.option("--migrate-every", type=click.IntRange(min=1), help="Decisions between island migrations (20).")
+@click.option("--seed", type=int, help="Seed of the search's own random choices (0).")
+@click.option(
+    "--interval", default=30.0, show_default=True, help="Seconds between summary lines without a terminal."
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this host's devices (--gpus); ray: a Ray cluster's GPUs (--address).",
+)
+@click.option(
+    "--address",
+    default="auto",
+    show_default=True,
+    help="With --executor ray: auto (the cluster `ray start` joined), ray://HOST:10001, or local.",
+)
+@click.option(
+    "--validate-every",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Every HOURS, `evolve validate` the top elites on the last device, set aside for it.",
+)
+def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_bpb, islands, baseline_seeds,
+            max_seeds, budget, depth, operators, migrate_every, seed, interval, executor, address,
+            validate_every):  # fmt: skip
+    """Evolve train.py in this workspace: start a run, or resume the one that was stopped.
+
+    \b
+    Settings come from evolve.toml ([run], [search], [operators.NAME]); flags override them.
+    The first Ctrl-C (or SIGTERM) stops proposing and lets the runs in flight finish; a second
+    one abandons them (they run again on the next `evolve run`). Nothing is ever half-recorded.
+    Examples:
+      evolve run --gpus all --hours 48
+      evolve run --gpus cpu:2 --profile tiny --max-experiments 20
+      evolve run --executor ray --address auto --hours 48
+    """
+    ws = _workspace(workspace)
+    config = EngineConfig.from_workspace(
+        ws, profile=profile, strategy=strategy, islands=islands, baseline_seeds=baseline_seeds,
+        max_seeds=max_seeds, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
+        seed=seed, stop=StopConditions(hours=hours, max_experiments=max_experiments, target_bpb=target_bpb),
+    )  # fmt: skip
+    ray = executor == "ray"
+    if ray and (gpus or validate_every):
+        raise EvolveError(
+            "--gpus and --validate-every pick this host's devices; with --executor ray, Ray places runs"
+        )
+    devices = () if ray else parse_gpus(gpus, config.profile)
+    console = make_console()
+    periodic = None
+    if validate_every:  # transfer validation in a thread, on a device the search gives up
+        from .validate import PeriodicValidation, ValidationSpec, set_aside
+
+        devices, aside = set_aside(devices)
+        periodic = PeriodicValidation(ws, ValidationSpec.from_workspace(ws), aside, validate_every)
+        periodic.start()
+    try:
+        reason, engine = run_engine(
+            ws, config, devices, console, interval=interval, address=address if ray else None
+        )
+    finally:
+        if periodic is not None:
+            periodic.stop()  # its runs in flight finish and are recorded
+    console.print(_leaderboard(engine.store, engine.run_name, config.depth, 5))
+    engine.close()
+    console.print(_STOP_TEXT.get(reason, reason.value), highlight=False)
+    if reason is StopReason.STALLED:
+        sys.exit(1)
+
+
+@click.command("status")
+@_WORKSPACE
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+def status_cmd(workspace, as_json):
+    """One screen: devices, queue, population per island, best so far, noise floor, duty cycle, disk."""
+    ws = _workspace(workspace)
+    with _store(ws) as store:
+        run = store.get_run(ws.run)
+        if run is None:
+            raise EvolveError(f"run {ws.run!r} has not started yet; start it with `evolve run`")
+        snap = snapshot(store, ws.run, depth=int(run.settings.get("depth", ws.settings.depth)),
+                        islands=ws.settings.islands, state_dir=ws.state_dir)  # fmt: skip
+        transfer = latest_transfer(store, ws.run, snap.depth)
+    if as_json:
+        data = snap.to_json()
+        data["transfer"] = transfer[0].to_json() if transfer else None
+        data["champion"] = asdict(transfer[1]) if transfer and transfer[1] else None
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console = make_console()
+        console.print(render(snap))
+        if transfer:  # the verdicts of `evolve validate`, at the deepest validated depth
+            console.print(transfer_table(*transfer))
+            for line in transfer_summary(*transfer):
+                console.print(line, highlight=False)
+
+
+@click.command("top")
+@click.argument("n", default=10, type=click.IntRange(min=1))
+@_WORKSPACE
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+def top_cmd(n, workspace, as_json):
+    """The N best individuals by mean val_bpb over their seeds (with n and spread)."""
+    ws = _workspace(workspace)
+    with _store(ws) as store:
+        depth = _depth(store, ws)
+        if as_json:
+            rows = [
+                {"id": r.individual.id, "mean": r.score.mean, "std": r.score.std, "n": r.score.n,
+                 "decision": r.individual.decision, "operator": r.individual.operator,
+                 "island": r.individual.island, "description": r.individual.description}
+                for r in store.leaderboard(depth, ws.run, limit=n)
+            ]  # fmt: skip
+            click.echo(json.dumps(rows, indent=2))
+            return
+        make_console().print(_leaderboard(store, ws.run, depth, n))
+
+
+def _depth(store: Store, ws: Workspace) -> int:
+    run = store.get_run(ws.run)
+    return int(run.settings.get("depth", ws.settings.depth)) if run else ws.settings.depth
+
+
+def _get(store: Store, ws: Workspace, ind_id: str):
+    ind = store.get(ind_id)
+    if ind is None or ind.run != ws.run:
+        raise EvolveError(f"no individual {ind_id} in run {ws.run!r}; `evolve top 50` lists some")
+    return ind
+
+
+@click.command("show")
+@click.argument("individual")
+@_WORKSPACE
+@click.option("--lines", default=30, show_default=True, help="Lines of the log tail.")
+def show_cmd(individual, workspace, lines):
+    """One individual: its scores, its decision, its diff against its parent and its log's tail."""
+    ws = _workspace(workspace)
+    console = make_console()
+    with _store(ws) as store:
+        ind = _get(store, ws, individual)
+        depth = _depth(store, ws)
+        score = store.scores(depth, ws.run).get(ind.id)
+        evaluations = store.evaluations(ind.id)
+        first = store.get(ind.parents[0]) if ind.parents else None
+    console.print(f"[bold]{ind.id}[/bold]  {ind.description}", highlight=False)
+    console.print(
+        f"operator {ind.operator}, parents {', '.join(ind.parents) or '-'}, island {ind.island}, "
+        f"generation {ind.generation}, status {ind.status.value}, decision {ind.decision or '-'}",
+        highlight=False,
+    )
+    console.print(f"branch {ind.branch}  commit {ind.commit[:12]}", highlight=False)
+    if ind.guard_reason:
+        console.print(f"refused: {ind.guard_reason}", highlight=False)
+    console.print(f"score: {score if score else '-'}", highlight=False)
+    table = Table(title="evaluations")
+    for col in ("purpose", "seed", "status", "val_bpb", "train s", "wall s", "device", "reason"):
+        table.add_column(col)
+    for e in evaluations:
+        table.add_row(
+            e.purpose.value, str(e.seed), e.status, f"{e.val_bpb:.6f}" if e.val_bpb is not None else "-",
+            f"{e.training_seconds:.1f}" if e.training_seconds else "-",
+            f"{e.wall_seconds:.1f}" if e.wall_seconds else "-", e.device, e.reason,
+        )  # fmt: skip
+    console.print(table)
+    if first is not None:
+        diff = git_process(
+            ws.root, "diff", "--stat", "-p", first.commit, ind.commit, "--", *ws.settings.mutable
+        )
+        console.rule(f"diff against {first.id}")
+        click.echo(diff.stdout.decode(errors="replace").rstrip() or "(no change)")
+    if evaluations:
+        last = evaluations[-1]
+        text = read_log(last.log_path) or last.error_tail
+        console.rule(f"log tail ({last.purpose.value}, seed {last.seed}): {last.log_path or 'gone'}")
+        click.echo("\n".join(text.splitlines()[-lines:]))
+
+
+@click.command("lineage")
+@click.argument("individual")
+@_WORKSPACE
+def lineage_cmd(individual, workspace):
+    """An individual's ancestors as a tree, back to the baseline (merges have two branches)."""
+    ws = _workspace(workspace)
+    with _store(ws) as store:
+        _get(store, ws, individual)
+        scores = store.scores(_depth(store, ws), ws.run)
+        seen: set[str] = set()
+
+        def label(ind_id: str) -> str:
+            ind = store.get(ind_id)
+            if ind is None:
+                return f"{ind_id} (missing)"
+            s = scores.get(ind_id)
+            score = f"{s.mean:.6f} (n={s.n})" if s else ind.status.value
+            mark = {"accept": " ✓", "reject": " ✗"}.get(ind.decision or "", "")
+            return f"{ind.id} {score}{mark} [{ind.operator}] {ind.description}"
+
+        def grow(node: Tree, ind_id: str) -> None:
+            ind = store.get(ind_id)
+            if ind is None:
+                return
+            for parent in ind.parents:
+                if parent in seen:
+                    node.add(f"{parent} (shown above)")
+                    continue
+                seen.add(parent)
+                grow(node.add(label(parent)), parent)
+
+        seen.add(individual)
+        tree = Tree(label(individual))
+        grow(tree, individual)
+    make_console().print(tree, highlight=False)
+
+
+@click.command("demo")
+@click.option("--dir", "directory", default="autoevolve-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where to create the demo workspace.")  # fmt: skip
+@click.option(
+    "--children", default=12, show_default=True, type=click.IntRange(min=1), help="Children to train."
+)
+@click.option(
+    "--budget", default=4.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds per run."
+)
+@click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
+@click.option("--baseline-seeds", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--interval", default=15.0, show_default=True, help="Seconds between summary lines without a terminal."
+)
+def demo_cmd(directory, children, budget, devices, baseline_seeds, interval):
+    """A small evolution, offline on CPU, in a few minutes: the first thing to try.
+
+    Prepares the tiny profile from the builtin text, creates a workspace in --dir, trains about
+    12 children on 2 islands with the Optuna tweak and the merge crossover, and prints the
+    leaderboard and the commands to look around.
+    """
+    from .demo import run_demo
+
+    run_demo(directory, children=children, budget=budget, gpus=devices, baseline_seeds=baseline_seeds,
+             interval=interval, console=make_console())  # fmt: skip

@@ -1,0 +1,693 @@
+"""The engine: one evolution in one workspace, tying settings, store, population, operators and devices.
+
+`Engine(workspace, config, executor).run()` does, in order:
+
+1. opens `.evolve/evolve.db` and the run's row (a run resumed with another profile, depth,
+   budget or strategy is refused: its scores would not compare);
+2. resumes: individuals left `running` by a crash go back to the queue, and children committed
+   to git whose store row never landed are taken in as if just proposed, so the store and the
+   `evo/<run>/` branches hold the same individuals;
+3. evaluates the baseline `baseline_seeds` times (in parallel) and accepts it;
+4. rebuilds the population from the store and hands over to the `Scheduler`: proposals
+   (operator -> novelty -> static guard -> queue) and device runs (worktree -> trainer ->
+   store -> noise-aware promotion) until a stop condition.
+
+Settings come from evolve.toml: `[run]` (see genome.settings), an optional `[search]` table with
+the keys of `EngineConfig` (operators, baseline_seeds, max_seeds, migrate_every, ahead, ...),
+and `[operators.<name>]` tables handed to each operator; flags of `evolve run` override them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import prepare
+from genome.guard import check
+from genome.record import BASELINE_ID
+from genome.settings import SETTINGS_FILE, read_settings
+from genome.workspace import Workspace
+from genome.worktrees import WorktreePool
+from prepare.errors import PrepareError
+from prepare.profiles import dataset_dir, get_profile
+from trainer import Executor, Job, RunResult, TrainerError
+
+from .errors import EvolveError
+from .novelty import tree_hash
+from .operators.base import (
+    Operator,
+    OperatorSetup,
+    Outcome,
+    Parent,
+    Proposal,
+    ProposalContext,
+    available,
+    make_operator,
+)
+from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
+from .population import MIGRATION_EVENT, Member, Strategy, from_store
+from .promotion import Action, PromotionPolicy, Score, decide
+from .scheduler import (
+    EvalReport,
+    Scheduler,
+    Session,
+    StopConditions,
+    StopReason,
+    compress_log,
+    workspace_lock,
+)
+from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
+
+DB_FILE = "evolve.db"
+FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
+# baseline share seeds, so a child's first run is compared with the same data order
+REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
+_FINISHED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything one `evolve run` needs besides the workspace and the devices."""
+
+    profile: str
+    budget: float
+    depth: int
+    source: str
+    strategy: str = "population"
+    islands: int = 4
+    operators: tuple[str, ...] = ()  # empty: every registered operator that can be built here
+    baseline_seeds: int = 3
+    max_seeds: int = 3
+    margin: float = 2.0
+    migrate_every: int = 20
+    seed: int = 0
+    ahead: int = 2  # ready children beyond one per device
+    proposers: int = 2  # proposal threads
+    elites: int = 8  # elites shown to an operator
+    allowance: float | None = None  # extra seconds per run beyond the budget (profile's default)
+    stop: StopConditions = field(default_factory=StopConditions)
+    operator_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_workspace(cls, workspace: Workspace, **overrides: Any) -> EngineConfig:
+        """evolve.toml's values, then the non-None `overrides` (the flags of `evolve run`)."""
+        settings = workspace.settings
+        profile = overrides.pop("profile", None)
+        if profile is not None and profile != settings.profile:
+            settings = settings.with_changes(profile=profile)
+        data = read_settings(workspace.root / SETTINGS_FILE)
+        search = dict(data.get("search") or {})
+        known = {f.name for f in fields(cls)} - {
+            "profile",
+            "budget",
+            "depth",
+            "source",
+            "stop",
+            "operator_options",
+        }
+        unknown = sorted(set(search) - known)
+        if unknown:
+            raise EvolveError(
+                f"evolve.toml: unknown key(s) in [search]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = dict(
+            profile=settings.profile,
+            budget=settings.budget,
+            depth=settings.depth,
+            source=settings.source,
+            strategy=settings.strategy,
+            islands=settings.islands,
+            operator_options={
+                k: dict(v) for k, v in (data.get("operators") or {}).items() if isinstance(v, dict)
+            },
+        )
+        values.update(search)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("operators"), (list, str)):
+            ops = values["operators"]
+            values["operators"] = tuple(ops.split(",") if isinstance(ops, str) else ops)
+        try:
+            config = cls(**values)
+        except TypeError as exc:
+            raise EvolveError(f"bad setting: {exc}") from None
+        config.check()
+        return config
+
+    def check(self) -> None:
+        problems = [
+            (self.strategy in ("population", "ratchet"), "strategy must be population or ratchet"),
+            (self.islands >= 1, "islands must be >= 1"),
+            (self.budget > 0, "budget must be > 0 seconds"),
+            (self.depth >= 1, "depth must be >= 1"),
+            (self.baseline_seeds >= 1, "baseline seeds must be >= 1"),
+            (self.max_seeds >= 1, "max seeds must be >= 1"),
+        ]
+        for ok, message in problems:
+            if not ok:
+                raise EvolveError(f"{message}; fix evolve.toml or the flag")
+
+
+def _data_dir(config: EngineConfig) -> Path:
+    # The tests and the trainer point EVOLVE_DATA at a prepared dataset; else the profile's.
+    if os.environ.get("EVOLVE_DATA"):
+        return Path(os.environ["EVOLVE_DATA"])
+    return dataset_dir(get_profile(config.profile), config.source)
+
+
+class Engine:
+    """One evolution. Build it, then `run()` (or `start()` and drive the scheduler from a test)."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        config: EngineConfig,
+        executor: Executor,
+        *,
+        on_event: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        self.ws = workspace
+        self.config = config
+        self.executor = executor
+        self.run_name = workspace.run
+        self.repo = workspace.repo()
+        self.mutable = workspace.settings.mutable
+        self.profile = get_profile(config.profile)
+        self.data_dir = _data_dir(config)
+        try:
+            self.fingerprint = prepare.load_manifest(self.data_dir).fingerprint
+        except PrepareError as exc:
+            raise EvolveError(
+                f"{exc} (run `evolve prepare --profile {config.profile} --source {config.source}` first)"
+            ) from None
+        self.store = Store(workspace.state_dir / DB_FILE)
+        self.policy = PromotionPolicy(config.baseline_seeds, config.max_seeds, config.margin)
+        self.weights = OperatorWeights()
+        self.on_event = on_event
+        self.lock = threading.RLock()  # the strategy, the proposal counter, the intake
+        self.strategy: Strategy | None = None
+        self.scheduler: Scheduler | None = None
+        self.session: Session | None = None
+        self.operators: dict[str, Operator] = {}
+        self.pool: WorktreePool | None = None
+        self._proposals = 0
+        self._experiments = 0
+        self._signals: dict = {}
+        self._intake_lock = threading.Lock()
+        self._thread = threading.local()  # events of the change in progress on this thread
+
+    # --- events ---------------------------------------------------------------------------------
+    def event(self, kind: str, **payload: Any) -> None:
+        """Record an event; show it (on_event) now, or after the change it belongs to commits."""
+        self.store.add_event(kind, payload, run=self.run_name)
+        pending = getattr(self._thread, "pending", None)
+        if pending is not None:
+            pending.append((kind, payload))
+        elif self.on_event is not None:
+            self.on_event(kind, payload)
+
+    @contextmanager
+    def _change(self) -> Iterator[None]:
+        """One state change: under the engine lock, in one transaction; its events shown after."""
+        self._thread.pending = []
+        try:
+            with self.lock, self.store.transaction():
+                yield
+            shown = self._thread.pending
+        finally:
+            self._thread.pending = None
+        for kind, payload in shown if self.on_event is not None else ():
+            self.on_event(kind, payload)
+
+    # --- set-up and resume ----------------------------------------------------------------------
+    def _open_run(self) -> None:
+        c = self.config
+        identity = {"profile": c.profile, "depth": c.depth, "budget": c.budget, "strategy": c.strategy,
+                    "data_fingerprint": self.fingerprint}  # fmt: skip
+        run = self.store.get_run(self.run_name)
+        if run is None:
+            settings = {**identity, "source": c.source}
+            self.store.add_run(
+                self.run_name, strategy=c.strategy, profile=c.profile, settings=settings, exist_ok=True
+            )
+            return
+        changed = [
+            f"{k} {run.settings.get(k)!r} -> {v!r}" for k, v in identity.items() if run.settings.get(k) != v
+        ]
+        if changed:
+            raise EvolveError(
+                f"run {self.run_name!r} was started with other settings ({'; '.join(changed)}); "
+                f"resume it with its own, or start a new run: evolve init {self.ws.root} --run NEWNAME"
+            )
+
+    def setup(self) -> None:
+        """Everything before the scheduler: run row, operators, resume, baseline, population."""
+        self._open_run()
+        setup_for = lambda name: OperatorSetup(
+            root=self.ws.root,
+            state_dir=self.ws.state_dir,
+            run=self.run_name,
+            settings=self.ws.settings,
+            store=self.store,
+            depth=self.config.depth,
+            options=self.config.operator_options.get(name, {}),
+        )
+        self.operators = {}
+        for name in self.config.operators or available():
+            try:
+                self.operators[name] = make_operator(name, setup_for(name))
+            except EvolveError as exc:
+                if self.config.operators:  # asked for by name: the user must fix it
+                    raise EvolveError(f"operator {name}: {exc}") from None
+                self.event("operator_skipped", operator=name, reason=str(exc))
+        if not self.operators:
+            raise EvolveError(
+                "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
+            )
+        baseline = self.repo.ensure_baseline()
+        self.pool = WorktreePool(self.repo, self.executor.slots, start=baseline.commit)
+        requeued = self.store.requeue_in_flight(self.run_name)
+        if requeued:
+            self.event("resume", requeued=requeued)
+        if self.store.get(BASELINE_ID) is None:
+            self.store.add_individual(
+                id=BASELINE_ID,
+                run=self.run_name,
+                commit=baseline.commit,
+                branch=baseline.branch,
+                operator=baseline.operator,
+                description=baseline.description,
+                status=Status.QUEUED,
+                code_hash=self._code_hash(baseline.commit),
+            )
+        self._proposals = len(self.store.events(self.run_name, kind="proposed")) + len(
+            self.store.events(self.run_name, kind=PROPOSAL_FAILED)
+        )
+        self._experiments = sum(
+            1 for i in self.store.individuals(self.run_name) if i.parents and i.status != Status.REJECTED
+        )
+
+    def _adopt_orphans(self) -> None:
+        """Children committed to git whose store row never landed (a crash between the two)."""
+        known = {i.id for i in self.store.individuals(self.run_name)}
+        for genome in self.repo.genomes():
+            if genome.id in known or not genome.parents:
+                continue
+            rows = [self.store.get(p) for p in genome.parents]
+            island = rows[0].island if rows and rows[0] is not None else 0
+            kind = (
+                LineageKind.MERGE
+                if len(genome.parents) > 1 and genome.operator == "merge_crossover"
+                else None
+            )
+            self._intake(Proposal(genome, kind=kind or _kind(genome.parents)), island, adopted=True)
+
+    # --- the baseline ---------------------------------------------------------------------------
+    def _mark_running(self, individual: str) -> Individual:
+        ind = self.store.get(individual)
+        assert ind is not None
+        if ind.status in (Status.EVALUATED, Status.FAILED, Status.PROPOSED):
+            ind = self.store.set_status(individual, Status.QUEUED)
+        if ind.status == Status.QUEUED:
+            ind = self.store.set_status(individual, Status.RUNNING)
+        return ind
+
+    def _baseline_ok(self) -> int:
+        return sum(1 for e in self.store.evaluations(BASELINE_ID) if e.ok and e.depth == self.config.depth)
+
+    def evaluate_baseline(self) -> None:
+        """Run the baseline's missing seeds in parallel, then accept it (its mean is the first best).
+
+        A stop request lets the runs in flight finish and be recorded; an abandon drops them."""
+        assert self.scheduler is not None and self.session is not None
+        pending = self.policy.baseline_pending(self._baseline_ok())
+        attempts = len(self.store.evaluations(BASELINE_ID))
+        while pending > 0 and not self.scheduler.stopping.is_set():
+            if attempts >= 2 * self.config.baseline_seeds + 2:
+                last = self.store.evaluations(BASELINE_ID)[-1]
+                raise EvolveError(
+                    f"the baseline keeps failing ({last.status}: {last.reason}); see {last.log_path} and fix train.py"
+                )
+            base = self._mark_running(BASELINE_ID)
+            seeds = self._next_seeds(BASELINE_ID, min(pending, self.executor.slots))
+            running = [
+                (seed, *self._submit(slot, base, seed, Purpose.BASELINE)) for slot, seed in enumerate(seeds)
+            ]
+            for seed, future, started in running:
+                while not future.done():  # poll, so that a signal is handled while we wait
+                    futures.wait([future], timeout=0.5)
+                result = self._result(future)
+                if self.scheduler.abandoned.is_set():
+                    return
+                report = self._record(base, result, seed, Purpose.BASELINE, started)
+                self.session.add(report)
+                self.session.save()
+                attempts += 1
+            pending = self.policy.baseline_pending(self._baseline_ok())
+        base = self.store.get(BASELINE_ID)
+        assert base is not None
+        if pending == 0 and base.status in (Status.QUEUED, Status.RUNNING):
+            # requeued by a resume after its last seed had landed: nothing left to run
+            self._mark_running(BASELINE_ID)
+            self.store.set_status(BASELINE_ID, Status.EVALUATED)
+        if pending == 0 and base.decision is None:
+            score = self.store.scores(self.config.depth, self.run_name).get(BASELINE_ID)
+            self.store.set_decision(BASELINE_ID, "accept")
+            self.event("decision", id=BASELINE_ID, action="accept", reason=f"baseline {score}",
+                       mean=score.mean if score else None)  # fmt: skip
+
+    # --- device runs ----------------------------------------------------------------------------
+    def _next_seeds(self, individual: str, n: int) -> list[int]:
+        used = set(self.store.seeds_used(individual, self.config.depth))
+        seeds, k = [], 0
+        while len(seeds) < n:
+            if FIRST_SEED + k not in used:
+                seeds.append(FIRST_SEED + k)
+            k += 1
+        return seeds
+
+    def _submit(self, slot: int, ind: Individual, seed: int, purpose: Purpose):
+        assert self.pool is not None
+        worktree = self.pool.checkout(slot, ind.commit)
+        session = self.session.id if self.session else 0
+        log_dir = self.ws.state_dir / "logs" / ind.id / f"{purpose.value}-s{seed}-{session}"
+        job = Job(
+            worktree=worktree,
+            depth=self.config.depth,
+            budget=self.config.budget,
+            seed=seed,
+            profile=self.profile,
+            data_dir=self.data_dir,
+            log_dir=log_dir,
+            allowance=self.config.allowance,
+        )
+        return self.executor.submit(job), time.time()
+
+    def _result(self, future) -> RunResult:
+        try:
+            return future.result()
+        except TrainerError as exc:
+            raise EvolveError(f"the trainer refused a run: {exc}") from None
+
+    def _record(
+        self, ind: Individual, result: RunResult, seed: int, purpose: Purpose, started: float
+    ) -> EvalReport:
+        data = result.to_dict()
+        data["log_path"] = compress_log(result.log_path)
+        evaluation = Evaluation.from_result(ind.id, data, purpose=purpose)
+        outcome = None
+        with self._change():
+            self.store.record_evaluation(evaluation)
+            self.event("evaluated", id=ind.id, seed=seed, purpose=purpose.value, status=evaluation.status,
+                       val_bpb=evaluation.val_bpb, reason=evaluation.reason, device=evaluation.device,
+                       wall=round(time.time() - started, 1))  # fmt: skip
+            if purpose != Purpose.BASELINE:
+                outcome = self._promote(ind.id)
+        if outcome is not None:
+            self._tell(outcome)
+        training = evaluation.training_seconds if evaluation.status == "ok" else 0.0
+        return EvalReport(wall_seconds=result.wall_seconds, training_seconds=float(training or 0.0))
+
+    def claim(self) -> Individual | None:
+        return self.store.claim(self.run_name)
+
+    def evaluate(self, slot: int, ind: Individual) -> EvalReport:
+        """One device run of a claimed individual: its next seed, recorded with its decision."""
+        has_search = any(e.purpose != Purpose.VALIDATION for e in self.store.evaluations(ind.id))
+        purpose = Purpose.BASELINE if not ind.parents else Purpose.REEVAL if has_search else Purpose.SEARCH
+        seed = self._next_seeds(ind.id, 1)[0]
+        future, started = self._submit(slot, ind, seed, purpose)
+        result = self._result(future)
+        if self.scheduler is not None and self.scheduler.abandoned.is_set():
+            return EvalReport(wall_seconds=result.wall_seconds, recorded=False)  # stays running -> requeued
+        return self._record(ind, result, seed, purpose, started)
+
+    # --- promotion --------------------------------------------------------------------------------
+    def _best_other(self, scores: Mapping[str, Score], exclude: str) -> Score | None:
+        accepted = [scores[i.id] for i in self.store.individuals(self.run_name, decision="accept")
+                    if i.id != exclude and i.id in scores]  # fmt: skip
+        return min(accepted, key=lambda s: s.mean) if accepted else None
+
+    def _promote(self, individual: str) -> Outcome | None:
+        """Decide on a child after an evaluation (inside the recording transaction)."""
+        assert self.strategy is not None
+        ind = self.store.get(individual)
+        assert ind is not None
+        scores = self.store.scores(self.config.depth, self.run_name)
+        score = scores.get(ind.id)
+        parent_scores = [scores[p] for p in ind.parents if p in scores]
+        parent = min(parent_scores, key=lambda s: s.mean) if parent_scores else None
+        if score is None:
+            action, reason = Action.REJECT, "no ok evaluation"
+        else:
+            floor = self.store.noise_floor(self.config.depth, self.run_name)
+            best = self._best_other(scores, ind.id)
+            attempts = len([e for e in self.store.evaluations(ind.id) if e.purpose != Purpose.VALIDATION])
+            d = self.policy.decide(score, parent, best, floor)
+            if d.action is Action.REEVALUATE and attempts >= self.policy.max_seeds:
+                # Seeds that crashed count: decide on the ones that came back.
+                d = decide(score, parent, best, floor, max_seeds=score.n, margin=self.policy.margin)
+            action, reason = d.action, d.reason
+        if action is Action.REEVALUATE:
+            self.store.set_status(ind.id, Status.QUEUED, priority=REEVAL_PRIORITY)
+            self.event("reevaluate", id=ind.id, reason=reason)
+            return None
+        accepted = action is Action.ACCEPT
+        self.store.set_decision(ind.id, "accept" if accepted else "reject")
+        self.event(
+            "decision", id=ind.id, action=action.value, reason=reason, mean=score.mean if score else None
+        )
+        member = Member(
+            id=ind.id,
+            score=score.mean if score else math.inf,
+            island=ind.island,
+            n=score.n if score else 0,
+            spread=score.std if score else 0.0,
+            generation=ind.generation,
+            parents=ind.parents,
+            description=ind.description,
+        )
+        for move in self.strategy.on_evaluated(member, accepted):
+            payload = {"member": move.member, "source": move.source, "target": move.target}
+            self.event(MIGRATION_EVENT, **payload)
+        return Outcome(child=ind, parents=ind.parents, score=score, accepted=accepted)
+
+    def _tell(self, outcome: Outcome) -> None:
+        op = self.operators.get(outcome.child.operator)
+        if op is not None:
+            op.on_outcome(outcome)
+
+    def _decide_undecided(self) -> None:
+        """Children evaluated but never decided (only possible with an older engine): decide now."""
+        for ind in self.store.individuals(self.run_name, status=(Status.EVALUATED, Status.FAILED)):
+            if ind.parents and ind.decision is None:
+                with self._change():
+                    outcome = self._promote(ind.id)
+                if outcome is not None:
+                    self._tell(outcome)
+
+    # --- proposals ----------------------------------------------------------------------------------
+    def _code_hash(self, commit: str) -> str:
+        files = {}
+        for path in self.mutable:
+            data = self.repo.read_exact(commit, path)
+            files[path] = data.decode(errors="replace") if data is not None else ""
+        return tree_hash(files)
+
+    def _parent(self, member_id: str, scores: Mapping[str, Score]) -> Parent:
+        ind = self.store.get(member_id)
+        if ind is None:
+            raise EvolveError(f"the population names {member_id}, which the store does not hold")
+        return Parent(ind, scores.get(member_id))
+
+    def _context(self, rng: random.Random) -> tuple[Operator, ProposalContext] | None:
+        """Draw an operator and its parents (under the engine lock)."""
+        assert self.strategy is not None
+        credits = credits_from_store(self.store, self.run_name)
+        names = [n for n, op in self.operators.items() if not op.exhausted]
+        if not names:
+            return None
+        name = self.weights.draw(names, credits, rng)
+        op = self.operators[name]
+        members: tuple[Member, ...]
+        if op.arity >= 2:
+            pair = self.strategy.select_pair()
+            if pair is None:  # fewer than two members yet: a one-parent operator instead
+                singles = [n for n in names if self.operators[n].arity == 1]
+                if not singles:
+                    return None
+                op = self.operators[self.weights.draw(singles, credits, rng)]
+                members = (self.strategy.select_parent(),)
+            else:
+                members = tuple(sorted(pair, key=lambda m: (m.score, m.id)))
+        else:
+            members = (self.strategy.select_parent(),)
+        island = members[0].island
+        scores = self.store.scores(self.config.depth, self.run_name)
+        elite_ids = [m.id for m in self.strategy.elites(self.config.elites, island=island if
+                     self.config.strategy == "population" else None)]  # fmt: skip
+        elite_ids += [m.id for m in self.strategy.elites(self.config.elites) if m.id not in elite_ids]
+        ctx = ProposalContext(
+            repo=self.repo,
+            store=self.store,
+            run=self.run_name,
+            settings=self.ws.settings,
+            parents=tuple(self._parent(m.id, scores) for m in members),
+            island=island,
+            depth=self.config.depth,
+            rng=rng,
+            noise_floor=self.store.noise_floor(self.config.depth, self.run_name),
+            elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
+            report_llm=lambda **kw: self.store.add_llm_call(run=self.run_name, operator=op.name, **kw),
+        )
+        return op, ctx
+
+    def propose(self) -> bool:
+        """Make one proposal and take it in; True when a child was queued for training."""
+        with self.lock:
+            number = self._proposals
+            self._proposals += 1
+            rng = random.Random(f"{self.config.seed}:{number}")
+            drawn = self._context(rng)
+        if drawn is None:
+            return False
+        op, ctx = drawn
+        parents = [p.id for p in ctx.parents]
+        try:
+            proposal = op.propose(ctx)
+        except Exception as exc:  # OperatorError is expected; anything else is the operator's bug
+            kind = "" if isinstance(exc, EvolveError) else f"{type(exc).__name__}: "
+            self.event(PROPOSAL_FAILED, operator=op.name, parents=parents, error=f"{kind}{exc}"[:500])
+            return False
+        if proposal.genome.operator != op.name:
+            proposal = replace(proposal, genome=replace(proposal.genome, operator=op.name))
+        return self._intake(proposal, ctx.island)
+
+    def _intake(self, proposal: Proposal, island: int, adopted: bool = False) -> bool:
+        """Novelty check, static guard, then the queue (or a rejected row). True when queued."""
+        genome = proposal.genome
+        code_hash = self._code_hash(genome.commit)
+        # Its own lock: two proposals of the same code must not both pass the novelty check.
+        with self._intake_lock:
+            duplicate = self.store.find_by_code_hash(code_hash, self.run_name, statuses=_FINISHED)
+            status, reason = Status.QUEUED, None
+            if duplicate is not None:
+                status, reason = Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)"
+            else:
+                first = self.store.get(genome.parents[0])
+                parent_commit = first.commit if first else self.repo.get(genome.parents[0]).commit
+                verdict = check(self.repo, parent_commit, genome.commit, self.mutable)
+                if not verdict.ok:
+                    status, reason = Status.REJECTED, verdict.reason
+            with self._change():
+                ind = self.store.add_individual(
+                    id=genome.id,
+                    run=self.run_name,
+                    commit=genome.commit,
+                    branch=genome.branch,
+                    parents=genome.parents,
+                    operator=genome.operator,
+                    description=genome.description,
+                    island=island,
+                    status=status,
+                    code_hash=code_hash,
+                    kind=proposal.kind,
+                    guard_reason=reason,
+                )
+                self.event("proposed", id=genome.id, operator=genome.operator, parents=list(genome.parents),
+                           status=status.value, reason=reason or "", description=genome.description,
+                           notes=dict(proposal.notes), adopted=adopted)  # fmt: skip
+                if status is Status.QUEUED:
+                    self._experiments += 1
+        if status is Status.REJECTED:
+            scores = self.store.scores(self.config.depth, self.run_name)
+            self._tell(Outcome(ind, ind.parents, scores.get(duplicate.id) if duplicate else None, False))
+        return status is Status.QUEUED
+
+    def queued(self) -> int:
+        return len(self.store.individuals(self.run_name, status=Status.QUEUED))
+
+    def experiments(self) -> int:
+        return self._experiments
+
+    def target_reached(self, target: float) -> bool:
+        with self.lock:
+            best = self.strategy.best() if self.strategy is not None else None
+        return best is not None and best.score <= target
+
+    # --- the whole run ----------------------------------------------------------------------------
+    def start(self, on_tick: Callable[[], None] | None = None, install_signals: bool = False) -> None:
+        """Everything before the steady state: set-up, resume, the baseline, the population.
+
+        `run()` calls it; a test may call it and then drive `self.scheduler.run()` itself. With
+        `install_signals`, SIGINT/SIGTERM are handled from here on (the baseline included)."""
+        self.setup()
+        devices = getattr(self.executor, "devices", None) or tuple(
+            f"slot{i}" for i in range(self.executor.slots)
+        )
+        self.session = Session(self.store, self.run_name, devices)
+        c = self.config
+        self.scheduler = Scheduler(self, self.session, stop=c.stop, ahead=c.ahead, proposers=c.proposers,
+                                   on_tick=on_tick)  # fmt: skip
+        self.scheduler.on_abandon = self.executor.abandon
+        self.event("session_start", session=self.session.id, devices=list(devices), pid=os.getpid())
+        if install_signals:
+            self._signals = self.scheduler.install_signals()
+        try:
+            self.evaluate_baseline()
+        except BaseException:
+            self.scheduler.abandon()  # kill the baseline runs still going
+            raise
+        self.strategy = from_store(self.store, self.run_name, c.depth, c.strategy, **self._strategy_options())
+        if not self.scheduler.stopping.is_set():
+            self._adopt_orphans()
+            self._decide_undecided()
+
+    def finish(self, reason: StopReason) -> None:
+        """After the steady state: what was in flight goes back to the queue; operators close."""
+        self.store.requeue_in_flight(self.run_name)
+        if self.session is not None:
+            self.event("session_end", session=self.session.id, reason=reason.value)
+        if self.scheduler is not None:
+            self.scheduler.restore_signals(self._signals)
+            self._signals = {}
+        for op in self.operators.values():
+            op.close()
+        if self.pool is not None and reason is not StopReason.ABANDONED:
+            self.pool.close()
+
+    def run(self, on_tick: Callable[[], None] | None = None, install_signals: bool = True) -> StopReason:
+        """Resume or start the run and evolve until a stop condition; returns why it stopped."""
+        with workspace_lock(self.ws.state_dir):
+            reason = StopReason.ERROR
+            try:
+                self.start(on_tick, install_signals=install_signals)
+                assert self.scheduler is not None
+                reason = self.scheduler.run(install_signals=False)
+                return reason
+            finally:
+                self.finish(reason)
+
+    def _strategy_options(self) -> dict[str, Any]:
+        if self.config.strategy == "ratchet":
+            return {"seed": self.config.seed}
+        return {
+            "islands": self.config.islands,
+            "migrate_every": self.config.migrate_every,
+            "seed": self.config.seed,
+        }
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _kind(parents: tuple[str, ...]) -> LineageKind:
+    return LineageKind.MUTATION if len(parents) <= 1 else LineageKind.CROSSOVER

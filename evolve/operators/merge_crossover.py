@@ -1,0 +1,130 @@
+"""Merge crossover: git's three-way merge of two parents' changes since their common ancestor.
+
+No LLM: the child is a merge commit with both parents when their changes touch different lines.
+Merging a parent with its own ancestor gives back the descendant (nothing new), so when the pair
+the strategy drew is related that way the operator looks among the elites for a partner that is
+not. A conflict is a failed proposal here; the LLM crossover resolves conflicts instead.
+"""
+
+from __future__ import annotations
+
+from genome.errors import GenomeError
+from genome.merge import MERGE_OPERATOR, MergeStatus, commit_merge, merge_crossover
+from genome.repo import git_process
+
+from ..store import LineageKind
+from .base import Operator, OperatorError, OperatorSetup, Parent, Proposal, ProposalContext, register
+
+MAX_PARTNERS = 4  # partners tried for one proposal (each try is a cheap `git merge-file`)
+
+
+def related(ctx: ProposalContext, a: Parent, b: Parent) -> bool:
+    """True when one is an ancestor of the other (or they are the same commit)."""
+    if a.individual.commit == b.individual.commit:
+        return True
+    for x, y in ((a, b), (b, a)):
+        proc = git_process(
+            ctx.repo.root, "merge-base", "--is-ancestor", x.individual.commit, y.individual.commit
+        )
+        if proc.returncode == 0:
+            return True
+    return False
+
+
+@register(MERGE_OPERATOR)
+class MergeCrossover(Operator):
+    name = MERGE_OPERATOR
+    arity = 2
+
+    def __init__(self, setup: OperatorSetup) -> None:
+        self.setup = setup
+
+    def _partners(self, ctx: ProposalContext) -> list[Parent]:
+        first, second = ctx.parents
+        rest = [e for e in ctx.elites if e.id not in (first.id, second.id)]
+        ctx.rng.shuffle(rest)
+        return [second, *rest]
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        if len(ctx.parents) != 2:
+            raise OperatorError(f"a merge needs two parents, got {len(ctx.parents)}")
+        first = ctx.parents[0]
+        tried: list[str] = []
+        for partner in self._partners(ctx):
+            if len(tried) >= MAX_PARTNERS:
+                break
+            if related(ctx, first, partner):
+                continue
+            tried.append(partner.id)
+            # The better parent first: its side of the merge is the child's first parent.
+            a, b = sorted((first, partner), key=_rank)
+            try:
+                result = merge_crossover(ctx.repo, a.genome, b.genome)
+            except GenomeError as exc:
+                raise OperatorError(f"merge of {a.id} and {b.id} failed: {exc}") from None
+            if result.status is MergeStatus.CLEAN and result.genome is not None:
+                return Proposal(result.genome, kind=LineageKind.MERGE, notes={"base": result.base})
+            if result.status is MergeStatus.CONFLICT and result.merged is not None:
+                resolved = {path: resolve_linewise(text) for path, text in result.merged.items()}
+                if all(text is not None for text in resolved.values()):
+                    # Neighbouring lines changed on each side (two knobs of one block): no real conflict.
+                    files = {p: t for p, t in resolved.items() if t is not None}
+                    try:
+                        child = commit_merge(ctx.repo, a.genome, b.genome, files, _describe(a, b), operator=self.name,
+                                             rationale=f"Line-wise three-way merge of {a.id} and {b.id}.")  # fmt: skip
+                    except GenomeError as exc:
+                        raise OperatorError(
+                            f"could not commit the merge of {a.id} and {b.id}: {exc}"
+                        ) from None
+                    return Proposal(
+                        child, kind=LineageKind.MERGE, notes={"base": result.base, "linewise": True}
+                    )
+                raise OperatorError(
+                    f"merge of {a.id} and {b.id} conflicts in {len(result.hunks)} hunk(s); "
+                    "the LLM crossover can resolve it"
+                )
+        if not tried:
+            raise OperatorError(f"every candidate partner of {first.id} is its ancestor or descendant")
+        raise OperatorError(f"merging {first.id} with {', '.join(tried)} gives nothing new")
+
+
+def _rank(parent: Parent) -> tuple[float, str]:
+    return (parent.score.mean if parent.score is not None else float("inf"), parent.id)
+
+
+def _describe(a: Parent, b: Parent) -> str:
+    return f"merge {a.id} ({a.individual.description}) with {b.id} ({b.individual.description})"
+
+
+def resolve_linewise(merged: str) -> str | None:
+    """Resolve diff3 conflict blocks whose three sides have the same number of lines, line by line.
+
+    Each line takes the side that changed it; None when a line was changed differently on both
+    sides, or the sides differ in length (a real conflict, left to the LLM crossover)."""
+    out: list[str] = []
+    part: str | None = None
+    sides: dict[str, list[str]] = {}
+    for line in merged.splitlines(keepends=True):
+        if part is None and line.startswith("<<<<<<< "):
+            part, sides = "ours", {"ours": [], "base": [], "theirs": []}
+        elif part == "ours" and line.startswith("||||||| "):
+            part = "base"
+        elif part in ("ours", "base") and line.rstrip("\r\n") == "=======":
+            part = "theirs"
+        elif part == "theirs" and line.startswith(">>>>>>> "):
+            ours, base, theirs = sides["ours"], sides["base"], sides["theirs"]
+            if not len(ours) == len(base) == len(theirs):
+                return None
+            for o, b, t in zip(ours, base, theirs, strict=True):
+                if o == b or o == t:
+                    out.append(t)
+                elif t == b:
+                    out.append(o)
+                else:
+                    return None
+            part = None
+        elif part is None:
+            out.append(line)
+        else:
+            sides[part].append(line)
+    return None if part is not None else "".join(out)

@@ -1,0 +1,254 @@
+"""The Optuna tweak: TPE over the parent's hyperparameter block, told the real results.
+
+One study per lineage: children that differ from each other only in their UPPER_CASE constants
+share a code skeleton, and so a study (named after a hash of the code without those constants).
+The study's search space is set when it opens, from the values it first saw: log-scale ranges
+for rates and other positive floats, a range around the value for fractions, integers (powers of
+two stay powers of two) for sizes, both choices for flags. Each proposal changes a few knobs
+(TPE samples each from its own history) and commits the child; the engine tells the trial the
+child's mean val_bpb once promotion has decided, or a failure. The studies live in
+`.evolve/optuna.db`: `optuna-dashboard sqlite:///.evolve/optuna.db` shows them.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import threading
+from typing import Any
+
+from genome.errors import GenomeError
+from genome.hyperparams import commit_hyperparams, parse_hyperparams
+
+from .base import (
+    Operator,
+    OperatorError,
+    OperatorSetup,
+    Outcome,
+    Proposal,
+    ProposalContext,
+    register,
+)
+
+NAME = "optuna_tweak"
+STORAGE_FILE = "optuna.db"
+_RATE_WORDS = ("LR", "DECAY", "RATE")
+
+
+def lineage_key(source: str, names: set[str]) -> str:
+    """A hash of the code with the top-level assignments of `names` taken out."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise OperatorError(f"train.py does not parse (line {exc.lineno}); nothing to tweak") from None
+
+    def is_knob(stmt: ast.stmt) -> bool:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+        if isinstance(stmt, ast.AnnAssign):
+            target = stmt.target
+        return isinstance(target, ast.Name) and target.id in names
+
+    tree.body = [s for s in tree.body if not is_knob(s)]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def space_for(name: str, value: Any) -> dict[str, Any] | None:
+    """The search range of one constant as JSON-able data, or None when it is not tuned.
+
+    {"kind": "float", "low", "high", "log"} | {"kind": "int", "low", "high", "log"} |
+    {"kind": "choice", "choices": [...]}"""
+    if isinstance(value, bool):
+        return {"kind": "choice", "choices": [False, True]}
+    if isinstance(value, int):
+        if value < 1:
+            return {"kind": "int", "low": 0, "high": 4, "log": False} if value == 0 else None
+        if value >= 2 and value & (value - 1) == 0:  # a power of two: stay on powers of two
+            return {"kind": "choice", "choices": [value // 2, value, value * 2]}
+        return {
+            "kind": "int",
+            "low": max(1, value // 2),
+            "high": max(value * 2, value + 2),
+            "log": value >= 8,
+        }
+    if isinstance(value, float) and math.isfinite(value):
+        rate = any(word in name.split("_") for word in _RATE_WORDS)
+        if value > 0 and (rate or value > 1):
+            return {"kind": "float", "low": value / 4, "high": value * 4, "log": True}
+        if value == 0:
+            return {"kind": "float", "low": 0.0, "high": 0.25, "log": False}
+        if 0 < value <= 1:  # a fraction, a momentum, an init scale: halfway towards 0 and 1
+            return {"kind": "float", "low": value / 2, "high": (1 + value) / 2, "log": False}
+    return None  # strings, tuples, None and negative numbers are left to the LLM
+
+
+def _suggest(trial: Any, name: str, space: dict[str, Any]) -> Any:
+    if space["kind"] == "choice":
+        return trial.suggest_categorical(name, space["choices"])
+    if space["kind"] == "int":
+        return trial.suggest_int(name, space["low"], space["high"], log=space["log"])
+    return trial.suggest_float(name, space["low"], space["high"], log=space["log"])
+
+
+def _round(value: Any) -> Any:
+    # 4 significant digits: a readable commit and code that differs by more than float noise.
+    if isinstance(value, float) and value != 0:
+        return float(f"{value:.4g}")
+    return value
+
+
+@register(NAME)
+class OptunaTweak(Operator):
+    """Change 1..max_changes knobs of the parent's hyperparameter block, as TPE suggests.
+
+    Options ([operators.optuna_tweak] in evolve.toml): `include` (only these knobs), `exclude`,
+    `max_changes` (default 2), `startup_trials` (random trials before TPE models, default 8)."""
+
+    name = NAME
+    arity = 1
+
+    def __init__(self, setup: OperatorSetup) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._optuna = optuna
+        self.setup = setup
+        self.path = setup.settings.mutable[0]
+        self.include = {str(n) for n in setup.options.get("include", ())}
+        self.exclude = {str(n) for n in setup.options.get("exclude", ())}
+        self.max_changes = max(1, int(setup.options.get("max_changes", 2)))
+        self.startup_trials = int(setup.options.get("startup_trials", 8))
+        setup.state_dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"sqlite:///{setup.state_dir / STORAGE_FILE}"
+        self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 30}})
+        self._lock = threading.Lock()
+        self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)
+        self._reconcile()
+
+    # --- studies --------------------------------------------------------------------------------
+    def _study(self, name: str, seed: int | None = None):
+        sampler = self._optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self.startup_trials, constant_liar=True
+        )
+        return self._optuna.create_study(
+            study_name=name, storage=self.storage, sampler=sampler, direction="minimize", load_if_exists=True
+        )
+
+    def _tunable(self, knobs: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, hp in knobs.items():
+            if (self.include and name not in self.include) or name in self.exclude:
+                continue
+            space = space_for(name, hp.value)
+            if space is not None:
+                out[name] = space
+        return out
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        if len(ctx.parents) != 1:
+            raise OperatorError(f"the Optuna tweak needs one parent, got {len(ctx.parents)}")
+        parent = ctx.parents[0]
+        try:
+            source = ctx.repo.read(parent.genome, self.path)
+            knobs = parse_hyperparams(source)
+        except GenomeError as exc:
+            raise OperatorError(f"cannot read {parent.id}'s hyperparameters: {exc}") from None
+        tunable = self._tunable(knobs)
+        if not tunable:
+            raise OperatorError(f"{parent.id} has no tunable constants in {self.path}")
+        key = lineage_key(source, set(knobs))
+        study_name = f"{ctx.run}-{key[:12]}"
+        with self._lock:
+            study = self._study(study_name, seed=ctx.rng.randrange(2**31))
+            center = study.user_attrs.get("space")
+            if center is None:
+                study.set_user_attr("space", json.dumps(tunable, sort_keys=True))
+                study.set_user_attr("root", parent.id)
+                space = tunable
+            else:
+                space = {k: v for k, v in json.loads(center).items() if k in tunable}
+            names = sorted(space)
+            k = min(len(names), ctx.rng.randint(1, self.max_changes))
+            chosen = ctx.rng.sample(names, k)
+            trial = study.ask()
+            values: dict[str, Any] = {}
+            for name in chosen:
+                value = _round(_suggest(trial, name, space[name]))
+                if value != knobs[name].value:
+                    values[name] = value
+            if not values:
+                study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+                raise OperatorError(f"TPE suggested {parent.id}'s own values for {', '.join(chosen)}")
+            trial.set_user_attr("parent", parent.id)
+            try:
+                child = commit_hyperparams(
+                    ctx.repo, parent.genome, values, operator=self.name, path=self.path
+                )
+            except GenomeError as exc:
+                study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+                raise OperatorError(f"could not commit the tweak of {parent.id}: {exc}") from None
+            trial.set_user_attr("child", child.id)
+            self._trials[child.id] = (study_name, trial.number)
+        notes = {"study": study_name, "trial": trial.number, "values": values}
+        return Proposal(child, notes=notes)
+
+    # --- results ----------------------------------------------------------------------------------
+    def on_outcome(self, outcome: Outcome) -> None:
+        with self._lock:
+            found = self._trials.pop(outcome.child.id, None) or self._find(outcome.child.id)
+            if found is None:
+                return
+            self._tell(*found, outcome.score.mean if outcome.score is not None else None)
+
+    def _tell(self, study_name: str, number: int, value: float | None) -> None:
+        study = self._optuna.load_study(study_name=study_name, storage=self.storage)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        if self.storage.get_trial(trial_id).state.is_finished():
+            return  # told already (a resume replays outcomes)
+        if value is None or not math.isfinite(value):
+            study.tell(number, state=self._optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(number, value)
+
+    def _running(self) -> list[tuple[str, int, dict[str, Any]]]:
+        out = []
+        for summary in self._optuna.get_all_study_summaries(self.storage, include_best_trial=False):
+            if not summary.study_name.startswith(f"{self.setup.run}-"):
+                continue
+            study_id = self.storage.get_study_id_from_name(summary.study_name)
+            running = self.storage.get_all_trials(
+                study_id, deepcopy=False, states=(self._optuna.trial.TrialState.RUNNING,)
+            )
+            out += [(summary.study_name, t.number, t.user_attrs) for t in running]
+        return out
+
+    def _find(self, child_id: str) -> tuple[str, int] | None:
+        for study_name, number, attrs in self._running():
+            if attrs.get("child") == child_id:
+                return study_name, number
+        return None
+
+    def _reconcile(self) -> None:
+        """After a crash: fail trials whose child was never committed, tell decided ones."""
+        store, depth = self.setup.store, self.setup.depth
+        scores = store.scores(depth, self.setup.run)
+        with self._lock:
+            for study_name, number, attrs in self._running():
+                child_id = attrs.get("child")
+                if child_id is None:
+                    self._tell(study_name, number, None)
+                    continue
+                child = store.get(child_id)
+                if child is None:
+                    self._trials[child_id] = (study_name, number)  # the engine adopts it later
+                elif child.decision is not None or child.status.value == "rejected":
+                    score = scores.get(child_id)
+                    self._tell(study_name, number, score.mean if score else None)
+                else:
+                    self._trials[child_id] = (study_name, number)
+
+    def close(self) -> None:
+        engine = getattr(self.storage, "engine", None)
+        if engine is not None:
+            engine.dispose()

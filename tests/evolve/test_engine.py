@@ -1,0 +1,178 @@
+"""The engine: intake (novelty, guard), real training runs, noise-aware promotion, failures, ratchet."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from evolve.engine import Engine, EngineConfig
+from evolve.errors import EvolveError
+from evolve.operators import Proposal
+from evolve.population import from_store
+from evolve.scheduler import StopConditions, StopReason, compress_log, read_log, workspace_lock
+from evolve.store import Purpose, Status
+from genome.settings import SETTINGS_FILE
+from genome.workspace import init_workspace
+from trainer import LocalExecutor
+
+BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
+SEARCH = """
+[search]
+baseline_seeds = 2
+max_seeds = 2
+migrate_every = 3
+operators = ["optuna_tweak", "merge_crossover"]
+
+[operators.optuna_tweak]
+include = ["EMB_LR", "HEAD_LR", "INIT_STD", "BETA1"]
+max_changes = 1
+"""
+
+
+def workspace(tmp_path, strategy="population", search=SEARCH):
+    ws = init_workspace(tmp_path / "ws", run="t", profile="tiny", strategy=strategy, islands=2, budget=3.0,
+                        train_py=BIGRAM)  # fmt: skip
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write(search)
+    return ws
+
+
+def child(engine: Engine, text_from: str, old: str, new: str, description: str) -> str:
+    """Commit an edited train.py as a child of `text_from` and take it in like a proposal."""
+    parent = engine.repo.get(text_from)
+    source = engine.repo.read(parent)
+    assert old in source
+    genome = engine.repo.commit_child(
+        [parent], {"train.py": source.replace(old, new)}, description, "optuna_tweak"
+    )
+    engine._intake(Proposal(genome), island=0)
+    return genome.id
+
+
+@pytest.fixture
+def executor():
+    with LocalExecutor.cpu(2) as ex:
+        yield ex
+
+
+def test_duplicates_and_guard_violations_are_refused_without_training(tmp_path, use_tiny_data, executor):
+    ws = workspace(tmp_path)
+    engine = Engine(ws, EngineConfig.from_workspace(ws), executor)
+    engine.setup()
+    dup = child(engine, "g0000", "STEPS = 30", "STEPS = 30  # same code, new comment", "a comment")
+    cheat = child(engine, "g0000", "cfg = prepare.run_config()",
+                  "cfg = prepare.run_config()\nimport os\nSEEDED = os.environ.get('EVOLVE_SEED')", "peek")  # fmt: skip
+    real = child(engine, "g0000", "STEPS = 30", "STEPS = 40", "more steps")
+    again = child(engine, "g0000", "STEPS = 30", "STEPS = 40", "more steps, again")
+    rows = {i: engine.store.get(i) for i in (dup, cheat, real, again)}
+    assert rows[dup].status == Status.REJECTED and rows[dup].guard_reason.startswith("duplicate of g0000")
+    assert rows[cheat].status == Status.REJECTED and "EVOLVE_" in rows[cheat].guard_reason
+    assert rows[real].status == Status.QUEUED
+    assert rows[again].status == Status.REJECTED and f"duplicate of {real}" in rows[again].guard_reason
+    assert engine.experiments() == 1 and engine.queued() == 2  # the child and the baseline
+    assert engine.store.evaluations() == []  # nothing was trained
+    proposed = [e.payload["id"] for e in engine.store.events("t", kind="proposed")]
+    assert proposed == [dup, cheat, real, again]
+    engine.finish(StopReason.DONE)
+    engine.close()
+
+
+def test_promotion_reevaluates_a_new_best_rejects_worse_and_records_crashes(
+    tmp_path, use_tiny_data, executor
+):
+    ws = workspace(tmp_path)
+    config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=3))
+    engine = Engine(ws, config, executor)
+    engine.start()
+    base = engine.store.scores(2, "t")["g0000"]
+    assert base.n == 2 and engine.store.get("g0000").decision == "accept"  # baseline: 2 seeds, accepted
+    better = child(engine, "g0000", "EMB_LR = 0.002", "EMB_LR = 0.05", "EMB_LR 0.002 -> 0.05")
+    worse = child(engine, "g0000", "HEAD_LR = 0.002", "HEAD_LR = 0.0001", "HEAD_LR 0.002 -> 0.0001")
+    crash = child(engine, "g0000", "training_seconds = time.time() - start",
+                  "training_seconds = time.time() - start\nraise RuntimeError('boom at the end')", "crash")  # fmt: skip
+    assert engine.scheduler.run(install_signals=False) is StopReason.DONE  # no proposals: 3 queued
+    engine.finish(StopReason.DONE)
+    scores = engine.store.scores(2, "t")
+    # the new best was confirmed with a second seed before it was accepted
+    evals = engine.store.evaluations(better)
+    assert [(e.purpose, e.seed) for e in evals] == [(Purpose.SEARCH, 42), (Purpose.REEVAL, 43)]
+    assert scores[better].n == 2 and scores[better].mean < base.mean
+    assert engine.store.get(better).decision == "accept"
+    # clearly worse: rejected after one seed
+    assert scores[worse].n == 1 and scores[worse].mean > base.mean
+    assert engine.store.get(worse).decision == "reject"
+    # a crash is a row with its status, reason and log tail, and the run went on
+    row = engine.store.get(crash)
+    (ev,) = engine.store.evaluations(crash)
+    assert row.status == Status.FAILED and row.decision == "reject"
+    assert ev.status == "crash" and "boom at the end" in ev.error_tail
+    assert ev.log_path.endswith(".gz") and "boom at the end" in read_log(ev.log_path)
+    # the session recorded device time for every run (2 baseline + 2 + 1 + 1)
+    with engine.store.transaction() as conn:
+        (n, training, held) = conn.execute(
+            "SELECT evaluations, training_seconds, held_seconds FROM sessions"
+        ).fetchone()
+    assert n == 6 and 0 < training < held
+    decisions = [e.payload["id"] for e in engine.store.events("t", kind="decision")]
+    assert sorted(decisions) == sorted(["g0000", better, worse, crash])
+    engine.close()
+
+
+def test_ratchet_runs_to_completion_as_one_chain(tmp_path, use_tiny_data):
+    ws = workspace(tmp_path, strategy="ratchet")
+    config = EngineConfig.from_workspace(ws, baseline_seeds=1, stop=StopConditions(max_experiments=3))
+    with LocalExecutor.cpu(1) as ex:
+        engine = Engine(ws, config, ex)
+        assert engine.run(install_signals=False) is StopReason.DONE
+    children = [i for i in engine.store.individuals("t") if i.parents]
+    trained = [c for c in children if c.status != Status.REJECTED]
+    assert len(trained) == 3 and all(c.decision in ("accept", "reject") for c in trained)
+    # one chain: no crossover, and every child's parent was kept when the child was made
+    assert all(len(c.parents) == 1 and c.operator == "optuna_tweak" for c in children)
+    kept = {"g0000"} | {c.id for c in trained if c.decision == "accept"}
+    assert all(c.parents[0] in kept for c in children)
+    scores = engine.store.scores(2, "t")
+    chain = from_store(engine.store, "t", 2, "ratchet")
+    assert chain.best().score == min(scores[k].mean for k in kept)
+    assert engine.store.in_flight("t") == [] and engine.store.individuals("t", status=Status.QUEUED) == []
+    engine.close()
+
+
+def test_settings_come_from_evolve_toml_and_flags_override_them(tmp_path, use_tiny_data, executor):
+    ws = workspace(tmp_path)
+    config = EngineConfig.from_workspace(ws, islands=3, max_seeds=None)
+    assert (config.islands, config.max_seeds, config.baseline_seeds, config.budget) == (3, 2, 2, 3.0)
+    assert config.operators == ("optuna_tweak", "merge_crossover")
+    assert config.operator_options["optuna_tweak"]["max_changes"] == 1
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write("\n[search.extra]\nx = 1\n")
+    with pytest.raises(EvolveError, match="unknown key"):
+        EngineConfig.from_workspace(ws)
+
+
+def test_a_run_refuses_to_resume_with_settings_its_scores_cannot_be_compared_under(
+    tmp_path, use_tiny_data, executor
+):
+    ws = workspace(tmp_path)
+    Engine(ws, EngineConfig.from_workspace(ws), executor).setup()
+    other = Engine(ws, EngineConfig.from_workspace(ws, budget=5.0), executor)
+    with pytest.raises(EvolveError, match="budget 3.0 -> 5.0"):
+        other.setup()
+
+
+def test_one_run_per_workspace_and_logs_stay_bounded(tmp_path):
+    with workspace_lock(tmp_path / ".evolve"):
+        with pytest.raises(EvolveError, match="another `evolve run`"):
+            with workspace_lock(tmp_path / ".evolve"):
+                pass
+    with workspace_lock(tmp_path / ".evolve"):  # released: free again
+        pass
+    log = tmp_path / "run.log"
+    log.write_bytes(b"first line\n" + b"x" * (3 * 2**20) + b"\nlast line\n")
+    packed = compress_log(str(log))
+    assert packed.endswith(".gz") and not log.exists()
+    text = read_log(packed)
+    assert text.startswith("first line") and text.endswith("last line\n") and "bytes trimmed" in text
+    assert Path(packed).stat().st_size < 100_000 and len(gzip.decompress(Path(packed).read_bytes())) < 2**20
