@@ -1,0 +1,206 @@
+"""Test helpers: a loopback HTTP server speaking the OpenAI chat-completions API with scripted answers.
+
+The real `openai` client talks to it over 127.0.0.1. Each request takes the next scripted reply:
+an answer, an HTTP error (with headers such as Retry-After), a delay (to cause a client timeout),
+a connection reset, or a body that is not JSON. When the script runs out, `default` answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SECRET = "sk-test-SECRET0123456789abcdef"
+
+
+@dataclass
+class Reply:
+    """One scripted reply. `text` for a 200 answer; `status` for an error; see the module docstring."""
+
+    text: str | None = None
+    finish: str = "stop"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None  # an error body (JSON) or, with raw=True, the literal body of a 200
+    delay: float = 0.0
+    reset: bool = False
+    raw: bool = False
+    usage: tuple[int, int] | None = (100, 20)
+
+
+def answer(description: str, search: str, replace: str, rationale: str = "it should help") -> str:
+    """An answer in program.md's format with one SEARCH/REPLACE block."""
+    return (
+        f"DESCRIPTION: {description}\nRATIONALE: {rationale}\n\n"
+        f"<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+    )
+
+
+class LLMServer:
+    def __init__(self) -> None:
+        self.script: list[Reply] = []
+        self.default: Callable[[dict], Reply] | None = None
+        self.requests: list[dict] = []  # {"body": ..., "headers": ..., "time": ...}
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.requests.append(
+                        {
+                            "body": body,
+                            "headers": {k.lower(): v for k, v in self.headers.items()},
+                            "time": time.time(),
+                        }
+                    )
+                    reply = server.script.pop(0) if server.script else None
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if reply is None:
+                        reply = (
+                            server.default(body) if server.default else Reply(status=500, body="script ended")
+                        )
+                    self._send(reply, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _send(self, reply: Reply, body: dict) -> None:
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.reset:
+                    # SO_LINGER 0: close() sends a TCP RST instead of a FIN.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if reply.status != 200:
+                    data = json.dumps({"error": {"message": reply.body or "error", "type": "test"}}).encode()
+                elif reply.raw:
+                    data = str(reply.body).encode()
+                else:
+                    message = {"role": "assistant", "content": reply.text}
+                    payload: dict[str, Any] = {
+                        "id": f"chatcmpl-{len(server.requests)}",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model", ""),
+                        "choices": [{"index": 0, "message": message, "finish_reason": reply.finish}],
+                    }
+                    if reply.usage is not None:
+                        p, c = reply.usage
+                        payload["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+                    data = json.dumps(payload).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout test)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def push(self, *replies: Reply) -> None:
+        with self.lock:
+            self.script.extend(replies)
+
+    def bodies(self) -> list[dict]:
+        return [r["body"] for r in self.requests]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real workspace and store, and proposal contexts built the way the engine builds them
+# ---------------------------------------------------------------------------------------------
+class Run:
+    """A tiny-profile workspace with its store; `add` records individuals and their scores."""
+
+    def __init__(self, root, llm: dict[str, Any]) -> None:
+        from evolve.store import Store
+        from genome import init_workspace
+
+        ws = init_workspace(root, "t", profile="tiny")
+        self.ws = ws.__class__(root=ws.root, settings=ws.settings.with_changes(llm=llm))
+        self.repo = self.ws.repo()
+        self.store = Store(self.ws.state_dir / "evolve.db")
+        self.depth = self.ws.settings.depth
+        self.store.add_run("t", strategy="population", profile="tiny")
+        base = self.repo.baseline()
+        self.store.add_individual(id=base.id, run="t", commit=base.commit, branch=base.branch,
+                                  operator=base.operator, description=base.description, status="queued")  # fmt: skip
+        self.score(base.id, 1.30)
+
+    def add(self, genome, *, island: int = 0, val_bpb: float | None = None, error: str = "", status="queued"):
+        self.store.add_individual(id=genome.id, run="t", commit=genome.commit, branch=genome.branch,
+                                  parents=genome.parents, operator=genome.operator,
+                                  description=genome.description, island=island, status=status)  # fmt: skip
+        if status == "queued":
+            self.score(genome.id, val_bpb, error)
+        return self.store.get(genome.id)
+
+    def score(self, ind: str, val_bpb: float | None, error: str = "", seed: int = 42) -> None:
+        from evolve.store import Evaluation, Status
+
+        self.store.set_status(ind, Status.RUNNING)
+        self.store.record_evaluation(
+            Evaluation(
+                individual=ind,
+                depth=self.depth,
+                budget=5.0,
+                seed=seed,
+                profile="tiny",
+                status="ok" if val_bpb is not None else "crash",
+                val_bpb=val_bpb,
+                error_tail=error,
+                reason="exit code 1" if error else "",
+            )  # fmt: skip
+        )
+
+    def setup(self):
+        from evolve.operators.base import OperatorSetup
+
+        return OperatorSetup(root=self.ws.root, state_dir=self.ws.state_dir, run="t", settings=self.ws.settings,
+                             store=self.store, depth=self.depth)  # fmt: skip
+
+    def context(self, *parent_ids: str, operator: str = "llm_mutation", elites: tuple[str, ...] = (), seed=0):
+        import random
+
+        from evolve.operators.base import Parent, ProposalContext
+
+        scores = self.store.scores(self.depth, "t")
+        parent = lambda i: Parent(self.store.get(i), scores.get(i))
+        return ProposalContext(
+            repo=self.repo, store=self.store, run="t", settings=self.ws.settings,
+            parents=tuple(parent(i) for i in parent_ids), island=0, depth=self.depth,
+            rng=random.Random(seed), noise_floor=None, elites=tuple(parent(i) for i in elites),
+            report_llm=lambda **kw: self.store.add_llm_call(run="t", operator=operator, **kw),
+        )  # fmt: skip
