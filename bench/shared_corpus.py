@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="the shared data folder (with gutenberg_manifest.tsv)")
     ap.add_argument("out", type=Path, help="output folder; gets train/ and val/ subfolders")
-    ap.add_argument("--chars", type=int, default=6000, help="target characters per document")
+    ap.add_argument("--chars", type=int, default=2000, help="target characters per document")
     args = ap.parse_args()
 
     texts: dict[str, str] = {}
