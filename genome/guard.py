@@ -10,7 +10,12 @@ file; every mutable Python file compiles; and the code
   `__globals__`, `exec` or a `"prepare.x"` string handed to some patcher;
 - takes depth, budget and seed from `prepare.run_config()`: the call is present, no `EVOLVE_*`
   variable is read, the config is not modified or copied with changes, no constant seeds or
-  DEPTH-like constants override it.
+  DEPTH-like constants override it;
+- swaps no library code the metric runs on: an imported module's attributes may be set to
+  constants (`torch.backends.cudnn.benchmark = True`), never to functions or other objects
+  (`F.cross_entropy = ...`, `torch.Tensor.sum = ...`);
+- does not reach into the interpreter for prepare's state: no `ctypes`, no garbage-collector or
+  frame introspection (`gc.get_objects`, `sys._getframe`, `f_globals`, ...).
 
 This is a static check: it stops the obvious and the accidental. The trainer remains the judge:
 it checks the reported depth and budget, times the run, and hashes prepare's files.
@@ -46,6 +51,10 @@ _CONTRACT_FIELDS = {"depth", "time_budget", "seed", "profile", "device", "result
                     "rank", "local_rank", "world_size"}  # fmt: skip
 _OVERRIDE_CONSTANTS = {"DEPTH", "N_LAYER", "N_LAYERS", "NUM_LAYERS", "TIME_BUDGET", "SEED"}
 _HIDING_CALLS = {"exec", "eval", "__import__", "globals", "vars"}
+# Ways to reach objects (prepare's key and records among them) that no training script needs.
+_INTROSPECTION = {"get_objects", "get_referrers", "get_referents", "_getframe", "currentframe",
+                  "f_globals", "f_locals", "f_back", "getclosurevars", "cell_contents"}  # fmt: skip
+_FORBIDDEN_MODULES = {"ctypes": "reaches any memory of the process (the signing key included)"}
 _SEED_CALLS = {"manual_seed", "manual_seed_all", "seed"}
 
 
@@ -69,6 +78,21 @@ def _root(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
+def _is_literal(node: ast.AST | None) -> bool:
+    """A constant, or a tuple/list/dict of constants: what a library option may be set to."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _is_literal(node.operand)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(_is_literal(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is None or _is_literal(k) for k in node.keys) and all(
+            _is_literal(v) for v in node.values
+        )
+    return False
+
+
 def _is_str(node: ast.AST | None, value: str | None = None) -> bool:
     return (
         isinstance(node, ast.Constant)
@@ -84,6 +108,8 @@ class _Checker(ast.NodeVisitor):
         self.modules: set[str] = set()  # names bound to the prepare module
         self.members: set[str] = set()  # names bound to something from prepare
         self.sys_names: set[str] = set()
+        self.libs: set[str] = set()  # names bound to other imported modules or their members
+        self.constants: set[str] = set()  # top-level UPPER_CASE names bound to literals
         self.cfg_names: set[str] = set()  # names bound to prepare.run_config()'s result
         self.calls_run_config = False
         self.top_level: set[ast.AST] = set()
@@ -105,8 +131,12 @@ class _Checker(ast.NodeVisitor):
                 )
             if top == "prepare":
                 self.modules.add(alias.asname or "prepare")
+            else:
+                self.libs.add(alias.asname or top)
             if alias.name == "sys":
                 self.sys_names.add(alias.asname or "sys")
+            if top in _FORBIDDEN_MODULES:
+                self.flag(node, f"imports {top}, which {_FORBIDDEN_MODULES[top]}")
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         module = node.module or ""
@@ -117,11 +147,17 @@ class _Checker(ast.NodeVisitor):
                 if alias.name not in ALLOWED_PREPARE:
                     self.flag(node, f"imports prepare.{alias.name}, which train.py must not use")
                 self.members.add(alias.asname or alias.name)
+            elif module.split(".")[0] != "prepare":
+                self.libs.add(alias.asname or alias.name)
             if module == "sys" and alias.name == "modules":
                 self.flag(node, "imports sys.modules, which can swap prepare's code")
+            if alias.name in _INTROSPECTION:
+                self.flag(node, f"imports {alias.name}, which reaches into the interpreter (prepare's state)")
+        if module.split(".")[0] in _FORBIDDEN_MODULES:
+            self.flag(node, f"imports from {module}, which {_FORBIDDEN_MODULES[module.split('.')[0]]}")
 
     # -- binding and stores ------------------------------------------------------------------
-    def _store(self, target: ast.AST) -> None:
+    def _store(self, target: ast.AST, value: ast.AST | None = None) -> None:
         if isinstance(target, (ast.Tuple, ast.List)):
             for elt in target.elts:
                 self._store(elt)
@@ -143,7 +179,18 @@ class _Checker(ast.NodeVisitor):
             )
         elif root in self.sys_names and "modules" in ast.unparse(target):
             self.flag(target, "writes to sys.modules, which can swap prepare's code")
-        elif root in self.cfg_names and isinstance(target, ast.Attribute) and target.attr in _CONTRACT_FIELDS:
+        elif root in self.libs and not (
+            _is_literal(value) or (isinstance(value, ast.Name) and value.id in self.constants)
+        ):
+            self.flag(
+                target,
+                f"replaces {ast.unparse(target)}: library options may be set to constants, "
+                "library code (which the metric runs on) may not be swapped",
+            )
+        elif root in self.cfg_names and (
+            (isinstance(target, ast.Attribute) and target.attr in _CONTRACT_FIELDS)
+            or "__dict__" in ast.unparse(target)
+        ):
             self.flag(
                 target,
                 f"changes {ast.unparse(target)}; depth, budget and seed come from prepare.run_config()",
@@ -160,13 +207,19 @@ class _Checker(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         self.visit(node.value)
         for target in node.targets:
-            self._store(target)
+            self._store(target, node.value)
         names = [t.id for t in node.targets if isinstance(t, ast.Name)]
         if self._is_run_config_call(node.value):
             self.cfg_names.update(names)
         elif isinstance(node.value, (ast.Name, ast.Attribute)) and _root(node.value) in self.prepare_names:
             self.members.update(names)  # `p = prepare` or `ev = prepare.evaluate_bpb`: an alias
+        elif isinstance(node.value, (ast.Name, ast.Attribute)) and _root(node.value) in self.libs:
+            self.libs.update(names)  # `T = torch.Tensor`: patching T patches torch
         for name in names:
+            if node in self.top_level and name.isupper() and _is_literal(node.value):
+                self.constants.add(name)
+            else:
+                self.constants.discard(name)
             if node in self.top_level and name in _OVERRIDE_CONSTANTS:
                 self.flag(node, f"defines {name}; depth, budget and seed come from prepare.run_config()")
 
@@ -175,7 +228,7 @@ class _Checker(ast.NodeVisitor):
             self.visit(node.value)
             if self._is_run_config_call(node.value) and isinstance(node.target, ast.Name):
                 self.cfg_names.add(node.target.id)
-        self._store(node.target)
+        self._store(node.target, node.value)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
         self.visit(node.value)
@@ -227,13 +280,20 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, "uses sys.modules, which can swap prepare's code")
         if node.attr in _PRIVATE_ATTRS:
             self.flag(node, f"reads .{node.attr} ({_PRIVATE_ATTRS[node.attr]}), which belongs to prepare")
+        if node.attr in _INTROSPECTION:
+            self.flag(node, f"uses {node.attr}, which reaches into the interpreter (prepare's state)")
+        if node.attr == "__dict__" and root in self.cfg_names | self.prepare_names:
+            self.flag(
+                node,
+                f"reaches into {ast.unparse(node)}; depth, budget and seed come from prepare.run_config()",
+            )
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
         value = node.value.decode(errors="replace") if isinstance(node.value, bytes) else node.value
         if not isinstance(value, str):
             return
-        if "EVOLVE_" in value:
+        if "EVOLVE" in value:
             self.flag(
                 node,
                 f"refers to {value!r}: read depth, budget and seed from prepare.run_config(), not the environment",
@@ -263,6 +323,13 @@ class _Checker(ast.NodeVisitor):
             self.flag(node, f"calls {name}(), which hides code or names from this check")
         if name == "import_module":
             self.flag(node, "imports a module by name at run time; use plain imports")
+        if (
+            name in ("setattr", "delattr")
+            and first is not None
+            and _root(first) in self.libs
+            and not (name == "setattr" and len(node.args) == 3 and _is_literal(node.args[2]))
+        ):
+            self.flag(node, f"calls {name} on {ast.unparse(first)}: library code may not be swapped")
         if (
             name in ("setattr", "delattr")
             and first is not None

@@ -2,9 +2,12 @@
 
 The trainer starts `python train.py` with `EVOLVE_*` variables; `train.py` reads them only through
 `run_config()` and ends with `report(...)`, which prints the summary block and writes the same
-data as JSON to the result path. The JSON carries an HMAC made with a per-run key the trainer
-hands over in `EVOLVE_RESULT_KEY`; the key is removed from the environment as soon as `prepare`
-is imported, so a result file written by anything other than `report` is detected as invalid.
+data as JSON to the result path. The JSON carries an HMAC made with a per-run key and a `harness`
+block that only prepare writes: what `evaluate_bpb` returned, what the sandbox refused, and how
+long the process had been running. The key and the sandbox policy come through an inherited pipe
+(`EVOLVE_RESULT_KEY_FD`) that prepare reads and closes at import, before train.py's first line
+runs (the trainer imports prepare first), so neither the environment nor /proc/self/environ holds
+the key, and a result file written by anything other than `report` is detected as invalid.
 """
 
 from __future__ import annotations
@@ -14,15 +17,63 @@ import hmac
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import PrepareError
 from .profiles import Profile, dataset_dir, get_profile
 
-# Read once, at import, and scrubbed from the environment so that code imported later cannot
-# read it back from os.environ (see docs/SECURITY.md for what an in-process check cannot stop).
-_RESULT_KEY: bytes = os.environ.pop("EVOLVE_RESULT_KEY", "").encode()
+KEY_FD_VAR = "EVOLVE_RESULT_KEY_FD"
+_STARTED = time.time()  # the trainer imports prepare first, so this is the process's start
+
+
+def _read_handover() -> dict:
+    """The trainer's sealed note (signing key and sandbox policy), read once from its pipe.
+
+    Under torchrun the workers do not inherit the pipe, so rank 0 opens it through its parent,
+    the torchrun agent, which did. See docs/SECURITY.md for what an in-process secret cannot stop."""
+    raw = os.environ.pop(KEY_FD_VAR, "")
+    if not raw.isdigit():
+        return {}
+    fd = int(raw)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        if os.environ.get("RANK", "0") != "0":
+            return {}
+        try:
+            fd = os.open(f"/proc/{os.getppid()}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return {}
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    except OSError:  # not our pipe after all, or it was emptied by someone else
+        pass
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    try:
+        note = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        return {}
+    return note if isinstance(note, dict) else {}
+
+
+def _seal() -> bytes:
+    note = _read_handover()
+    if isinstance(note.get("sandbox"), dict):
+        from . import sandbox
+
+        sandbox.install(sandbox.Policy.from_json(note["sandbox"]))
+    return str(note.get("key", "")).encode()
+
+
+# Read once, at import; kept only here (docs/SECURITY.md says what an in-process secret can't stop).
+_RESULT_KEY: bytes = _seal()
+_EVALUATIONS: list[dict] = []  # one entry per evaluate_bpb call in this process
 
 # Exit code of a run that stopped itself because its loss became NaN or exploded.
 EXIT_DIVERGED = 86
@@ -145,6 +196,13 @@ def report(cfg: RunConfig | None = None, **metrics) -> dict:
     }
     if not cfg.is_master:
         return payload
+    from . import sandbox
+
+    harness = {
+        "evaluations": list(_EVALUATIONS),
+        "denied": sandbox.denied(),
+        "elapsed_seconds": time.time() - _STARTED,
+    }
     print("---", flush=True)
     ordered = [k for k in SUMMARY_KEYS if k in payload] + sorted(
         k for k in payload if k not in SUMMARY_KEYS and k != "config"
@@ -152,14 +210,39 @@ def report(cfg: RunConfig | None = None, **metrics) -> dict:
     for key in ordered:
         print(f"{key}: {_format(payload[key])}", flush=True)
     if cfg.result_path is not None:
-        document = dict(payload)
+        document = {**payload, "harness": harness}
         if _RESULT_KEY:
             document["signature"] = sign(document, _RESULT_KEY)
-        cfg.result_path.parent.mkdir(parents=True, exist_ok=True)
+        if not cfg.result_path.parent.is_dir():  # the trainer makes it; a mkdir there is refused
+            cfg.result_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cfg.result_path.with_suffix(cfg.result_path.suffix + ".tmp")
         tmp.write_text(json.dumps(document, indent=2, default=str))
         os.replace(tmp, cfg.result_path)
     return payload
+
+
+def record_evaluation(
+    val_bpb: float,
+    *,
+    eval_tokens: int,
+    seq_len: int,
+    data_dir: str,
+    num_params: int,
+    leaks_future: bool,
+    consistent: bool,
+) -> None:
+    """Called by `evaluate_bpb` (only): what it scored, so the trainer can check what train.py reports."""
+    _EVALUATIONS.append(
+        {
+            "val_bpb": float(val_bpb),
+            "eval_tokens": int(eval_tokens),
+            "seq_len": int(seq_len),
+            "data_dir": str(data_dir),
+            "num_params": int(num_params),
+            "leaks_future": bool(leaks_future),
+            "consistent": bool(consistent),
+        }
+    )
 
 
 def config_dict(cfg: RunConfig) -> dict:

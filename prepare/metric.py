@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .contract import RunConfig, run_config
+from .contract import RunConfig, record_evaluation, run_config
 from .dataloader import BestFitPacker, Exhausted, gather
 from .errors import PrepareError
 from .shards import open_split
@@ -90,6 +90,27 @@ def _model_device(model: torch.nn.Module, fallback: str) -> torch.device:
     return torch.device(fallback)
 
 
+def _leaks_future(model: torch.nn.Module, x: torch.Tensor, logits: torch.Tensor, vocab: int) -> bool:
+    """True when the logits before position k change with the tokens from k on: the model reads
+    the answer (x holds the whole row, so a non-causal model can copy the next token)."""
+    k = x.size(1) // 2
+    probe = x.clone()
+    probe[:, k:] = (probe[:, k:] + 1) % vocab  # same shape, so a compiled model is not recompiled
+    ref = logits[:, :k].float().clone()
+    other = model(probe)[:, :k].float()
+    same = (ref == other) | ((ref - other).abs() <= 0.05 + 0.02 * ref.abs()) | (ref.isnan() & other.isnan())
+    return not bool(same.all())
+
+
+def _agrees(ce: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Cross-entropy as F computed it matches logsumexp minus the target's logit: torch functions
+    the metric relies on were not swapped for flattering ones."""
+    direct = torch.logsumexp(logits, -1) - logits.gather(-1, targets[:, None]).squeeze(-1)
+    finite = torch.isfinite(ce) & torch.isfinite(direct)
+    close = (ce[finite] - direct[finite]).abs() <= 1e-3 + 1e-3 * direct[finite].abs()
+    return bool(close.all()) and bool((torch.isfinite(ce) == torch.isfinite(direct)).all())
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -107,7 +128,9 @@ def evaluate_bpb(
     summed in float64. Under torchrun (torch.distributed initialised) ranks score different rows
     and every rank returns the same number. Runs in eval mode without gradients and restores the
     model's training mode. `batch_size` is rows per forward (default: about 256K tokens on a GPU,
-    16K on a CPU); it changes speed and memory, never the result."""
+    16K on a CPU); it changes speed and memory, never the result. Each call is recorded for the
+    trainer (prepare.contract.record_evaluation), with a check that the first batch's logits do not
+    depend on later tokens; train.py reports this value and no other."""
     cfg = cfg or run_config()
     rows, token_bytes = _cached(cfg)
     seq_len, eval_tokens = cfg.profile.seq_len, cfg.profile.eval_tokens
@@ -123,6 +146,7 @@ def evaluate_bpb(
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
+    leaks, consistent = False, True
     model.eval()
     try:
         with torch.no_grad():
@@ -141,15 +165,30 @@ def evaluate_bpb(
                 for r in range(0, len(x), chunk):
                     part = logits[r : r + chunk].float()
                     ce = F.cross_entropy(part.flatten(0, 1), y[r : r + chunk].flatten(), reduction="none")
+                    if begin == 0 and r == 0:
+                        consistent = _agrees(ce, part.flatten(0, 1), y[r : r + chunk].flatten())
                     weight = target_bytes[r : r + chunk].flatten()
                     nats += torch.where(
                         weight > 0, ce.double(), 0.0
                     ).sum()  # where, not *: an unscored inf must not leak in
                 nbytes += target_bytes.sum()
+                if begin == 0:  # after scoring: the probe may reuse the logits' memory (CUDA graphs)
+                    leaks = _leaks_future(model, x, logits, len(token_bytes))
     finally:
         model.train(was_training)
     if world_size > 1:
         totals = torch.stack([nats, nbytes.double()])
         torch.distributed.all_reduce(totals)
         nats, nbytes = totals[0], totals[1]
-    return float(nats) / (math.log(2) * float(nbytes))
+    value = float(nats) / (math.log(2) * float(nbytes))
+    num_params = sum(p.numel() for p in model.parameters())
+    record_evaluation(
+        value,
+        eval_tokens=eval_tokens,
+        seq_len=seq_len,
+        data_dir=str(Path(cfg.data_dir).resolve()),
+        num_params=num_params,
+        leaks_future=leaks,
+        consistent=consistent,
+    )
+    return value

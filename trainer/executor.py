@@ -7,6 +7,7 @@ contract tests (tests/trainer/test_executor.py).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from prepare.profiles import Profile
 
 from .errors import TrainerError
+from .quarantine import EventHook, Quarantine, device_fault
 from .result import RunResult
 from .runner import normalize_devices, run
 
@@ -36,6 +38,9 @@ class Job:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     allowance: float | None = None
     script: str = "train.py"
+    writable: tuple[
+        Path, ...
+    ] = ()  # folders train.py may write besides its worktree (on the node that runs it)
 
 
 class Executor(ABC):
@@ -54,6 +59,12 @@ class Executor(ABC):
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking jobs; with `wait`, return once the running ones are done."""
 
+    def abandon(self) -> None:  # noqa: B027 - a default that does nothing, on purpose
+        """Kill the runs in flight now; their futures resolve soon (to results nobody records).
+
+        Nothing to do here for runs that are this process's children: the search kills those
+        itself. An executor whose runs live elsewhere (Ray) cancels them."""
+
     def __enter__(self) -> Executor:
         return self
 
@@ -68,15 +79,32 @@ class LocalExecutor(Executor):
     """One job per device slot on this host: GPU indices, or several "cpu" slots.
 
     A job asks for `gpus_per_run` slots; it waits until that many are free, takes them all at once
-    (never some, so two waiting jobs cannot deadlock), and gives them back when it ends."""
+    (never some, so two waiting jobs cannot deadlock), and gives them back when it ends.
 
-    def __init__(self, devices: Sequence[int | str] | int | str, *, runner: Runner = run):
+    On GPUs, a single-device run that crashes with a device error (see `trainer.quarantine`) is run
+    once more on another GPU; the result of that second run is the job's result. A GPU whose runs
+    keep failing where they pass elsewhere is quarantined after `quarantine_after` strikes: it gets
+    no more jobs, `quarantined` lists it and `on_event(kind, payload)` is told."""
+
+    def __init__(
+        self,
+        devices: Sequence[int | str] | int | str,
+        *,
+        runner: Runner = run,
+        quarantine_after: int = 3,
+        retry_device_faults: bool = True,
+        on_event: EventHook | None = None,
+    ):
         self._devices = normalize_devices(devices)
         self._free = list(range(len(self._devices)))  # slot numbers; "cpu" slots look alike
         self._cond = threading.Condition()
         self._runner = runner
         self._pool = ThreadPoolExecutor(max_workers=len(self._devices), thread_name_prefix="evolve-slot")
         self._closed = False
+        self._on_gpus = self._devices[0] != "cpu"
+        self._retry = retry_device_faults and self._on_gpus
+        self.quarantine = Quarantine(self._devices, after=quarantine_after, on_event=self._event)
+        self.on_event = on_event
 
     @classmethod
     def cpu(cls, n: int) -> LocalExecutor:
@@ -84,25 +112,51 @@ class LocalExecutor(Executor):
 
     @property
     def slots(self) -> int:
-        return len(self._devices)
+        return len(self._devices) - len(self.quarantine.quarantined)
 
     @property
     def devices(self) -> tuple[str, ...]:
         return self._devices
 
-    def _take(self, n: int) -> list[int]:
+    @property
+    def quarantined(self) -> dict[str, str]:
+        """GPUs taken out of rotation, with the reason."""
+        return self.quarantine.quarantined
+
+    def _event(self, kind: str, payload: dict) -> None:
+        if kind == "device_quarantined":
+            with self._cond:
+                slot = self._devices.index(payload["device"])
+                self._free = [s for s in self._free if s != slot]
+                self._cond.notify_all()  # a job waiting for more devices than remain must hear it
+        if self.on_event is not None:
+            self.on_event(kind, payload)
+
+    def _usable(self, avoid: frozenset[int]) -> list[int]:
+        out = self.quarantine.quarantined
+        return [s for s in self._free if s not in avoid and self._devices[s] not in out]
+
+    def _take(self, n: int, avoid: frozenset[int] = frozenset()) -> list[int] | None:
+        """`n` free slots outside `avoid`; None when fewer than `n` such devices remain healthy."""
         with self._cond:
-            self._cond.wait_for(lambda: len(self._free) >= n)
-            taken, self._free = self._free[:n], self._free[n:]
-            return taken
+            while True:
+                usable = self._usable(avoid)
+                if len(usable) >= n:
+                    taken = usable[:n]
+                    self._free = [s for s in self._free if s not in taken]
+                    return taken
+                healthy = [d for d in self.quarantine.healthy() if self._devices.index(d) not in avoid]
+                if len(healthy) < n:
+                    return None
+                self._cond.wait()
 
     def _give_back(self, taken: list[int]) -> None:
         with self._cond:
-            self._free = sorted(self._free + taken)
+            out = self.quarantine.quarantined
+            self._free = sorted(self._free + [s for s in taken if self._devices[s] not in out])
             self._cond.notify_all()
 
-    def _work(self, job: Job) -> RunResult:
-        taken = self._take(job.gpus_per_run)
+    def _run_on(self, job: Job, taken: list[int]) -> RunResult:
         try:
             return self._runner(
                 job.worktree,
@@ -116,9 +170,36 @@ class LocalExecutor(Executor):
                 allowance=job.allowance,
                 extra_env=dict(job.extra_env),
                 script=job.script,
+                writable=job.writable,
             )
         finally:
             self._give_back(taken)
+
+    def _work(self, job: Job) -> RunResult:
+        taken = self._take(job.gpus_per_run)
+        if taken is None:
+            raise TrainerError(
+                f"a job asks for {job.gpus_per_run} devices; only {self.slots} are out of quarantine "
+                f"({', '.join(self.quarantined)} quarantined)"
+            )
+        result = self._run_on(job, taken)
+        if not self._on_gpus or len(taken) != 1:
+            return result  # a multi-GPU failure cannot be pinned on one card
+        first = self._devices[taken[0]]
+        fault = device_fault(result)
+        again = self._take(1, avoid=frozenset(taken)) if fault is not None and self._retry else None
+        if again is None:  # not suspect, or no other healthy device to settle it on
+            self.quarantine.observe(first, result)
+            return result
+        kept_log = _set_aside(result.log_path, first)
+        retry = self._run_on(job, again)
+        if retry.ok:  # the device, not the code: a strike
+            self.quarantine.strike(first, fault)
+            self.quarantine.observe(first, result)
+        if retry.ok or device_fault(retry) is None:  # failing the same way twice is the code's doing
+            self.quarantine.observe(self._devices[again[0]], retry)
+        note = {"device": first, "status": result.status.value, "reason": fault, "log_path": kept_log}
+        return dataclasses.replace(retry, extra={**retry.extra, "device_retry": note})
 
     def submit(self, job: Job) -> Future[RunResult]:
         if self._closed:
@@ -130,3 +211,13 @@ class LocalExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _set_aside(log_path: str | None, device: str) -> str | None:
+    """Keep the first attempt's log next to the retry's (which is written to the same name)."""
+    if not log_path or not Path(log_path).is_file():
+        return log_path
+    path = Path(log_path)
+    kept = path.with_name(f"{path.stem}.gpu{device}{path.suffix}")
+    path.replace(kept)
+    return str(kept)

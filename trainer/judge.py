@@ -2,8 +2,10 @@
 
 The trainer, not `train.py`, is the judge. A result counts only when it was signed by
 `prepare.report` with this run's key, says it ran the depth / budget / seed / profile that were
-asked for, stayed inside the budget, agrees with the summary block printed in the log, and the
-run left prepare's code and the data untouched.
+asked for, stayed inside the budget, reports the one number `prepare.evaluate_bpb` computed (on
+the profile's full validation set, with a model that does not read later tokens), agrees with
+the summary block printed in the log, tripped no sandbox wire, and the run left prepare's code
+and the data untouched.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prepare.contract import EXIT_DIVERGED, verify
+from prepare.sandbox import MARKER, SELF_KILL_MARKER
 
 from .process import Outcome
 from .result import Status
@@ -23,10 +26,12 @@ from .result import Status
 # Slack on training_seconds: 2% of the budget plus a little for the clock read after the last step.
 BUDGET_SLACK = 1.02
 BUDGET_EPSILON = 0.25
+# Slack when comparing a reported duration with what prepare or the trainer measured.
+CLOCK_SLACK = 1.0
 
 _OOM = re.compile(
     r"CUDA out of memory|OutOfMemoryError|MemoryError|std::bad_alloc|CUBLAS_STATUS_ALLOC_FAILED"
-    r"|CUDA error: out of memory"
+    r"|CUDA error: out of memory|DefaultCPUAllocator: can't allocate memory"
 )
 _DIVERGED_LINE = re.compile(r"^DIVERGED: ", re.MULTILINE)
 _ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupt)\b.*$", re.MULTILINE)
@@ -43,6 +48,9 @@ class Expected:
     profile: str
     world_size: int
     key: bytes
+    eval_tokens: int | None = None  # None: not checked (callers that judge by hand)
+    seq_len: int | None = None
+    data_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Verdict:
     status: Status
     reason: str
     metrics: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)  # what prepare measured (harness block)
 
 
 def parse_summary(text: str) -> dict[str, str] | None:
@@ -130,16 +139,70 @@ def _mismatch(document: dict, expected: Expected) -> str:
     return ""
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _harness_problem(harness: dict, metrics: dict, expected: Expected, wall: float) -> str:
+    """The first way the run's own report disagrees with what prepare measured, or ''."""
+    denied = harness.get("denied")
+    if denied:
+        return f"sandbox: train.py tried to {denied[0]}"
+    evaluations = harness.get("evaluations")
+    if not isinstance(evaluations, list) or not evaluations:
+        return "val_bpb was not computed by prepare.evaluate_bpb"
+    if len(evaluations) > 1:
+        return (
+            f"prepare.evaluate_bpb was called {len(evaluations)} times; a run scores its one model once "
+            "(picking among models by their validation score fits the test set)"
+        )
+    scored = evaluations[0] if isinstance(evaluations[0], dict) else {}
+    bpb, measured = _number(metrics.get("val_bpb")), _number(scored.get("val_bpb"))
+    if measured is None or not (bpb == measured or (math.isnan(bpb) and math.isnan(measured))):
+        return f"val_bpb {metrics.get('val_bpb')} reported, but prepare.evaluate_bpb returned {scored.get('val_bpb')}"
+    if expected.eval_tokens is not None and scored.get("eval_tokens") != expected.eval_tokens:
+        return f"scored on {scored.get('eval_tokens')} validation tokens, not the profile's {expected.eval_tokens}"
+    if expected.seq_len is not None and scored.get("seq_len") != expected.seq_len:
+        return f"scored with rows of {scored.get('seq_len')} tokens, not the profile's {expected.seq_len}"
+    if expected.data_dir is not None and scored.get("data_dir") != expected.data_dir:
+        return f"scored on the data at {scored.get('data_dir')}, not the run's {expected.data_dir}"
+    if scored.get("consistent") is not True:
+        return "the metric's own arithmetic disagrees with itself: torch functions it uses were replaced"
+    if scored.get("leaks_future") is not False:
+        return "the model's predictions change with later tokens: it reads the answer (not causal)"
+    elapsed = _number(harness.get("elapsed_seconds"))
+    total, seconds = _number(metrics.get("total_seconds")), _number(metrics.get("training_seconds"))
+    if elapsed is None or elapsed > wall + CLOCK_SLACK:
+        return f"prepare measured {elapsed} s of run time, but the process ran {wall:.1f} s"
+    if seconds is not None and seconds > elapsed + CLOCK_SLACK:
+        return f"training_seconds {seconds:.1f} is more than the {elapsed:.1f} s the process had run"
+    if total is not None and abs(total - elapsed) > CLOCK_SLACK + 0.02 * elapsed:
+        return f"total_seconds {total:.1f} reported, but the process had run {elapsed:.1f} s when it reported"
+    return ""
+
+
+def _sandbox_line(tail: str) -> str:
+    for line in reversed(tail.splitlines()):
+        if line.startswith(MARKER):
+            return line[len(MARKER) :].strip()[:300]
+    return ""
+
+
 def judge(outcome: Outcome, result_path: Path, expected: Expected, tampering: str = "") -> Verdict:
     """Classify one run. `tampering` names what changed in prepare or the data ('' if nothing)."""
     if tampering:
         return Verdict(Status.INVALID, tampering, {})
+    denied = _sandbox_line(outcome.tail)
+    if denied:
+        return Verdict(Status.INVALID, f"sandbox: train.py tried to {denied}", {})
     if outcome.timed_out:
         return Verdict(Status.TIMEOUT, f"still running after {outcome.wall_seconds:.1f} s; killed", {})
     rc = outcome.returncode
     if rc != 0:
         if rc == EXIT_DIVERGED or _DIVERGED_LINE.search(outcome.tail):
             return Verdict(Status.DIVERGED, "the run stopped itself on a NaN or exploding loss", {})
+        if rc == -9 and SELF_KILL_MARKER in outcome.tail:
+            return Verdict(Status.CRASH, "train.py killed itself with SIGKILL", {})
         if _is_oom(outcome):
             how = "killed by SIGKILL (OOM killer?)" if rc == -9 else "out of memory"
             return Verdict(Status.OOM, how, {})
@@ -152,7 +215,18 @@ def judge(outcome: Outcome, result_path: Path, expected: Expected, tampering: st
         return Verdict(Status.INVALID, problem, {})
     if not verify(document, expected.key):
         return Verdict(Status.INVALID, "result file was not signed by prepare.report for this run", {})
-    metrics = {k: v for k, v in document.items() if k not in ("signature", "config")}
+    metrics = {k: v for k, v in document.items() if k not in ("signature", "config", "harness")}
+    harness = document.get("harness") if isinstance(document.get("harness"), dict) else {}
+    evaluations = harness.get("evaluations") if isinstance(harness.get("evaluations"), list) else []
+    extra = {
+        "elapsed_seconds": harness.get("elapsed_seconds"),
+        "evaluations": len(evaluations),
+        # the scored model's size, measured by the metric: a genome that ignores the depth
+        # override shows the same number at every depth
+        "eval_num_params": evaluations[-1].get("num_params")
+        if evaluations and isinstance(evaluations[-1], dict)
+        else None,
+    }
 
     mismatch = _mismatch(document, expected)
     if mismatch:
@@ -166,17 +240,26 @@ def judge(outcome: Outcome, result_path: Path, expected: Expected, tampering: st
     limit = expected.budget * BUDGET_SLACK + BUDGET_EPSILON
     if not seconds <= limit:  # also catches NaN
         return Verdict(
-            Status.INVALID, f"training_seconds {seconds:.2f} over the budget of {expected.budget:g}", metrics
+            Status.INVALID,
+            f"training_seconds {seconds:.2f} over the budget of {expected.budget:g}",
+            metrics,
+            extra,
         )
+    problem = _harness_problem(harness, metrics, expected, outcome.wall_seconds)
+    if problem:
+        return Verdict(Status.INVALID, problem, metrics, extra)
 
     summary = parse_summary(outcome.tail)
     if summary is None or "val_bpb" not in summary:
-        return Verdict(Status.INVALID, "no summary block with val_bpb at the end of the log", metrics)
+        return Verdict(Status.INVALID, "no summary block with val_bpb at the end of the log", metrics, extra)
     for key, printed in summary.items():
         if key in metrics and not _same_value(printed, metrics[key]):
             return Verdict(
-                Status.INVALID, f"log says {key}: {printed} but the result file says {metrics[key]}", metrics
+                Status.INVALID,
+                f"log says {key}: {printed} but the result file says {metrics[key]}",
+                metrics,
+                extra,
             )
     if not math.isfinite(bpb):
-        return Verdict(Status.DIVERGED, f"val_bpb is {bpb}", metrics)
-    return Verdict(Status.OK, f"val_bpb {bpb:.6f}", metrics)
+        return Verdict(Status.DIVERGED, f"val_bpb is {bpb}", metrics, extra)
+    return Verdict(Status.OK, f"val_bpb {bpb:.6f}", metrics, extra)

@@ -3,7 +3,9 @@
 The child gets its own session (and so its own process group). On the deadline the whole group
 gets SIGTERM, then SIGKILL after a grace period; when the main process exits, whatever it left in
 the group is killed too. torchrun starts its workers in sessions of their own, so every process is
-also tagged through an environment variable and swept from /proc by that tag.
+also tagged through an environment variable and swept from /proc by that tag, and so is any
+process that still holds the run's output pipe (one that started a new session with a cleared
+environment). A process that leaves all three is out of reach (docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -42,9 +44,25 @@ def _signal_group(pgid: int, sig: int) -> bool:
         return False
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Processes (other than us) whose environment carries `TAG_VAR=tag`."""
+def _holds(pid: str, link: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def tagged_pids(tag: str, pipe: int | None = None) -> list[int]:
+    """Processes (other than us) whose environment carries `TAG_VAR=tag`, or that hold the pipe
+    with inode `pipe` (the run's output, inherited by everything it started)."""
     needle = f"{TAG_VAR}={tag}".encode()
+    link = f"pipe:[{pipe}]" if pipe is not None else None
     me = os.getpid()
     found = []
     try:
@@ -58,16 +76,16 @@ def tagged_pids(tag: str) -> list[int]:
             environ = Path("/proc", entry, "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0"):
+        if needle in environ.split(b"\0") or (link is not None and _holds(entry, link)):
             found.append(int(entry))
     return found
 
 
-def sweep(pgid: int, tag: str, rounds: int = 20) -> None:
+def sweep(pgid: int, tag: str, rounds: int = 20, pipe: int | None = None) -> None:
     """SIGKILL the group and every tagged process until none is left (a fork bomb keeps forking)."""
     for _ in range(rounds):
         alive = _signal_group(pgid, signal.SIGKILL)
-        for pid in tagged_pids(tag):
+        for pid in tagged_pids(tag, pipe):
             try:
                 os.kill(pid, signal.SIGKILL)
                 alive = True
@@ -122,8 +140,11 @@ def supervise(
     tag: str,
     log_limit: int = 50 * 2**20,
     grace: float = 5.0,
+    pass_fds: Sequence[int] = (),
 ) -> Outcome:
-    """Run `cmd` until it exits or `limit` seconds pass; output (stdout+stderr) to `log_path`."""
+    """Run `cmd` until it exits or `limit` seconds pass; output (stdout+stderr) to `log_path`.
+
+    `pass_fds` are inherited by the child (every other descriptor is closed)."""
     env = {**env, TAG_VAR: tag}
     with open(log_path, "ab") as log:
         sink = _Sink(log, log_limit)
@@ -136,9 +157,11 @@ def supervise(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
         pgid = proc.pid
         fd = proc.stdout.fileno()
+        pipe = os.fstat(fd).st_ino
         os.set_blocking(fd, False)
         deadline = start + limit
         term_at: float | None = None
@@ -168,19 +191,19 @@ def supervise(
                 if term_at is None and now >= deadline:
                     term_at = now
                     _signal_group(pgid, signal.SIGTERM)
-                    for pid in tagged_pids(tag):  # torchrun workers live in sessions of their own
+                    for pid in tagged_pids(tag, pipe):  # torchrun workers live in sessions of their own
                         try:
                             os.kill(pid, signal.SIGTERM)
                         except (ProcessLookupError, PermissionError):
                             pass
                 if term_at is not None and not killed and now >= term_at + grace:
                     killed = True
-                    sweep(pgid, tag)
+                    sweep(pgid, tag, pipe=pipe)
                 next_event = deadline if term_at is None else term_at + grace
                 drain(max(0.0, min(0.2, next_event - now)) if not killed else 0.1)
         finally:
             # the main process is gone (or we are unwinding): nothing it started may outlive it
-            sweep(pgid, tag)
+            sweep(pgid, tag, pipe=pipe)
             returncode = proc.wait()
             wall = time.monotonic() - start
             # leftovers are dead, so the pipe reaches EOF soon; bounded in case something escaped

@@ -1,17 +1,22 @@
 """`run`: one genome at one (depth, budget, seed) on one device or a group of devices, judged.
 
 The steps: resolve the profile, devices and data; build a scrubbed environment with the run
-contract and a fresh signing key; find the `prepare` package the child will import and hash it
-and the data; run `python train.py` (or torchrun) under a wall-clock limit; hash again; judge.
+contract; find the `prepare` package the child will import and hash it and the data; run
+`python train.py` (or torchrun) under a wall-clock limit; hash again; judge. The child imports
+prepare before train.py's first line, and prepare reads a fresh signing key and the sandbox
+policy from a pipe the trainer wrote and closed (never the environment, which /proc shows).
 Problems with the request raise TrainerError; anything the run itself does is a RunResult.
 """
 
 from __future__ import annotations
 
 import functools
+import getpass
 import importlib.metadata
+import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,9 +24,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import prepare
+from prepare.contract import KEY_FD_VAR
 from prepare.errors import PrepareError
 from prepare.integrity import dataset_hash, package_hash
-from prepare.profiles import Profile, dataset_dir, get_profile
+from prepare.profiles import Profile, dataset_dir, evolve_home, get_profile
+from prepare.sandbox import HIDDEN, READ, WRITE, Policy, roots
 
 from .env import build_env
 from .errors import TrainerError
@@ -38,6 +45,16 @@ _PROBE = (
     "import importlib.util, sys; sys.path[0] = sys.argv[1]; "
     "s = importlib.util.find_spec('prepare'); "
     "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"
+)
+
+
+# The child's first code: import prepare (which takes the key and arms the sandbox), then run the
+# script as __main__ with its own folder on sys.path, as `python train.py` would. No .pyc writes:
+# the sandbox refuses writes outside the run's own places.
+LAUNCH = (
+    "import os, runpy, sys; sys.dont_write_bytecode = True; import prepare; "
+    "script = os.path.abspath(sys.argv[1]); sys.argv = sys.argv[1:]; "
+    "sys.path[0] = os.path.dirname(script); runpy.run_path(script, run_name='__main__')"
 )
 
 
@@ -131,8 +148,87 @@ def gpu_name(index: str) -> str:
 
 def _command(python: str, script: str, nproc: int) -> list[str]:
     if nproc == 1:
-        return [python, script]
-    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), script]
+        return [python, "-c", LAUNCH, script]
+    return [
+        python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+        "--no-python", python, "-c", LAUNCH, script,
+    ]  # fmt: skip
+
+
+def _git_dirs(worktree: Path) -> list[Path]:
+    """The repository's git directory and, for a worktree of a workspace, the workspace's `.evolve`."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=worktree,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return []
+    common = Path(proc.stdout.strip())
+    found = [common]
+    if common.name == ".git" and (common.parent / ".evolve").is_dir():
+        found.append(common.parent / ".evolve")
+    return found
+
+
+def _cache_dirs(env: Mapping[str, str]) -> list[Path]:
+    """Where torch, Triton and CUDA keep compiled kernels: the only writable places outside the run."""
+    home = Path(env.get("HOME") or Path.home())
+    dirs = [home / ".cache", home / ".triton", home / ".nv"]
+    for name in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"):
+        if env.get(name):
+            dirs.append(Path(env[name]))
+    return dirs
+
+
+def sandbox_policy(
+    worktree: Path,
+    *,
+    data: Path,
+    prepare_dir: Path,
+    logs: Path,
+    tmp: Path,
+    result: Path,
+    env: Mapping[str, str],
+    writable: Sequence[str | Path] = (),
+) -> Policy:
+    """What train.py may touch (see prepare.sandbox): write its worktree, temp dir and caches; read
+    prepare and the data (validation files through the metric only); nothing of the workspace's
+    git directory, store and other worktrees, or the log folder."""
+    pairs = [(str(d), WRITE) for d in [*_cache_dirs(env), *writable]]
+    pairs += [("/dev", WRITE), (str(evolve_home()), READ), (str(data), READ), (str(prepare_dir), READ)]
+    pairs += [(str(d), HIDDEN) for d in _git_dirs(worktree)]
+    pairs += [(str(logs), HIDDEN), (str(tmp), WRITE), (str(result), WRITE), (f"{result}.tmp", WRITE)]
+    pairs += [(str(worktree), WRITE), (str(worktree / ".git"), HIDDEN)]
+    val = [str(Path(data, name).resolve()) for name in ("val.bin", "val.idx")]
+    return Policy(roots=roots(pairs), metric_only=tuple(val))
+
+
+def _private_tmp(env: dict[str, str], tmp: Path) -> None:
+    """Temp files go to a folder of this run; the compile cache stays shared between runs."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in env:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "user"
+        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    for name in ("TMPDIR", "TMP", "TEMP"):
+        env[name] = str(tmp)
+
+
+def _handover(key: str, policy: Policy) -> int:
+    """A pipe holding the key and the policy, its write end closed: the child reads it once."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, json.dumps({"key": key, "sandbox": policy.to_json()}).encode())
+    finally:
+        os.close(write_end)
+    return read_end
 
 
 def run(
@@ -150,12 +246,14 @@ def run(
     script: str = "train.py",
     log_limit: int = LOG_LIMIT,
     grace: float = KILL_GRACE,
+    writable: Sequence[str | Path] = (),
 ) -> RunResult:
     """Run `script` in `worktree` and judge it. See the module docstring for the steps.
 
     `profile` is a name or a Profile (default: `EVOLVE_PROFILE`, else h100); `data_dir` defaults
     to the profile's prepared dataset; the log and result file go to `log_dir` (default: a fresh
-    temporary folder), which must be outside the worktree."""
+    temporary folder), which must be outside the worktree. train.py may write only in its worktree,
+    a temp dir of its own, the compile caches and the `writable` folders (see prepare.sandbox)."""
     worktree = Path(worktree).resolve()
     script_path = (worktree / script).resolve()
     if not script_path.is_file():
@@ -237,21 +335,42 @@ def run(
         )
     prepare_before, data_before = _hashes(child_prepare, data)
 
+    tag = secrets.token_hex(8)
+    tmp = logs / f"tmp-{tag}"
+    tmp.mkdir()
+    _private_tmp(env, tmp)
+    policy = sandbox_policy(
+        worktree,
+        data=Path(data).resolve(),
+        prepare_dir=child_prepare,
+        logs=logs,
+        tmp=tmp,
+        result=result_path,
+        env=env,
+        writable=writable,
+    )
     cmd = _command(python, script, len(devs))
+    shown = " ".join("<import prepare, run>" if part == LAUNCH else part for part in cmd)
     log_path.write_text(
-        f"[trainer] {' '.join(cmd)} in {worktree}: depth {depth}, budget {budget:g} s, seed {seed}, "
+        f"[trainer] {shown} in {worktree}: depth {depth}, budget {budget:g} s, seed {seed}, "
         f"profile {prof.name}, devices {','.join(devs)}, limit {limit:g} s\n"
     )
-    outcome = supervise(
-        cmd,
-        cwd=worktree,
-        env={**env, "EVOLVE_RESULT_KEY": key},
-        limit=limit,
-        log_path=log_path,
-        tag=secrets.token_hex(8),
-        log_limit=log_limit,
-        grace=grace,
-    )
+    key_fd = _handover(key, policy)
+    try:
+        outcome = supervise(
+            cmd,
+            cwd=worktree,
+            env={**env, KEY_FD_VAR: str(key_fd)},
+            limit=limit,
+            log_path=log_path,
+            tag=tag,
+            log_limit=log_limit,
+            grace=grace,
+            pass_fds=(key_fd,),
+        )
+    finally:
+        os.close(key_fd)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     prepare_after, data_after = _hashes(child_prepare, data)
     tampering = ""
@@ -260,7 +379,15 @@ def run(
     elif data_after != data_before:
         tampering = f"the prepared data at {data} changed during the run"
     expected = Expected(
-        depth=depth, budget=budget, seed=int(seed), profile=prof.name, world_size=len(devs), key=key.encode()
+        depth=depth,
+        budget=budget,
+        seed=int(seed),
+        profile=prof.name,
+        world_size=len(devs),
+        key=key.encode(),
+        eval_tokens=prof.eval_tokens,
+        seq_len=prof.seq_len,
+        data_dir=str(Path(data).resolve()),
     )
     verdict = judge(outcome, result_path, expected, tampering)
     with open(log_path, "a") as log:
@@ -268,7 +395,7 @@ def run(
             f"\n[trainer] exit code {outcome.returncode} after {outcome.wall_seconds:.1f} s: "
             f"{verdict.status.value} ({verdict.reason})\n"
         )
-    extra = {"output_bytes": outcome.output_bytes}
+    extra = {"output_bytes": outcome.output_bytes, **verdict.extra}
     if outcome.truncated:
         extra["log_truncated"] = True
     return RunResult(

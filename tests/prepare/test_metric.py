@@ -261,7 +261,7 @@ def test_ranks_share_rows_and_agree_under_ddp(one_doc_per_row, tmp_path, monkeyp
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-2000:]
     rows, values = zip(*(out.split()[-2:] for out, _ in outputs), strict=True)
-    assert rows == ("4", "3")
+    assert rows == ("6", "5")  # 4 + 3 scored, plus each rank's 2-row causality probe of its first batch
     assert float(values[0]) == float(values[1]) == pytest.approx(single, rel=1e-12)
 
 

@@ -14,7 +14,8 @@ def test_two_cpu_processes_under_torchrun_all_reduce_and_report(run_script):
 
     assert result.status is Status.OK, (result.reason, result.error_tail)
     assert result.devices == ("cpu", "cpu")
-    assert result.metrics["world"] == 2 and result.val_bpb == 3.0  # 1 + 2, summed across ranks
+    assert result.metrics["world"] == 2 and result.metrics["ranks"] == 3.0  # 1 + 2, summed across ranks
+    assert 0 < result.val_bpb < 20  # scored by both ranks together, signed by rank 0
     assert "torch.distributed.run" in Path(result.log_path).read_text().splitlines()[0]
 
 
@@ -29,6 +30,7 @@ def test_a_torchrun_run_that_overstays_is_killed_workers_and_all(run_script, tmp
         allowance=4.0,
         grace=1.0,
         extra_env={"PID_DIR": str(pid_dir)},
+        writable=[pid_dir],
     )
 
     assert result.status is Status.TIMEOUT

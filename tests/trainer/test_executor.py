@@ -22,9 +22,9 @@ class ExecutorContract:
 
     @pytest.fixture
     def jobs(self, tmp_path, tiny_data, prepare_copy):
-        """jobs(n, script="sleeper", **job_fields) -> n Jobs on fresh worktrees, marks in tmp/marks."""
-        marks = tmp_path / "marks"
-        marks.mkdir()
+        """jobs(n, script="sleeper", **job_fields) -> n Jobs on fresh worktrees; each leaves its marks
+        in its own worktree (the one place outside its temp dir that train.py may write)."""
+        trees = []
 
         made = iter(range(10**6))
 
@@ -35,7 +35,8 @@ class ExecutorContract:
                 tree = tmp_path / f"{script}-{i}"
                 tree.mkdir()
                 shutil.copy(SCRIPTS / f"{script}.py", tree / "train.py")
-                env = {"MARK_DIR": str(marks), "SLEEP": str(sleep), "PYTHONPATH": str(prepare_copy.parent)}
+                trees.append(tree)
+                env = {"MARK_DIR": str(tree), "SLEEP": str(sleep), "PYTHONPATH": str(prepare_copy.parent)}
                 out.append(
                     Job(
                         worktree=tree,
@@ -52,11 +53,11 @@ class ExecutorContract:
                 )
             return out
 
-        make.marks = marks
+        make.trees = trees
         return make
 
     def _marks(self, jobs) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted(jobs.marks.iterdir())]
+        return [json.loads(p.read_text()) for tree in jobs.trees for p in sorted(tree.glob("*.json"))]
 
     def test_a_job_comes_back_as_a_future_run_result(self, executor, jobs):
         with executor(("cpu",)) as ex:

@@ -34,11 +34,11 @@ def test_no_secret_reaches_train_py(run_script, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     dump = tmp_path / "env.json"
 
-    result = run_script("envdump", depth=3, seed=11, extra_env={"DUMP_PATH": str(dump)})
+    result = run_script("envdump", depth=3, seed=11, extra_env={"DUMP_PATH": str(dump)}, writable=[tmp_path])
 
     assert result.status is Status.OK, result.reason
     seen = json.loads(dump.read_text())
-    before, after = seen["before"], seen["after"]
+    before, initial = seen["environ"], seen["initial"]
     text = json.dumps(seen)
     for name, value in SECRETS.items():
         assert name not in before and value not in text
@@ -49,8 +49,12 @@ def test_no_secret_reaches_train_py(run_script, monkeypatch, tmp_path):
     assert before["PATH"] and before["PYTHONUNBUFFERED"] == "1"
     assert (before["EVOLVE_DEPTH"], before["EVOLVE_SEED"], before["EVOLVE_PROFILE"]) == ("3", "11", "tiny")
     assert before["EVOLVE_DEVICE"] == "cpu" and before["CUDA_VISIBLE_DEVICES"] == ""
-    # the signing key is handed over fresh and prepare takes it out of the environment at import
-    assert len(before["EVOLVE_RESULT_KEY"]) == 64 and "EVOLVE_RESULT_KEY" not in after
+    # the signing key comes through a pipe that prepare read before train.py started: neither the
+    # environment nor the process's initial environment in /proc/self/environ holds it
+    assert not any(name.startswith("EVOLVE_RESULT_KEY") for name in before)
+    assert [e for e in initial if e.startswith("EVOLVE_RESULT_KEY")] == [
+        e for e in initial if e.startswith("EVOLVE_RESULT_KEY_FD=") and e.split("=", 1)[1].isdigit()
+    ]
     assert Path(before["EVOLVE_RESULT"]).parent == Path(result.log_path).parent  # outside the worktree
 
 
@@ -67,7 +71,7 @@ def test_gpu_devices_become_cuda_visible_devices():
 def test_nothing_the_run_started_outlives_it(run_script, tmp_path):
     pid_path = tmp_path / "pids"
 
-    result = run_script("grandchild", extra_env={"PID_PATH": str(pid_path)})
+    result = run_script("grandchild", extra_env={"PID_PATH": str(pid_path)}, writable=[tmp_path])
 
     assert result.status is Status.OK, result.reason
     pids = [int(p) for p in pid_path.read_text().split()]

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 import prepare
 
 cfg = prepare.run_config()
@@ -11,4 +13,6 @@ sleeper = [sys.executable, "-c", "import time; time.sleep(1000)"]
 pids = [subprocess.Popen(sleeper).pid, subprocess.Popen(sleeper, start_new_session=True).pid]
 with open(os.environ["PID_PATH"], "w") as f:
     f.write(" ".join(map(str, pids)))
-prepare.report(cfg, val_bpb=1.5, training_seconds=cfg.time_budget * 0.5)
+vocab = prepare.load_tokenizer().vocab_size
+val_bpb = prepare.evaluate_bpb(torch.nn.Embedding(vocab, vocab))  # a real score of an untrained bigram
+prepare.report(cfg, val_bpb=val_bpb, training_seconds=0.0)  # it trained nothing

@@ -1,10 +1,14 @@
-"""Rewrites a file of the prepared data it trains on (here: just its timestamp), then reports."""
+"""Rewrites a file of the prepared data (here: just its timestamp) from a shell, where the in-process
+sandbox cannot see it, then reports: the data hash must catch it."""
 
-import os
-from pathlib import Path
+import subprocess
+
+import torch
 
 import prepare
 
 cfg = prepare.run_config()
-os.utime(Path(cfg.data_dir) / "val.bin", ns=(0, 0))
-prepare.report(cfg, val_bpb=1.5, training_seconds=cfg.time_budget * 0.5)
+vocab = prepare.load_tokenizer().vocab_size
+val_bpb = prepare.evaluate_bpb(torch.nn.Embedding(vocab, vocab))
+subprocess.run(["touch", "-d", "@0", str(cfg.data_dir / "val.bin")], check=True)
+prepare.report(cfg, val_bpb=val_bpb, training_seconds=0.0)  # it trained nothing
