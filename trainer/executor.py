@@ -8,6 +8,7 @@ contract tests (tests/trainer/test_executor.py).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -156,6 +157,14 @@ class LocalExecutor(Executor):
             self._free = sorted(self._free + [s for s in taken if self._devices[s] not in out])
             self._cond.notify_all()
 
+    def _env(self, job: Job) -> dict[str, str]:
+        """The job's extra environment; CPU slots share the cores instead of each taking all of
+        them (N processes of N threads each on the same cores run several times slower)."""
+        env = dict(job.extra_env)
+        if not self._on_gpus and "OMP_NUM_THREADS" not in env and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self._devices)))
+        return env
+
     def _run_on(self, job: Job, taken: list[int]) -> RunResult:
         try:
             return self._runner(
@@ -168,7 +177,7 @@ class LocalExecutor(Executor):
                 data_dir=job.data_dir,
                 log_dir=job.log_dir,
                 allowance=job.allowance,
-                extra_env=dict(job.extra_env),
+                extra_env=self._env(job),
                 script=job.script,
                 writable=job.writable,
             )

@@ -23,9 +23,12 @@ from prepare.sandbox import MARKER, SELF_KILL_MARKER
 from .process import Outcome
 from .result import Status
 
-# Slack on training_seconds: 2% of the budget plus a little for the clock read after the last step.
+# Slack on training_seconds: 2% of the budget plus a little for the clock read after the last step,
+# plus one average step (at most a quarter of the budget): train.py decides to take its last step
+# from the time of the one before, and on a loaded CPU a step can take twice as long as the last.
 BUDGET_SLACK = 1.02
 BUDGET_EPSILON = 0.25
+LAST_STEP_SHARE = 0.25
 # Slack when comparing a reported duration with what prepare or the trainer measured.
 CLOCK_SLACK = 1.0
 
@@ -188,6 +191,13 @@ def _sandbox_line(tail: str) -> str:
     return ""
 
 
+def training_limit(budget: float, seconds: float, num_steps: Any) -> float:
+    """The most training_seconds a run of `budget` may report (see BUDGET_SLACK above)."""
+    steps = num_steps if isinstance(num_steps, int) and not isinstance(num_steps, bool) else 0
+    mean_step = seconds / max(1, steps - 1) if steps > 0 else 0.0
+    return budget * BUDGET_SLACK + BUDGET_EPSILON + min(mean_step, LAST_STEP_SHARE * budget)
+
+
 def judge(outcome: Outcome, result_path: Path, expected: Expected, tampering: str = "") -> Verdict:
     """Classify one run. `tampering` names what changed in prepare or the data ('' if nothing)."""
     if tampering:
@@ -237,7 +247,7 @@ def judge(outcome: Outcome, result_path: Path, expected: Expected, tampering: st
     seconds = metrics.get("training_seconds")
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return Verdict(Status.INVALID, "result has no numeric training_seconds", metrics)
-    limit = expected.budget * BUDGET_SLACK + BUDGET_EPSILON
+    limit = training_limit(expected.budget, seconds, metrics.get("num_steps"))
     if not seconds <= limit:  # also catches NaN
         return Verdict(
             Status.INVALID,

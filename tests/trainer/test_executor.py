@@ -134,3 +134,37 @@ def test_local_executor_slots_follow_its_devices():
     assert LocalExecutor((0, 1)).devices == ("0", "1")
     with pytest.raises(TrainerError, match="twice"):
         LocalExecutor((0, 0))
+
+
+def test_cpu_slots_share_the_cores_instead_of_each_taking_all(tmp_path, monkeypatch):
+    """Plumbing only: a runner that records its environment stands in for training."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+
+    def runner(worktree, **kw):
+        seen.append(kw["extra_env"])
+        none = dict.fromkeys(
+            (
+                "wall_seconds",
+                "log_path",
+                "error_tail",
+                "returncode",
+                "depth",
+                "budget",
+                "seed",
+                "profile",
+                "data_fingerprint",
+                "torch_version",
+                "gpu_name",
+                "commit",
+            )
+        )
+        return RunResult.from_dict({**none, "status": "crash", "reason": "recorded"})
+
+    with LocalExecutor(("cpu", "cpu"), runner=runner) as ex:
+        ex.submit(Job(tmp_path, depth=1, budget=1, seed=0)).result()
+        ex.submit(Job(tmp_path, depth=1, budget=1, seed=0, extra_env={"OMP_NUM_THREADS": "7"})).result()
+    import os
+
+    assert seen[0]["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert seen[1]["OMP_NUM_THREADS"] == "7"  # the job's own setting wins
