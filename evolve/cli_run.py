@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
@@ -23,6 +23,7 @@ from .cli_validate import latest_transfer, transfer_summary, transfer_table
 from .engine import DB_FILE, Engine, EngineConfig
 from .errors import EvolveError
 from .live import Device, LiveView, render, snapshot
+from .llm.config import apply_flags, parse_model_flags
 from .scheduler import StopConditions, StopReason, read_log
 from .store import Store
 
@@ -78,6 +79,17 @@ def parse_gpus(spec: str | None, profile: str) -> tuple[str, ...]:
     if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
         raise EvolveError(f"--gpus {spec!r}: use all, a list like 0,1, or cpu[:N]")
     return tuple(parts)
+
+
+def with_llm_flags(
+    ws: Workspace, models: tuple[str, ...], base_url: str | None, max_usd: float | None
+) -> Workspace:
+    """The workspace with `--llm-model`, `--llm-base-url` and `--max-llm-usd` laid over [llm]."""
+    if not models and base_url is None and max_usd is None:
+        return ws
+    names, weights = parse_model_flags(models)
+    llm = apply_flags(ws.settings.llm, models=names, weights=weights, base_url=base_url, max_usd=max_usd)
+    return replace(ws, settings=ws.settings.with_changes(llm=llm))
 
 
 def run_engine(
@@ -168,6 +180,7 @@ _STOP_TEXT = {
     StopReason.INTERRUPTED: "stopped cleanly (in-flight runs finished); `evolve run` resumes",
     StopReason.ABANDONED: "stopped; runs in flight were abandoned and will run again on `evolve run`",
     StopReason.STALLED: "stopped: proposals keep failing (see `evolve status`)",
+    StopReason.EXHAUSTED: "stopped: every operator is spent (raise --max-llm-usd to let the LLM propose again)",
 }
 
 
@@ -222,13 +235,26 @@ _STOP_TEXT = {
     help="With --executor ray: auto (the cluster `ray start` joined), ray://HOST:10001, or local.",
 )
 @click.option(
+    "--llm-model",
+    "llm_models",
+    multiple=True,
+    help="LLM model of the LLM operators, repeatable; NAME or NAME=WEIGHT (its prior share). "
+    "Replaces evolve.toml's [llm] models.",
+)
+@click.option("--llm-base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (vLLM).")
+@click.option(
+    "--max-llm-usd",
+    type=click.FloatRange(min=0),
+    help="Stop new LLM proposals once the run's LLM spend reaches this (0: no cap); the others go on.",
+)
+@click.option(
     "--validate-every",
     type=click.FloatRange(min=0, min_open=True),
     help="Every HOURS, `evolve validate` the top elites on the last device, set aside for it.",
 )
 def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_bpb, islands, baseline_seeds,
             max_seeds, budget, depth, operators, migrate_every, seed, interval, executor, address,
-            validate_every):  # fmt: skip
+            llm_models, llm_base_url, max_llm_usd, validate_every):  # fmt: skip
     """Evolve train.py in this workspace: start a run, or resume the one that was stopped.
 
     \b
@@ -239,8 +265,9 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
       evolve run --gpus all --hours 48
       evolve run --gpus cpu:2 --profile tiny --max-experiments 20
       evolve run --executor ray --address auto --hours 48
+      evolve run --llm-model gpt-4.1-mini=3 --llm-model gpt-4.1 --max-llm-usd 20
     """
-    ws = _workspace(workspace)
+    ws = with_llm_flags(_workspace(workspace), llm_models, llm_base_url, max_llm_usd)
     config = EngineConfig.from_workspace(
         ws, profile=profile, strategy=strategy, islands=islands, baseline_seeds=baseline_seeds,
         max_seeds=max_seeds, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
@@ -278,14 +305,17 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
 @_WORKSPACE
 @click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
 def status_cmd(workspace, as_json):
-    """One screen: devices, queue, population per island, best so far, noise floor, duty cycle, disk."""
+    """One screen: devices, queue, population per island, best so far, noise floor, duty cycle, disk,
+    and the LLM's calls, tokens and cost."""
     ws = _workspace(workspace)
     with _store(ws) as store:
         run = store.get_run(ws.run)
         if run is None:
             raise EvolveError(f"run {ws.run!r} has not started yet; start it with `evolve run`")
+        # The run's own islands (a run started with --islands 1 has one), not evolve.toml's.
+        islands = int(run.settings.get("islands", ws.settings.islands))
         snap = snapshot(store, ws.run, depth=int(run.settings.get("depth", ws.settings.depth)),
-                        islands=ws.settings.islands, state_dir=ws.state_dir)  # fmt: skip
+                        islands=islands, state_dir=ws.state_dir)  # fmt: skip
         transfer = latest_transfer(store, ws.run, snap.depth)
     if as_json:
         data = snap.to_json()

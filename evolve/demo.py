@@ -128,6 +128,7 @@ def run_demo(
         f"evolve show {best}                  # its diff against its parent, its scores, its log",
         f"evolve lineage {best}               # its ancestors",
         f"evolve export {best} --branch best  # its train.py on a plain branch",
+        "evolve report                      # plots, the family tree and the leaderboard as one HTML page",
         f"evolve run --gpus {gpus} --max-experiments {children + 12}   # evolve further (resumes)",
     ):
         console.print("  " + line, highlight=False, markup=False)

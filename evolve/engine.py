@@ -14,7 +14,8 @@
 
 Settings come from evolve.toml: `[run]` (see genome.settings), an optional `[search]` table with
 the keys of `EngineConfig` (operators, baseline_seeds, max_seeds, migrate_every, ahead, ...),
-and `[operators.<name>]` tables handed to each operator; flags of `evolve run` override them.
+and `[operators.<name>]` tables handed to each operator (but `weight`, the engine's: a factor on
+the operator's share of the draws, 0 to leave it out); flags of `evolve run` override them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from genome.guard import check
 from genome.record import BASELINE_ID
 from genome.settings import SETTINGS_FILE, read_settings
 from genome.workspace import Workspace
-from genome.worktrees import WorktreePool
+from genome.worktrees import POOL_DIR, WorktreePool
 from prepare.errors import PrepareError
 from prepare.profiles import dataset_dir, get_profile
 from trainer import Executor, Job, RunResult, TrainerError
@@ -63,6 +64,7 @@ from .scheduler import (
     StopConditions,
     StopReason,
     compress_log,
+    kill_leftover_runs,
     workspace_lock,
 )
 from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
@@ -154,6 +156,19 @@ class EngineConfig:
         for ok, message in problems:
             if not ok:
                 raise EvolveError(f"{message}; fix evolve.toml or the flag")
+        for name, options in self.operator_options.items():
+            w = options.get("weight", 1.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
+                raise EvolveError(f"evolve.toml: [operators.{name}] weight must be a number >= 0, not {w!r}")
+
+    def weight(self, name: str) -> float:
+        """`[operators.NAME] weight`: a factor on the operator's share of the draws (0: left out)."""
+        return float(self.operator_options.get(name, {}).get("weight", 1.0))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The operators whose weight is not 1."""
+        return {n: self.weight(n) for n in self.operator_options if self.weight(n) != 1.0}
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -200,6 +215,9 @@ class Engine:
         self.pool: WorktreePool | None = None
         self._proposals = 0
         self._experiments = 0
+        self._tried: set[str] = set()  # operators drawn at least once in this run
+        self._exhausted: set[str] = set()  # operators seen exhausted (their event is recorded)
+        self._exhausted_lock = threading.Lock()  # not the engine lock: the scheduler asks under its own
         self._signals: dict = {}
         self._intake_lock = threading.Lock()
         self._thread = threading.local()  # events of the change in progress on this thread
@@ -233,8 +251,10 @@ class Engine:
         identity = {"profile": c.profile, "depth": c.depth, "budget": c.budget, "strategy": c.strategy,
                     "data_fingerprint": self.fingerprint}  # fmt: skip
         run = self.store.get_run(self.run_name)
+        # Not identity: a resume may change them; `evolve status` shows the latest session's.
+        latest = {"islands": c.islands if c.strategy == "population" else 1, "operator_weights": c.weights}
         if run is None:
-            settings = {**identity, "source": c.source}
+            settings = {**identity, "source": c.source, **latest}
             self.store.add_run(
                 self.run_name, strategy=c.strategy, profile=c.profile, settings=settings, exist_ok=True
             )
@@ -247,6 +267,8 @@ class Engine:
                 f"run {self.run_name!r} was started with other settings ({'; '.join(changed)}); "
                 f"resume it with its own, or start a new run: evolve init {self.ws.root} --run NEWNAME"
             )
+        if any(run.settings.get(k) != v for k, v in latest.items()):
+            self.store.update_run_settings(self.run_name, **latest)
 
     def setup(self) -> None:
         """Everything before the scheduler: run row, operators, resume, baseline, population."""
@@ -258,10 +280,13 @@ class Engine:
             settings=self.ws.settings,
             store=self.store,
             depth=self.config.depth,
-            options=self.config.operator_options.get(name, {}),
+            options={k: v for k, v in self.config.operator_options.get(name, {}).items() if k != "weight"},
         )
         self.operators = {}
         for name in self.config.operators or available():
+            if self.config.weight(name) == 0:
+                self.event("operator_skipped", operator=name, reason=f"[operators.{name}] weight = 0")
+                continue
             try:
                 self.operators[name] = make_operator(name, setup_for(name))
             except EvolveError as exc:
@@ -273,6 +298,9 @@ class Engine:
                 "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
             )
         baseline = self.repo.ensure_baseline()
+        leftovers = kill_leftover_runs(self.ws.root / POOL_DIR)  # a SIGKILLed session's runs
+        if leftovers:
+            self.event("leftover_runs_killed", pids=leftovers)
         self.pool = WorktreePool(self.repo, self.executor.slots, start=baseline.commit)
         requeued = self.store.requeue_in_flight(self.run_name)
         if requeued:
@@ -294,6 +322,9 @@ class Engine:
         self._experiments = sum(
             1 for i in self.store.individuals(self.run_name) if i.parents and i.status != Status.REJECTED
         )
+        self._tried = set(self.store.operator_stats(self.run_name)) | {
+            str(e.payload.get("operator")) for e in self.store.events(self.run_name, kind=PROPOSAL_FAILED)
+        }
 
     def _adopt_orphans(self) -> None:
         """Children committed to git whose store row never landed (a crash between the two)."""
@@ -508,15 +539,37 @@ class Engine:
             raise EvolveError(f"the population names {member_id}, which the store does not hold")
         return Parent(ind, scores.get(member_id))
 
-    def _context(self, rng: random.Random) -> tuple[Operator, ProposalContext] | None:
-        """Draw an operator and its parents (under the engine lock)."""
+    def _usable(self) -> list[str]:
+        """The operators that can still propose; records the first time one is exhausted."""
+        names = [n for n, op in self.operators.items() if not op.exhausted]
+        with self._exhausted_lock:
+            new = sorted(set(self.operators) - set(names) - self._exhausted)
+            self._exhausted.update(new)
+        for name in new:
+            self.event("operator_exhausted", operator=name, remaining=names,
+                       llm_usd=round(float(self.store.llm_spend(self.run_name)["cost"]), 6))  # fmt: skip
+        return names
+
+    def _draw(self, names: list[str], credits: Mapping[str, Any], rng: random.Random) -> str:
+        name = self.weights.draw(names, credits, rng, self.config.weights)
+        if name in self._tried:
+            # Every operator gets an early try: the first time one not yet tried could propose,
+            # it takes the drawn one's place (the draw stays, so the run's random stream does too).
+            assert self.strategy is not None
+            pairs = self.config.strategy != "ratchet" and len(self.strategy) >= 2
+            fresh = [n for n in names if n not in self._tried and (pairs or self.operators[n].arity == 1)]
+            if fresh:
+                name = max(fresh, key=lambda n: (self.config.weight(n), n))
+        return name
+
+    def _context(self, rng: random.Random, calls: list[int]) -> tuple[Operator, ProposalContext] | None:
+        """Draw an operator and its parents (under the engine lock); its LLM calls' ids go to `calls`."""
         assert self.strategy is not None
         credits = credits_from_store(self.store, self.run_name)
-        names = [n for n, op in self.operators.items() if not op.exhausted]
+        names = self._usable()
         if not names:
             return None
-        name = self.weights.draw(names, credits, rng)
-        op = self.operators[name]
+        op = self.operators[self._draw(names, credits, rng)]
         members: tuple[Member, ...]
         if op.arity >= 2:
             pair = self.strategy.select_pair()
@@ -524,7 +577,7 @@ class Engine:
                 singles = [n for n in names if self.operators[n].arity == 1]
                 if not singles:
                     return None
-                op = self.operators[self.weights.draw(singles, credits, rng)]
+                op = self.operators[self._draw(singles, credits, rng)]
                 members = (self.strategy.select_parent(),)
             else:
                 members = tuple(sorted(pair, key=lambda m: (m.score, m.id)))
@@ -546,8 +599,11 @@ class Engine:
             rng=rng,
             noise_floor=self.store.noise_floor(self.config.depth, self.run_name),
             elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
-            report_llm=lambda **kw: self.store.add_llm_call(run=self.run_name, operator=op.name, **kw),
+            report_llm=lambda **kw: calls.append(
+                self.store.add_llm_call(run=self.run_name, operator=op.name, **kw)
+            ),
         )
+        self._tried.add(op.name)
         return op, ctx
 
     def propose(self) -> bool:
@@ -556,7 +612,8 @@ class Engine:
             number = self._proposals
             self._proposals += 1
             rng = random.Random(f"{self.config.seed}:{number}")
-            drawn = self._context(rng)
+            calls: list[int] = []  # the LLM calls of this proposal, named after its child below
+            drawn = self._context(rng, calls)
         if drawn is None:
             return False
         op, ctx = drawn
@@ -569,9 +626,11 @@ class Engine:
             return False
         if proposal.genome.operator != op.name:
             proposal = replace(proposal, genome=replace(proposal.genome, operator=op.name))
-        return self._intake(proposal, ctx.island)
+        return self._intake(proposal, ctx.island, calls=calls)
 
-    def _intake(self, proposal: Proposal, island: int, adopted: bool = False) -> bool:
+    def _intake(
+        self, proposal: Proposal, island: int, adopted: bool = False, calls: list[int] | None = None
+    ) -> bool:
         """Novelty check, static guard, then the queue (or a rejected row). True when queued."""
         genome = proposal.genome
         code_hash = self._code_hash(genome.commit)
@@ -602,6 +661,8 @@ class Engine:
                     kind=proposal.kind,
                     guard_reason=reason,
                 )
+                # Calls of the proposal (meta-insights it triggered included) count for its child.
+                self.store.assign_llm_calls(calls or (), genome.id)
                 self.event("proposed", id=genome.id, operator=genome.operator, parents=list(genome.parents),
                            status=status.value, reason=reason or "", description=genome.description,
                            notes=dict(proposal.notes), adopted=adopted)  # fmt: skip
@@ -614,6 +675,12 @@ class Engine:
 
     def queued(self) -> int:
         return len(self.store.individuals(self.run_name, status=Status.QUEUED))
+
+    @property
+    def exhausted(self) -> bool:
+        """True when every operator is spent (e.g. only LLM operators, at --max-llm-usd): the
+        scheduler stops asking for proposals, trains what is queued and stops."""
+        return bool(self.operators) and not self._usable()
 
     def experiments(self) -> int:
         return self._experiments

@@ -73,7 +73,7 @@ class Snapshot:
     operators: dict[str, dict[str, float]]  # children, improvements, failed, no_child, attempts, chance
     disk_bytes: int
     log_files: int
-    llm: dict[str, float]
+    llm: dict[str, float]  # calls, failures, prompt_tokens, completion_tokens, tokens, cost, mean_latency
     recent: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +132,12 @@ def event_text(kind: str, p: dict[str, Any]) -> str | None:
         return f"migration: {p['member']} island {p['source']} -> {p['target']}"
     if kind == "operator_skipped":
         return f"operator {p.get('operator')} left out: {p.get('reason', '')}"
+    if kind == "operator_exhausted":
+        rest = ", ".join(p.get("remaining") or []) or "none: the run stops once the queue is trained"
+        return (
+            f"operator {p.get('operator')} is spent (LLM spend ${p.get('llm_usd', 0):.4f} reached the cap); "
+            f"going on with {rest}"
+        )
     if kind in ("session_start", "session_end", "resume") or "device" in kind or "quarantine" in kind:
         return f"{kind.replace('_', ' ')}: " + ", ".join(f"{k}={v}" for k, v in p.items())
     return None
@@ -178,7 +184,10 @@ def snapshot(
     stats = store.operator_stats(run)
     credits = credits_from_store(store, run)
     names = sorted(set(stats) | set(credits) - {"baseline", ""})
-    probs = OperatorWeights().probabilities(names, credits)
+    spent = _exhausted(store, run)
+    probs = OperatorWeights().probabilities(
+        [n for n in names if n not in spent], credits, r.settings.get("operator_weights") or {}
+    )
     no_child: dict[str, int] = {}
     for ev in store.events(run, kind=PROPOSAL_FAILED):
         name = str(ev.payload.get("operator", ""))
@@ -220,9 +229,23 @@ def snapshot(
         operators=operators,
         disk_bytes=disk.total_bytes + max(0, extra),
         log_files=disk.log_files,
-        llm=store.llm_spend(run),
+        llm=_llm_totals(store.llm_spend(run)),
         recent=lines[-recent:],
     )
+
+
+def _exhausted(store: Store, run: str) -> set[str]:
+    """Operators the latest session found spent (they are drawn no more)."""
+    starts = store.events(run, kind="session_start")
+    after = starts[-1].id if starts else 0
+    return {
+        str(e.payload.get("operator", ""))
+        for e in store.events(run, kind="operator_exhausted", after_id=after)
+    }
+
+
+def _llm_totals(spend: dict[str, float]) -> dict[str, float]:
+    return {**spend, "tokens": int(spend.get("prompt_tokens", 0)) + int(spend.get("completion_tokens", 0))}
 
 
 # --- drawing ---------------------------------------------------------------------------------------
@@ -240,6 +263,23 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _count(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else f"{n:.0f}"
+
+
+def llm_text(llm: dict[str, float]) -> str:
+    """LLM calls, tokens and cost in one phrase (`LLM: no calls` for a run without them)."""
+    calls = int(llm.get("calls", 0))
+    if not calls:
+        return "LLM: no calls"
+    failed = int(llm.get("failures", 0))
+    return (
+        f"LLM: {calls} calls" + (f" ({failed} failed)" if failed else "")
+        + f", {_count(llm.get('tokens', 0))} tokens ({_count(llm.get('prompt_tokens', 0))} prompt"
+        f" + {_count(llm.get('completion_tokens', 0))} completion), ${llm.get('cost', 0.0):.4f}"
+    )  # fmt: skip
+
+
 def _clock(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -255,6 +295,7 @@ def plain_line(s: Snapshot) -> str:
     return (
         f"[{s.run} {_clock(s.uptime)}] devices {busy}/{len(s.devices)} busy | queue {s.queued} | {counts} | "
         f"{best} | noise floor {floor} | {rate} exp/h | duty {_pct(s.duty.duty_cycle)}"
+        + (f" | {llm_text(s.llm)}" if s.llm.get("calls") else "")
     )
 
 
@@ -268,6 +309,7 @@ def render(s: Snapshot) -> Panel:
         ("running " + _clock(s.uptime) if s.active else "stopped", "green" if s.active else "yellow"),
         f"\nnoise floor {floor}  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",
+        f"\n{llm_text(s.llm)}",
     )
     status = Text("  ".join(f"{k}: {v}" for k, v in sorted(s.counts.items())) or "no individuals yet")
     best = Text("best: -")

@@ -192,10 +192,18 @@ def _v3_transfer_verdicts(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX transfer_verdicts_run ON transfer_verdicts(run, validation_depth)")
 
 
+def _v4_llm_call_individual(conn: sqlite3.Connection) -> None:
+    # The child an LLM call was made for (NULL: a proposal that gave no child), so analysis can
+    # show tokens and cost per individual. The engine fills it once the proposal's child exists.
+    conn.execute("ALTER TABLE llm_calls ADD COLUMN individual TEXT")
+    conn.execute("CREATE INDEX llm_calls_individual ON llm_calls(individual)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
+    Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
 )
 
 

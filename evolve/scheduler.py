@@ -32,6 +32,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
+from trainer.process import TAG_VAR
+
 from .errors import EvolveError
 from .store import Individual, Store
 
@@ -48,6 +50,7 @@ class StopReason(str, Enum):
     INTERRUPTED = "interrupted"  # SIGINT / SIGTERM: in-flight runs finished
     ABANDONED = "abandoned"  # a second signal: in-flight runs killed and left queued
     STALLED = "stalled"  # proposals keep failing and nothing is left to run
+    EXHAUSTED = "exhausted"  # every operator is spent (e.g. the LLM's --max-llm-usd), queue drained
     ERROR = "error"  # a bug: the exception is re-raised after a clean stop
 
 
@@ -276,7 +279,10 @@ class Scheduler:
                     if self._proposers_alive == 0 and self._proposing == 0 and self._active == 0:
                         # Nothing queued, nothing running, nothing more coming.
                         failing = self._failed_in_a_row >= self.max_failed_proposals
-                        self.request_stop(StopReason.STALLED if failing else StopReason.DONE)
+                        reason = StopReason.STALLED if failing else StopReason.DONE
+                        if getattr(self.search, "exhausted", False):
+                            reason = StopReason.EXHAUSTED
+                        self.request_stop(reason)
                         return
                     self.cond.wait(TICK)
             report = EvalReport(recorded=False)
@@ -299,6 +305,8 @@ class Scheduler:
     def _wants_proposal(self) -> bool:
         limit = self.conditions.max_experiments
         if limit is not None and self.search.experiments() + self._proposing >= limit:
+            return False
+        if getattr(self.search, "exhausted", False):  # every operator is spent: nothing more comes
             return False
         return self._failed_in_a_row < self.max_failed_proposals
 
@@ -429,6 +437,51 @@ def kill_training_children() -> list[int]:
             except (ProcessLookupError, PermissionError):
                 pass
     return killed
+
+
+def kill_leftover_runs(pool_dir: Path, wait: float = 10.0) -> list[int]:
+    """SIGKILL training runs that a killed `evolve run` left working in this workspace's pool.
+
+    A controller killed with SIGKILL cannot take its runs with it: they go on, holding a device
+    (and its memory) and writing into a worktree the next session reuses. On resume, every
+    process the trainer tagged whose working directory is a slot of the pool (`<pool_dir>/<n>`;
+    validation worktrees are named otherwise) is killed with its process group, and waited for."""
+    base = pool_dir.resolve()
+    tag = f"{TAG_VAR}=".encode()
+    me = os.getpid()
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+            environ = Path("/proc", entry, "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        rel = cwd.relative_to(base).parts if cwd.is_relative_to(base) else ()
+        if not rel or not rel[0].isdigit() or not any(item.startswith(tag) for item in environ):
+            continue
+        pid = int(entry)
+        try:
+            group = os.getpgid(pid)
+            if group != os.getpgid(0):  # its own group (the trainer starts each run in one): all of it
+                os.killpg(group, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        killed.append(pid)
+    deadline = time.time() + wait
+    while any(_alive(p) for p in killed) and time.time() < deadline:
+        time.sleep(0.05)
+    return sorted(killed)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (dead, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def session_rows(store: Store, run: str) -> list[dict]:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -344,6 +344,18 @@ class Store:
             return None
         r = rows[0]
         return Run(r["name"], json.loads(r["settings"]), r["created"], r["strategy"], r["profile"])
+
+    def update_run_settings(self, name: str, **values: Any) -> Run:
+        """Merge `values` into a run's settings (those a resumed session may change, e.g. islands)."""
+        with self.transaction() as conn:
+            run = self.get_run(name)
+            if run is None:
+                raise EvolveError(f"no run {name!r} in this store")
+            settings = {**run.settings, **values}
+            conn.execute(
+                "UPDATE runs SET settings = ? WHERE name = ?", (json.dumps(settings, sort_keys=True), name)
+            )
+        return replace(run, settings=settings)
 
     def runs(self) -> list[Run]:
         names = [r["name"] for r in self._query("SELECT name FROM runs ORDER BY created, name")]
@@ -700,14 +712,26 @@ class Store:
         latency: float = 0.0,
         error: str = "",
         run: str | None = None,
-    ) -> None:
+        individual: str | None = None,
+    ) -> int:
+        """Record one LLM call; returns its row id (for `assign_llm_calls` once the child exists)."""
         with self.transaction() as conn:
-            conn.execute(
+            cur = conn.execute(
                 "INSERT INTO llm_calls (time, run, model, operator, prompt_tokens, completion_tokens,"
-                " cost, latency, ok, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cost, latency, ok, error, individual) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), run, model, operator, prompt_tokens, completion_tokens, cost, latency,
-                 int(ok), error),
+                 int(ok), error, individual),
             )  # fmt: skip
+            return int(cur.lastrowid or 0)
+
+    def assign_llm_calls(self, call_ids: Sequence[int], individual: str) -> None:
+        """Name the individual that the calls `call_ids` (made while proposing it) were for."""
+        if not call_ids:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE llm_calls SET individual = ? WHERE id = ?", [(individual, i) for i in call_ids]
+            )
 
     def llm_spend(self, run: str | None = None) -> dict[str, float]:
         """Totals over LLM calls: calls, failures, tokens, cost and mean latency."""

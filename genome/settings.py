@@ -21,8 +21,10 @@ packages, which read them with `read_settings`.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ else:  # pragma: no cover - Python 3.10
 
 SETTINGS_FILE = "evolve.toml"
 STRATEGIES = ("population", "ratchet")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 LLM_DEFAULTS: dict[str, Any] = {"model": "", "base_url": "", "api_key_env": "OPENAI_API_KEY"}
 
 
@@ -94,16 +97,43 @@ class Settings:
         return replace(self, **changes)
 
 
+def _toml_string(text: str) -> str:
+    # A JSON string is a TOML basic string, except that TOML also wants DEL escaped.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise GenomeError(f"evolve.toml cannot hold {type(value).__name__} values")
+
+
+def _toml_table(
+    header: str, values: Mapping[str, Any], comments: Mapping[str, str] | None = None
+) -> list[str]:
+    """`[header]` and its keys; nested dicts follow as `[header.key]` tables (after the plain keys,
+    which would otherwise land in the last sub-table)."""
+    lines = [f"[{header}]"]
+    nested = []
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            nested.append((key, value))
+            continue
+        comment = (comments or {}).get(key)
+        lines.append(f"{_toml_key(key)} = {_toml_value(value)}" + (f"  # {comment}" if comment else ""))
+    for key, value in nested:
+        lines += ["", *_toml_table(f"{header}.{_toml_key(key)}", value)]
+    return lines
 
 
 _COMMENTS = {
@@ -120,8 +150,7 @@ _COMMENTS = {
 
 
 def to_toml(settings: Settings) -> str:
-    """The text of evolve.toml (a tiny writer: strings, numbers, booleans and lists are all we need)."""
-    lines = ["# autoevolve run settings; flags of `evolve run` override them.", "", "[run]"]
+    """The text of evolve.toml: strings, numbers, booleans, lists and nested tables (`[llm.prices]`)."""
     run = {
         "name": settings.name,
         "profile": settings.profile,
@@ -132,16 +161,10 @@ def to_toml(settings: Settings) -> str:
         "depth": settings.depth,
         "mutable": list(settings.mutable),
     }
-    for table, values in (("run", run), ("llm", {**LLM_DEFAULTS, **settings.llm})):
-        if table == "llm":
-            lines += [
-                "",
-                "# The LLM operators' endpoint; empty values come from flags or OPENAI_* variables.",
-                "[llm]",
-            ]
-        for key, value in values.items():
-            comment = _COMMENTS.get(key)
-            lines.append(f"{key} = {_toml_value(value)}" + (f"  # {comment}" if comment else ""))
+    lines = ["# autoevolve run settings; flags of `evolve run` override them.", ""]
+    lines += _toml_table("run", run, _COMMENTS)
+    lines += ["", "# The LLM operators' endpoint; empty values come from flags or OPENAI_* variables."]
+    lines += _toml_table("llm", {**LLM_DEFAULTS, **settings.llm}, _COMMENTS)
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@
 """
 
 from .client import BudgetExhausted, Completion, LLMClient, LLMError, ModelBandit
-from .config import LLMConfig, Price, apply_flags, load_config
+from .config import LLMConfig, Price, apply_flags, load_config, parse_model_flags
 
 __all__ = [
     "BudgetExhausted",
@@ -17,4 +17,5 @@ __all__ = [
     "Price",
     "apply_flags",
     "load_config",
+    "parse_model_flags",
 ]

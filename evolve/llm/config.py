@@ -183,21 +183,51 @@ def load_config(table: Mapping[str, Any], environ: Mapping[str, str] | None = No
     )
 
 
+def parse_model_flags(values: Sequence[str]) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """`--llm-model NAME` or `--llm-model NAME=WEIGHT`, repeated: the models and, when any flag
+    gave a weight, one weight per model (1 where none was given)."""
+    models: list[str] = []
+    weights: list[float] = []
+    given = False
+    for value in values:
+        name, sep, weight = value.partition("=")
+        name = name.strip()
+        if not name:
+            raise EvolveError(
+                f"--llm-model {value!r}: give a model name, e.g. gpt-4.1-mini or gpt-4.1-mini=3"
+            )
+        try:
+            w = float(weight) if sep else 1.0
+        except ValueError:
+            w = math.nan
+        if not w > 0 or math.isinf(w):
+            raise EvolveError(f"--llm-model {value!r}: the weight after '=' must be a positive number")
+        given = given or bool(sep)
+        models.append(name)
+        weights.append(w)
+    if len(set(models)) != len(models):
+        raise EvolveError(f"--llm-model names a model twice: {', '.join(models)}")
+    return tuple(models), (tuple(weights) if given else None)
+
+
 def apply_flags(
     table: Mapping[str, Any],
     *,
     models: Sequence[str] = (),
+    weights: Sequence[float] | None = None,
     base_url: str | None = None,
     max_usd: float | None = None,
 ) -> dict[str, Any]:
-    """[llm] with `evolve run`'s flags laid over it (`--llm-model` repeated, `--llm-base-url`,
-    `--max-llm-usd`); pass the result as `settings.with_changes(llm=...)`."""
+    """[llm] with `evolve run`'s flags laid over it (`--llm-model` repeated, see `parse_model_flags`,
+    `--llm-base-url`, `--max-llm-usd`); pass the result as `settings.with_changes(llm=...)`."""
     out = dict(table)
     if models:
         out["models"] = list(models)
         out.pop("model", None)
-        if len(out.get("weights") or ()) != len(models):
-            out.pop("weights", None)  # weights belonged to the file's models
+        if weights is not None:
+            out["weights"] = list(weights)
+        else:
+            out.pop("weights", None)  # the file's weights belonged to the file's models
     if base_url is not None:
         out["base_url"] = base_url
     if max_usd is not None:

@@ -48,6 +48,7 @@ ELITES = 3
 DIVERSE = 2
 NO_CHANGES = "NO CHANGES"
 APPROX = "approx"
+ENCODING_TIMEOUT = 15.0  # seconds to load (maybe download) a tiktoken encoding before counting approximately
 
 SYSTEM_INTRO = (
     "You are an ML researcher in an evolutionary search over a language model's training script. "
@@ -69,19 +70,45 @@ def approx_tokens(text: str) -> int:
     return math.ceil(len(text.encode()) / 3)
 
 
+def _load_encoding(name: str, timeout: float):
+    """tiktoken's encoding `name`, or an exception; tiktoken downloads a file it has not cached,
+    with no timeout of its own, so a firewalled host could wait forever: give up after `timeout`."""
+    found: dict[str, object] = {}
+
+    def load() -> None:
+        try:
+            import tiktoken
+
+            found["encoding"] = tiktoken.get_encoding(name)
+        except Exception as exc:
+            found["error"] = exc
+
+    thread = threading.Thread(target=load, name=f"tiktoken-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"not loaded in {timeout:g} s (offline, and not in tiktoken's cache?)")
+    if "error" in found:
+        raise found["error"]  # type: ignore[misc]
+    return found["encoding"]
+
+
 def token_counter(name: str) -> Counter:
-    """A tiktoken encoding's counter (cached); `approx` or an encoding that can't load: bytes / 3."""
+    """A tiktoken encoding's counter (cached); `approx`, or an encoding that can't load (offline,
+    not cached): bytes / 3, with one warning per process. Never raises."""
     with _ENCODINGS_LOCK:
         if name not in _ENCODINGS:
             counter: Counter = approx_tokens
             if name != APPROX:
                 try:
-                    import tiktoken
-
-                    encoding = tiktoken.get_encoding(name)
+                    encoding = _load_encoding(name, ENCODING_TIMEOUT)
                     counter = lambda text: len(encoding.encode(text, disallowed_special=()))
-                except Exception as exc:  # offline and not cached: tiktoken fetches its files
-                    log.warning("tiktoken encoding %r unavailable (%s); counting bytes/3 instead", name, exc)
+                except Exception as exc:
+                    log.warning(
+                        "tiktoken encoding %r unavailable (%s: %s); counting prompt tokens as bytes/3 "
+                        "instead (set [llm] tokenizer = \"approx\" to say so, or fill TIKTOKEN_CACHE_DIR)",
+                        name, type(exc).__name__, str(exc)[:200],
+                    )  # fmt: skip
             _ENCODINGS[name] = counter
         return _ENCODINGS[name]
 

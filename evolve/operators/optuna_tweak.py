@@ -19,6 +19,7 @@ import math
 import threading
 from typing import Any
 
+from genome import pyast
 from genome.errors import GenomeError
 from genome.hyperparams import commit_hyperparams, parse_hyperparams
 
@@ -40,7 +41,7 @@ _RATE_WORDS = ("LR", "DECAY", "RATE")
 def lineage_key(source: str, names: set[str]) -> str:
     """A hash of the code with the top-level assignments of `names` taken out."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError as exc:
         raise OperatorError(f"train.py does not parse (line {exc.lineno}); nothing to tweak") from None
 

@@ -5,7 +5,9 @@ parent, smoothed by a prior (`prior_rate` over `prior_trials` pseudo-attempts) s
 operator starts at the prior and one bad streak does not silence it. Attempts count the
 children that were decided (trained and judged, or refused by the guard or the novelty check)
 and the proposals that failed outright (a merge conflict, an unusable LLM answer). The final
-probabilities mix in a floor: every operator keeps at least `floor / n` of the draws.
+probabilities mix in a floor: every operator keeps at least `floor / n` of the draws. Then the
+user's `[operators.NAME] weight` factors (default 1) scale them, so a weight steers the share an
+operator gets while the credit still adapts it.
 """
 
 from __future__ import annotations
@@ -42,17 +44,34 @@ class OperatorWeights:
     def credit(self, c: Credit) -> float:
         return (c.improvements + self.prior_rate * self.prior_trials) / (c.attempts + self.prior_trials)
 
-    def probabilities(self, names: Sequence[str], credits: Mapping[str, Credit]) -> dict[str, float]:
-        """The chance of drawing each operator; sums to 1 over `names`."""
+    def probabilities(
+        self,
+        names: Sequence[str],
+        credits: Mapping[str, Credit],
+        factors: Mapping[str, float] | None = None,
+    ) -> dict[str, float]:
+        """The chance of drawing each operator; sums to 1 over `names` (`factors`: user weights)."""
         if not names:
             return {}
         raw = {n: self.credit(credits.get(n, Credit())) for n in names}
         total = sum(raw.values())
         share = {n: (v / total if total > 0 else 1 / len(names)) for n, v in raw.items()}
-        return {n: (1 - self.floor) * share[n] + self.floor / len(names) for n in names}
+        probs = {n: (1 - self.floor) * share[n] + self.floor / len(names) for n in names}
+        if factors:
+            scaled = {n: p * max(0.0, float(factors.get(n, 1.0))) for n, p in probs.items()}
+            norm = sum(scaled.values())
+            if norm > 0:
+                probs = {n: p / norm for n, p in scaled.items()}
+        return probs
 
-    def draw(self, names: Sequence[str], credits: Mapping[str, Credit], rng: random.Random) -> str:
-        probs = self.probabilities(names, credits)
+    def draw(
+        self,
+        names: Sequence[str],
+        credits: Mapping[str, Credit],
+        rng: random.Random,
+        factors: Mapping[str, float] | None = None,
+    ) -> str:
+        probs = self.probabilities(names, credits, factors)
         return rng.choices(list(probs), weights=list(probs.values()), k=1)[0]
 
 

@@ -191,14 +191,13 @@ def test_clear_errors_for_what_cannot_be_analysed(tmp_path, built):
 
 
 def test_llm_usage_and_stored_verdicts_are_read_when_the_store_has_them(tmp_path):
-    """Simulates the columns later migrations add: LLM calls that name their individual, stored verdicts."""
+    """LLM calls that name their individual (migration 4) and stored verdicts (migration 3) are read."""
     from conftest import build_run
 
     b = build_run(tmp_path / "ws")
     ids = b.ids
     conn = sqlite3.connect(b.db)
     with conn:
-        conn.execute("ALTER TABLE llm_calls ADD COLUMN individual TEXT")
         rows = [(ids["cap"], 1000, 200, 0.02), (ids["cap"], 500, 100, 0.01), (ids["crash"], 800, 300, 0.03)]
         conn.executemany(
             "INSERT INTO llm_calls (time, model, operator, prompt_tokens, completion_tokens, cost, ok, individual)"

@@ -33,6 +33,7 @@ def test_demo_completes_and_points_at_the_next_commands(tmp_path):
         "Next, try:",
         "evolve show g",
         "evolve lineage",
+        "evolve report",
     ):
         assert piece in out
     with Store(demo / ".evolve" / "evolve.db", readonly=True) as store:

@@ -260,6 +260,16 @@ def test_weights_favour_operators_whose_children_beat_their_parents_but_keep_a_f
     assert w.probabilities(["only"], {}) == {"only": pytest.approx(1.0)}
 
 
+def test_user_weights_scale_the_adaptive_shares_and_zero_never_draws():
+    w = OperatorWeights()
+    credits = {"a": Credit(attempts=10, improvements=5)}
+    plain = w.probabilities(["a", "b"], credits)
+    steered = w.probabilities(["a", "b"], credits, {"b": 4.0})
+    assert sum(steered.values()) == pytest.approx(1.0)
+    assert steered["b"] / steered["a"] == pytest.approx(4 * plain["b"] / plain["a"])
+    assert {w.draw(["a", "b"], credits, random.Random(i), {"a": 0}) for i in range(50)} == {"b"}
+
+
 def test_credits_count_decided_children_failed_proposals_and_improvements(world):
     world.child("g0000", {"EMB_LR": 0.01}, 3.70)  # beats the baseline (3.80)
     world.child("g0000", {"HEAD_LR": 0.0001}, 3.90, decision="reject")

@@ -51,3 +51,19 @@ def test_the_key_comes_from_the_named_variable_and_local_servers_need_none():
 def test_mistakes_are_one_line_errors_that_say_what_to_fix(table, message):
     with pytest.raises(EvolveError, match=message):
         load_config(table, {})
+
+
+def test_llm_model_flags_take_optional_weights_and_replace_the_files_models():
+    from evolve.llm.config import parse_model_flags
+
+    table = {"models": ["a", "b"], "weights": [3, 1], "prices": {"a": [1.0, 2.0]}}
+    models, weights = parse_model_flags(["big=3", "small"])
+    assert (models, weights) == (("big", "small"), (3.0, 1.0))
+    config = load_config(apply_flags(table, models=models, weights=weights), {"OPENAI_API_KEY": "k"})
+    assert config.models == ("big", "small") and config.weights == (3.0, 1.0)
+    assert config.price("a") == Price(1.0, 2.0)  # the rest of the table stays
+    plain = load_config(apply_flags(table, models=("c", "d")), {})
+    assert plain.weights == (1.0, 1.0)  # the file's 3:1 was for a and b, not for c and d
+    for bad in (["=2"], ["m=0"], ["m=x"], ["m=inf"], ["m", "m=2"]):
+        with pytest.raises(EvolveError, match="--llm-model"):
+            parse_model_flags(bad)

@@ -85,3 +85,51 @@ def test_fit_counts_with_tiktoken_and_drops_the_lowest_priority_items_first():
 def test_an_unknown_or_approximate_tokenizer_falls_back_to_counting_bytes():
     assert token_counter("approx")("abcdef") == 2
     assert token_counter("no-such-encoding")("abcdef") == 2
+
+
+def _byte_encoding() -> tiktoken.Encoding:
+    return tiktoken.Encoding("bytes", pat_str=r"(?s).", mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={})  # fmt: skip
+
+
+@pytest.fixture
+def fresh_counters(monkeypatch):
+    """No encodings loaded yet in this process; the default encoding name is what the run asks for."""
+    from evolve.llm import prompts
+
+    monkeypatch.setattr(prompts, "_ENCODINGS", {})
+    return prompts
+
+
+def test_offline_the_default_encoding_falls_back_to_an_approximate_count_with_one_warning(
+    fresh_counters, monkeypatch, caplog
+):
+    """Fakes tiktoken's download failing (what happens offline): the real one would need the network."""
+
+    def offline(name):
+        raise ConnectionError(f"Failed to resolve 'openaipublic.blob.core.windows.net' for {name}")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with caplog.at_level("WARNING", logger="evolve.llm"):
+        assert token_counter("o200k_base")("abcdef") == 2
+        assert token_counter("o200k_base")("abcdefghi") == 3
+    warnings = [r for r in caplog.records if "o200k_base" in r.getMessage()]
+    assert len(warnings) == 1 and "bytes/3" in warnings[0].getMessage()
+
+
+def test_a_download_that_hangs_is_given_up_on_and_a_loadable_encoding_is_used(fresh_counters, monkeypatch):
+    """Fakes a firewalled download (tiktoken waits with no timeout of its own) by a call that blocks."""
+    import threading
+    import time
+
+    release = threading.Event()
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: release.wait(30) and _byte_encoding())
+    monkeypatch.setattr(fresh_counters, "ENCODING_TIMEOUT", 0.3)
+    start = time.monotonic()
+    try:
+        assert token_counter("o200k_base")("abcdef") == 2
+    finally:
+        release.set()
+    assert time.monotonic() - start < 5
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: _byte_encoding())
+    assert token_counter("cached-bytes")("abcdef") == 6  # one token per byte: the encoding counts
