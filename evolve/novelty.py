@@ -13,6 +13,8 @@ import difflib
 import hashlib
 from collections.abc import Mapping
 
+from genome import pyast
+
 _HAS_BODY = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -34,7 +36,7 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 
 def _tree(source: str) -> ast.AST:
-    return _DropDocstrings().visit(ast.parse(source))
+    return _DropDocstrings().visit(pyast.parse(source))
 
 
 def normalized_source(source: str) -> str:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import pyast
 from .errors import GenomeError
 from .record import Genome
 from .repo import GenomeRepo, git_process
@@ -377,8 +378,8 @@ class _Checker(ast.NodeVisitor):
 def check_source(source: str, path: str = ENTRY, entry: bool = True) -> GuardResult:
     """The code rules for one Python file; `entry` files must also call prepare.run_config()."""
     try:
-        tree = ast.parse(source, filename=path)
-        compile(tree, path, "exec")
+        tree = pyast.parse(source, filename=path)
+        pyast.compile_tree(tree, path)
     except SyntaxError as exc:
         return GuardResult.from_violations([f"{path} does not compile: line {exc.lineno}: {exc.msg}"])
     except ValueError as exc:  # e.g. null bytes

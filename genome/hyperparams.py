@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import pyast
 from .errors import GenomeError
 from .record import Genome
 from .repo import GenomeRepo
@@ -104,7 +105,7 @@ def _comment(line: str) -> str:
 
 def _nodes(source: str) -> dict[str, tuple[ast.AST, Any]]:
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except SyntaxError as exc:
         raise GenomeError(f"train.py does not parse (line {exc.lineno}: {exc.msg}); fix it first") from None
     seen: dict[str, int] = {}
