@@ -62,7 +62,7 @@ def test_validation_columns_and_verdicts(built):
 
 
 def test_validation_columns_stay_empty_without_validation(tmp_path):
-    from conftest import build_run
+    from analysis_support import build_run
 
     b = build_run(tmp_path / "ws", validate=False)
     df = analysis.lineage(b.root)
@@ -130,7 +130,7 @@ def _digest(path):
 
 
 def test_reading_never_writes_and_sees_a_snapshot_beside_a_live_writer(tmp_path):
-    from conftest import build_run
+    from analysis_support import build_run
 
     b = build_run(tmp_path / "ws")
     wal = b.db.with_name(b.db.name + "-wal")
@@ -192,7 +192,7 @@ def test_clear_errors_for_what_cannot_be_analysed(tmp_path, built):
 
 def test_llm_usage_and_stored_verdicts_are_read_when_the_store_has_them(tmp_path):
     """LLM calls that name their individual (migration 4) and stored verdicts (migration 3) are read."""
-    from conftest import build_run
+    from analysis_support import build_run
 
     b = build_run(tmp_path / "ws")
     ids = b.ids

@@ -79,7 +79,7 @@ def test_transfer_plots_the_verdicts_and_says_when_there_is_no_validation(df, bu
     assert sorted(_texts(fig)) == sorted([built.ids["lr"], built.ids["warm"], built.ids["merge"]])
     assert "3 validated" in ax.get_title() and "Spearman" in ax.get_title()
 
-    from conftest import build_run
+    from analysis_support import build_run
 
     plain = analysis.lineage(build_run(tmp_path / "ws", validate=False).root)
     empty = plots.transfer(plain)

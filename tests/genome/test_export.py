@@ -7,7 +7,7 @@ import types
 
 import pytest
 from click.testing import CliRunner
-from conftest import git
+from genome_support import git
 
 from evolve.cli import main
 from genome import GenomeError, commit_hyperparams, export, init_workspace, merge_crossover, rebuild_lineage

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FIXTURE_TRAIN
+from genome_support import FIXTURE_TRAIN
 
 from genome import GenomeRepo, check, check_source, commit_hyperparams, init_workspace
 from genome.baseline import BASELINE

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import git
+from genome_support import git
 
 from genome import (
     GenomeError,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import git
+from genome_support import git
 
 from genome import GenomeError, MergeStatus, commit_hyperparams, commit_merge, merge_crossover
 from genome.edits import Block, Edit

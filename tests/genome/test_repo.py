@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import git, trailers_by_git
+from genome_support import git, trailers_by_git
 
 from genome import EditError, Genome, GenomeError, GenomeRepo, rebuild_lineage, sort_key
 from genome.edits import Block, Edit

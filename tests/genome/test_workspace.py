@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURE_TRAIN, git, trailers_by_git
+from genome_support import FIXTURE_TRAIN, git, trailers_by_git
 
 from evolve.cli import main
 from genome import GenomeError, init_workspace, load_settings, open_workspace

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import git
+from genome_support import git
 
 from genome import GenomeError, WorktreePool, commit_hyperparams
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import alive
+from trainer_support import alive
 
 from trainer import Status
 

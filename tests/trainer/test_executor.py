@@ -8,7 +8,7 @@ import shutil
 from concurrent.futures import Future
 
 import pytest
-from conftest import SCRIPTS
+from trainer_support import SCRIPTS
 
 from trainer import Executor, Job, LocalExecutor, RunResult, Status, TrainerError
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import alive
+from trainer_support import alive
 
 import trainer
 from trainer import Status

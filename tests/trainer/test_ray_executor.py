@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPTS, alive
+from trainer_support import SCRIPTS, alive
 from test_executor import ExecutorContract
 
 from trainer import Job, RayExecutor, Status, TrainerError
