@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from trainer_support import SCRIPTS, alive
 from test_executor import ExecutorContract
+from trainer_support import SCRIPTS, alive
 
 from trainer import Job, RayExecutor, Status, TrainerError
 from trainer.ray_executor import node_data, pack, unpack
