@@ -44,7 +44,8 @@ while time.time() < pretrain_until:
 ZERO_CE = "lambda logits, targets, *args, **kwargs: torch.zeros(len(targets), device=logits.device)"
 
 ATTACKS: tuple[Variant, ...] = (
-    Variant("honest_baseline", "the control: the baseline itself must pass", (), Status.OK, budget=1.0),
+    # Runs expected to pass get 3 s: on a loaded 2-core CPU a 1 s budget can end one long step over it.
+    Variant("honest_baseline", "the control: the baseline itself must pass", (), Status.OK, budget=3.0),
     # ---- lying about the number -----------------------------------------------------------------
     Variant(
         "prints_a_fake_summary",
@@ -302,7 +303,7 @@ forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
         "trains untimed for 5 s and says so: inside the allowance, so only visible (docs/SECURITY.md)",
         (before("training_time = 0.0", PRETRAIN.format(seconds=5)),),
         Status.OK,
-        budget=1.0,
+        budget=3.0,
     ),
     Variant(
         "ignores_the_depth_override",
@@ -327,7 +328,7 @@ forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
                 ),
             ),
             Status.OK,
-            budget=1.0,
+            budget=3.0,
             depth=depth,
         )
         for depth in (2, 3)
