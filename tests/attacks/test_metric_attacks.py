@@ -14,6 +14,7 @@ from genome_lab import Lab  # noqa: E402
 
 import prepare  # noqa: E402
 from trainer import Status  # noqa: E402
+from trainer.judge import training_limit  # noqa: E402
 
 NAMES = [a.name for a in ATTACKS]
 
@@ -70,8 +71,11 @@ def test_a_hardcoded_depth_shows_in_the_metrics_parameter_count(lab):
 def test_untimed_training_inside_the_allowance_is_visible(lab):
     """The documented limit: work outside the timed loop is bounded by the allowance, not stopped;
     prepare's own clock, started before train.py's first line, counts it (5 s of it here)."""
-    sneaky = lab.outcomes["trains_before_the_timer_within_the_allowance"].result
-    assert sneaky.metrics["training_seconds"] <= 1.0 * 1.02 + 0.25
+    outcome = lab.outcomes["trains_before_the_timer_within_the_allowance"]
+    sneaky, budget = outcome.result, outcome.variant.budget
+    assert sneaky.ok
+    m = sneaky.metrics
+    assert m["training_seconds"] <= training_limit(budget, m["training_seconds"], m["num_steps"])
     assert sneaky.extra["elapsed_seconds"] - sneaky.metrics["training_seconds"] >= 5.0
     assert sneaky.extra["elapsed_seconds"] <= sneaky.wall_seconds
 
