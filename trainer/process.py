@@ -58,9 +58,22 @@ def _holds(pid: str, link: str) -> bool:
     return False
 
 
+def _stat(pid: str) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of a process, None when it is gone."""
+    try:
+        fields = Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def tagged_pids(tag: str, pipe: int | None = None) -> list[int]:
-    """Processes (other than us) whose environment carries `TAG_VAR=tag`, or that hold the pipe
-    with inode `pipe` (the run's output, inherited by everything it started)."""
+    """Live processes (other than us) whose environment carries `TAG_VAR=tag`, or that hold the
+    pipe with inode `pipe` (the run's output, inherited by everything it started).
+
+    Our own children are never taken for holding the pipe: between fork and exec, every
+    subprocess of ours (a git command, another slot's run) holds a copy of each descriptor we
+    have, and killing them would break the controller. The run itself is its own group's leader."""
     needle = f"{TAG_VAR}={tag}".encode()
     link = f"pipe:[{pipe}]" if pipe is not None else None
     me = os.getpid()
@@ -72,19 +85,36 @@ def tagged_pids(tag: str, pipe: int | None = None) -> list[int]:
     for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
+        stat = _stat(entry)
+        if stat is None or stat[0] == "Z":  # gone, or dead and waiting to be reaped
+            continue
         try:
             environ = Path("/proc", entry, "environ").read_bytes()
         except OSError:
             continue
-        if needle in environ.split(b"\0") or (link is not None and _holds(entry, link)):
+        if needle in environ.split(b"\0") or (link is not None and stat[1] != me and _holds(entry, link)):
             found.append(int(entry))
     return found
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group `pgid` lives (a zombie leader, kept for its pid, does not)."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    return any(
+        (stat := _stat(entry)) is not None and stat[2] == pgid and stat[0] != "Z"
+        for entry in entries
+        if entry.isdigit()
+    )
 
 
 def sweep(pgid: int, tag: str, rounds: int = 20, pipe: int | None = None) -> None:
     """SIGKILL the group and every tagged process until none is left (a fork bomb keeps forking)."""
     for _ in range(rounds):
-        alive = _signal_group(pgid, signal.SIGKILL)
+        _signal_group(pgid, signal.SIGKILL)
+        alive = _group_alive(pgid)
         for pid in tagged_pids(tag, pipe):
             try:
                 os.kill(pid, signal.SIGKILL)
