@@ -4,24 +4,28 @@ One workspace, one run, many trials. A trial raises the run's `--max-experiments
 starts `evolve run` as a subprocess, SIGKILLs it after a random delay (uniform over the first 80%
 of an estimate of the run's length, so kills land at start-up, in the baseline, in proposals, in
 training and in recording alike), snapshots what the kill left behind, then resumes with
-`evolve run` to completion and checks:
+`evolve run` to completion and checks. Targeted trials (`--targeted`) wait out a shorter random
+delay, then watch git's refs and kill the moment the next child's branch appears: between its commit and
+its store row, a window of milliseconds that random kills rarely hit. After each resume it checks:
 
 - SQLite `PRAGMA integrity_check` and `foreign_key_check` of the store (and of optuna.db);
 - every evaluation recorded exactly once: no (individual, depth, seed, purpose) twice, no seed run
   twice for one individual, and nothing recorded before the kill lost or changed;
 - every `evo/<run>/` branch has a store row and every row a branch;
 - no individual left running, queued or proposed; every trained child decided, once;
-- no Optuna trial left running; the last session ended `done`;
+- no Optuna trial left running; the last session ended `done`; every evaluation ok;
 - no worktree of the pool left behind or dirty, no stale `git worktree` entry, the user's checkout
   untouched, and no training process of the killed controller still alive.
 
 The training is real: the tiny profile on CPU with a small, fixed-step train.py (a bigram; its
-score depends on code and seed only, so the machine's load does not leak into the results).
+score depends on code and seed only, so the machine's load does not leak into the results) that
+leaves a scratch file in its worktree and fails if it finds one: a worktree the pool did not
+clean after a kill would show up as a failed evaluation.
 
-    python bench/chaos.py --trials 20 --seed 0 --out chaos.json
+    python bench/chaos.py --trials 20 --targeted 10 --seed 0 --out chaos.json
     python bench/chaos.py --trials 3 --workdir /tmp/chaos        # keep the workspace to look at
 
-tests/chaos/ runs the same trials (three of them) in CI.
+tests/chaos/ runs the same trials in CI (three random kills and one targeted).
 """
 
 from __future__ import annotations
@@ -336,6 +340,7 @@ class Trial:
     requeued: tuple[str, ...]  # what the resume put back in the queue
     leftovers_at_resume: int  # training processes of the killed run alive once the resume began training
     problems: tuple[str, ...]
+    targeted: bool = False  # killed on a new child branch rather than at a random moment
 
     @property
     def ok(self) -> bool:
@@ -385,11 +390,25 @@ class Chaos:
                 "SELECT 1 FROM events WHERE id > ? AND kind IN ('evaluated', 'session_start')", (after_id,)
             ).fetchone())  # fmt: skip
 
-    def trial(self) -> Trial:
+    def _wait_for_branch(self, proc: subprocess.Popen) -> bool:
+        """Poll git's loose refs until a new child branch appears; False if the run ended first."""
+        refs = self.ws.root / ".git" / "refs" / "heads" / "evo" / RUN
+        names = lambda: {n for n in os.listdir(refs) if not n.endswith(".lock")} if refs.is_dir() else set()
+        known = names()
+        while proc.poll() is None:
+            if names() - known:  # the ref is in place (git writes NAME.lock, then renames it)
+                return True
+            time.sleep(0.002)
+        return False
+
+    def trial(self, targeted: bool = False) -> Trial:
+        """One kill and resume. `targeted`: after the random delay, wait for the next child branch to
+        appear and kill then, inside the few milliseconds between its commit and its store row."""
         number = len(self.trials) + 1
         self.experiments += self.step
         cmd = controller_cmd(self.ws, self.slots, self.experiments)
-        delay = self.rng.uniform(0.0, 0.8 * self.estimate)  # most kills land before the run ends
+        # Most kills land before the run ends; children are proposed early on (ahead of the devices).
+        delay = self.rng.uniform(0.0, (0.25 if targeted else 0.8) * self.estimate)
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"trial{number:02d}-killed.log", "w") as out:
@@ -398,11 +417,14 @@ class Chaos:
             try:
                 proc.wait(timeout=delay)
                 killed = False
-                length = time.monotonic() - began
             except subprocess.TimeoutExpired:
+                killed = not targeted or self._wait_for_branch(proc)
+            if killed:
                 proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                killed = True
+                delay = time.monotonic() - began
+            proc.wait()
+            if not killed:
+                length = time.monotonic() - began
         snap = snapshot(self.ws) if killed else None
         before = evaluation_keys(self.ws)
         mark = self._last_event()
@@ -438,18 +460,21 @@ class Chaos:
         # The next delay is drawn over the length of a whole run (killed: about delay + resume).
         self.estimate = length if not killed else 0.5 * self.estimate + 0.5 * (delay + took)
         result = Trial(number, self.experiments, round(delay, 2), killed, snap, round(took, 1), rc, requeued,
-                       leftovers, tuple(problems))  # fmt: skip
+                       leftovers, tuple(problems), targeted)  # fmt: skip
         self.trials.append(result)
         what = f"killed at {delay:.1f}s ({snap.phase})" if snap else f"finished before {delay:.1f}s"
         self.log(f"[chaos] trial {number}: {what}; resume {took:.0f}s, "
                  + ("ok" if result.ok else f"{len(problems)} problem(s): {problems[:3]}"))  # fmt: skip
         return result
 
-    def run(self, kills: int) -> list[Trial]:
-        """Trials until `kills` of them killed a run mid-way (a run that finished first still counts
-        as a trial and is checked; at most 3 x `kills` trials)."""
-        while sum(t.killed for t in self.trials) < kills and len(self.trials) < 3 * kills:
-            self.trial()
+    def run(self, kills: int, targeted: int = 0) -> list[Trial]:
+        """Trials until `kills` random and `targeted` targeted ones killed a run mid-way (a run that
+        finished first still counts as a trial and is checked; at most 3 x as many trials)."""
+        for want, kind in ((kills, False), (targeted, True)):
+            done = tries = 0
+            while done < want and tries < 3 * want:
+                done += self.trial(targeted=kind).killed
+                tries += 1
         return self.trials
 
 
@@ -469,6 +494,7 @@ def summary(trials: list[Trial]) -> dict:
     return {
         "trials": len(trials),
         "killed_mid_run": len(killed),
+        "targeted_kills": sum(1 for t in killed if t.targeted),
         "phases": phases,
         "with_runs_in_flight": sum(1 for t in killed if t.snapshot and t.snapshot.running),
         "with_orphan_branches": sum(1 for t in killed if t.snapshot and t.snapshot.branches_without_row),
@@ -485,7 +511,8 @@ def summary(trials: list[Trial]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=20, help="kills mid-run to make")
+    ap.add_argument("--trials", type=int, default=20, help="kills at random moments to make")
+    ap.add_argument("--targeted", type=int, default=0, help="kills between a child's commit and its row")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill delays")
     ap.add_argument("--slots", type=int, default=2, help="CPU devices of the run (cpu:N)")
     ap.add_argument("--step", type=int, default=2, help="experiments added per trial")
@@ -505,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_dataset(get_profile("tiny"), source="builtin").path
     chaos = Chaos(workdir, data, seed=args.seed, slots=args.slots, step=args.step)
     started = time.time()
-    chaos.run(args.trials)
+    chaos.run(args.trials, args.targeted)
     result = summary(chaos.trials)
     result["wall_s"] = round(time.time() - started, 1)
     print(json.dumps(result, indent=2))

@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -186,6 +187,7 @@ class Measure:
     checkout_s: float
     record_s: float
     per_child_s: float  # all controller seconds / trained children
+    cpu_per_child_s: float  # CPU seconds of this process and its git subprocesses / trained children
     gap_s: float  # median seconds a device waited between two runs (steady state)
     duty: float  # training / held seconds, steady state
     session_duty: float  # the engine's figure for the whole session
@@ -228,6 +230,7 @@ def measure(
             first_child.append(time.monotonic())
 
     started = time.monotonic()
+    cpu0 = _cpu()
     with LocalExecutor(("cpu",) * slots, runner=fake) as executor:
         engine = Engine(ws, config, executor, on_event=on_event)
         undo = instrument(engine, timers)
@@ -239,6 +242,7 @@ def measure(
         individuals = engine.store.individuals(ws.run)
         engine.close()
     wall = time.monotonic() - started
+    cpu = _cpu() - cpu0
     trained = sum(1 for i in individuals if i.parents and i.status.value != "rejected")
     s, c = timers.seconds, timers.calls
     proposals = max(1, c["propose"])
@@ -252,10 +256,17 @@ def measure(
         propose_s=s["propose"] / proposals, operator_s=ops / proposals, novelty_s=s["novelty"] / proposals,
         guard_s=s["guard"] / proposals, store_s=(s["intake"] - s["novelty"] - s["guard"]) / proposals,
         device_side_s=(s["claim"] + s["checkout"] + s["record"]) / runs, checkout_s=s["checkout"] / runs,
-        record_s=s["record"] / runs, per_child_s=controller / max(1, trained), gap_s=gap, duty=duty,
+        record_s=s["record"] / runs, per_child_s=controller / max(1, trained), cpu_per_child_s=cpu / max(1, trained),
+        gap_s=gap, duty=duty,
         session_duty=float(session.get("training_seconds") or 0.0) / held if held else float("nan"),
         wall_s=wall,
     )  # fmt: skip
+
+
+def _cpu() -> float:
+    """CPU seconds used so far by this process and its finished children (git, mostly)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def median_of(rows: list[Measure]) -> Measure:
@@ -265,13 +276,14 @@ def median_of(rows: list[Measure]) -> Measure:
 
 
 def markdown(rows: list[Measure], repeats: int) -> str:
-    head = ("| devices | budget s | children | runs | controller s / child | proposal s | (operator | novelty"
-            " | guard | store) | per run s (claim+checkout+record) | device gap s | duty (steady) | duty (session) |")  # fmt: skip
-    lines = [head, "|" + "---:|" * 14]
+    head = ("| devices | budget s | children | device runs | controller wall s / child | CPU s / child | proposal s"
+            " | operator s | novelty s | guard s | store s | per device run s | device gap s | duty, steady |"
+            " duty, session |")  # fmt: skip
+    lines = [head, "|" + "---:|" * 15]
     for r in rows:
         lines.append(
-            f"| {r.slots} | {r.budget:g} | {r.children} | {r.runs} | {r.per_child_s:.3f} | {r.propose_s:.3f} | "
-            f"{r.operator_s:.3f} | {r.novelty_s:.3f} | {r.guard_s:.3f} | {r.store_s:.3f}) | "
+            f"| {r.slots} | {r.budget:g} | {r.children} | {r.runs} | {r.per_child_s:.3f} | {r.cpu_per_child_s:.3f} | "
+            f"{r.propose_s:.3f} | {r.operator_s:.3f} | {r.novelty_s:.3f} | {r.guard_s:.3f} | {r.store_s:.3f} | "
             f"{r.device_side_s:.3f} | {r.gap_s:.3f} | {r.duty:.3f} | {r.session_duty:.3f} |"
         )
     lines.append(f"\nMedians of {repeats} runs per row.")

@@ -131,6 +131,7 @@ class Trace:
     steps: tuple[Step, ...]
     keeps: tuple[Keep, ...]
     decisions: dict[str, int]  # operator -> children decided
+    near_budget: int = 0  # ok runs whose training took >= 80% of the budget (the bigram stops there)
 
 
 def trace(store: Store, run: str, strategy: str, seed: int, workspace: str, wall: float) -> Trace:
@@ -159,20 +160,24 @@ def trace(store: Store, run: str, strategy: str, seed: int, workspace: str, wall
         if ind != BASELINE_ID:
             champion = min(accepted, key=lambda i: accepted[i])
             steps.append(Step(k, runs, champion, accepted[champion]))
-    return Trace(strategy, seed, workspace, k, runs, round(wall, 1), tuple(steps), tuple(keeps), decisions)
+    near = sum(1 for e in store.evaluations(run=run) if e.ok and (e.training_seconds or 0) >= 0.8 * e.budget)
+    return Trace(
+        strategy, seed, workspace, k, runs, round(wall, 1), tuple(steps), tuple(keeps), decisions, near
+    )
 
 
 def run_search(
     workdir: Path, strategy: str, seed: int, experiments: int, *, real: bool, budget: float, slots: int,
-    islands: int, fingerprint: str = "", alpha: float | None = None,
+    islands: int, fingerprint: str = "", alpha: float | None = None, penalty_k: float | None = None,
 ) -> Trace:  # fmt: skip
     """One evolution of `experiments` children with `strategy`; returns its trace."""
-    if alpha is not None:  # a what-if: the population's rank exponent is not a setting of the engine
+    if alpha is not None or penalty_k is not None:  # what-ifs: not settings of the engine
         import functools
 
         import evolve.population as population
 
-        population.STRATEGIES["population"] = functools.partial(population.Population, alpha=alpha)
+        what_if = {k: v for k, v in (("alpha", alpha), ("penalty_k", penalty_k)) if v is not None}
+        population.STRATEGIES["population"] = functools.partial(population.Population, **what_if)
     root = workdir / f"{strategy}-{seed}"
     shutil.rmtree(root, ignore_errors=True)
     run = f"{strategy}{seed}"
@@ -311,6 +316,7 @@ def compare(traces: list[Trace], verdicts: dict[tuple[str, int], Verdicts], valu
             "keeps": sum(x.keeps for x in v), "false_keeps_rerun": sum(x.false_by_rerun for x in v),
             "false_keeps_truth": sum(x.false_by_truth for x in v) if v and v[0].false_by_truth is not None else None,
             "wall_s_median": statistics.median(t.wall_s for t in mine),
+            "runs_near_budget": sum(t.near_budget for t in mine),
         })  # fmt: skip
     return target, rows
 
@@ -347,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default="ratchet,population")
     ap.add_argument("--islands", type=int, default=4, help="islands of the population")
     ap.add_argument("--alpha", type=float, help="what-if: the population's rank exponent (engine: 1)")
+    ap.add_argument("--penalty-k", type=float, help="what-if: the population's child penalty k (engine: 4)")
     ap.add_argument("--budget", type=float, default=5.0, help="training seconds per run (real)")
     ap.add_argument("--slots", type=int, default=1, help="CPU devices per run")
     ap.add_argument("--jobs", type=int, default=1, help="runs side by side (synthetic)")
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     data, fingerprint = prepared_data(workdir)
     kw = dict(real=real, budget=args.budget, slots=args.slots, islands=args.islands, fingerprint=fingerprint,
-              alpha=args.alpha)  # fmt: skip
+              alpha=args.alpha, penalty_k=args.penalty_k)  # fmt: skip
     jobs = [(workdir, s, seed, args.experiments, kw) for seed in range(args.first_seed, args.first_seed + args.seeds)
             for s in args.strategies.split(",")]  # fmt: skip
     started = time.time()
@@ -375,13 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         with ProcessPoolExecutor(args.jobs) as pool:
             for t in pool.map(_run_one, jobs):
                 print(f"[efficiency] {t.strategy} seed {t.seed}: {t.experiments} experiments, {t.runs} runs, "
-                      f"{t.wall_s:.0f} s", flush=True)  # fmt: skip
+                      f"{t.near_budget} near the budget, {t.wall_s:.0f} s", flush=True)  # fmt: skip
                 traces.append(t)
     else:
         for job in jobs:
             t = _run_one(job)
             print(f"[efficiency] {t.strategy} seed {t.seed}: {t.experiments} experiments, {t.runs} runs, "
-                  f"{t.wall_s:.0f} s", flush=True)  # fmt: skip
+                  f"{t.near_budget} near the budget, {t.wall_s:.0f} s", flush=True)  # fmt: skip
             traces.append(t)
     verdicts: dict[tuple[str, int], Verdicts] = {}
     truths: dict[tuple[str, str], float] = {}

@@ -54,12 +54,15 @@ def test_sigkill_at_random_moments_then_resume_keeps_store_git_and_pool_sound(tm
     run = chaos.Chaos(tmp_path / "chaos", tiny_data, seed=3, slots=2, step=2, first_estimate=20.0,
                       log=lambda line: None)  # fmt: skip
     try:
-        trials = run.run(kills=3)
+        trials = run.run(kills=3, targeted=1)
     finally:
         for pid in chaos.leftover_runs(run.ws):
             _kill_group(pid)
     killed = [t for t in trials if t.killed]
-    assert len(killed) == 3, [(t.delay, t.killed) for t in trials]
+    assert len(killed) == 4, [(t.delay, t.killed, t.targeted) for t in trials]
+    # the targeted kill landed between a child's commit and its store row: the resume adopted it
+    (targeted,) = [t for t in killed if t.targeted]
+    assert targeted.snapshot.branches_without_row, targeted.snapshot
     for t in trials:  # after every resume: integrity, exactly-once, branches = rows, nothing stuck
         assert t.ok, (t.number, t.snapshot, t.problems)
         assert t.resume_rc == 0
