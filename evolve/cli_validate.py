@@ -133,8 +133,13 @@ def _workspace(path: Path) -> Workspace:
     type=click.IntRange(min=1),
     help="Devices per run, through torchrun when > 1 (default 1).",
 )
+@click.option(
+    "--pending",
+    is_flag=True,
+    help="Also take children the search is still re-evaluating (ranked by the seeds they have so far).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
-def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, as_json):
+def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pending, as_json):
     """Re-run the top elites and the baseline at a deeper depth; say which improvements transfer.
 
     \b
@@ -156,7 +161,8 @@ def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, as_js
     ws = _workspace(workspace)
     try:
         spec = ValidationSpec.from_workspace(
-            ws, depth=depth, top=top, seeds=seeds, budget=budget, gpus_per_run=gpus_per_run
+            ws, depth=depth, top=top, seeds=seeds, budget=budget, gpus_per_run=gpus_per_run,
+            pending=pending or None,
         )
     except GenomeError as exc:
         raise EvolveError(str(exc)) from None

@@ -66,6 +66,7 @@ class ValidationSpec:
     budget: float | None = None
     gpus_per_run: int = 1
     allowance: float | None = None  # extra seconds per run beyond the budget (profile's default)
+    pending: bool = False  # also children still waiting for their re-evaluation seeds
 
     def __post_init__(self) -> None:
         checks = (
@@ -155,18 +156,22 @@ def context(ws: Workspace, store: Store) -> Context:
     return Context(ws.run, profile, depth, data, fingerprint)
 
 
-def candidates(store: Store, run: str, search_depth: int, top: int) -> list[Individual]:
+def candidates(
+    store: Store, run: str, search_depth: int, top: int, pending: bool = False
+) -> list[Individual]:
     """The `top` best individuals at the search depth that the search kept (or has not judged).
 
     The baseline is not a candidate (it is always validated, as the reference); neither is a
-    rejected child, nor one still waiting for a re-evaluation."""
+    rejected child, nor (unless `pending`) one still waiting for a re-evaluation, which is ranked
+    by the seeds it has so far."""
     base = baseline_of(store, run)
+    waiting = (Status.EVALUATED, Status.QUEUED, Status.RUNNING) if pending else (Status.EVALUATED,)
     out = []
     for line in store.leaderboard(search_depth, run, limit=None):
         ind = line.individual
         if base is not None and ind.id == base.id:
             continue
-        if ind.decision == "accept" or (ind.decision is None and ind.status == Status.EVALUATED):
+        if ind.decision == "accept" or (ind.decision is None and ind.status in waiting):
             out.append(ind)
         if len(out) >= top:
             break
@@ -270,11 +275,12 @@ def validate(
         base = baseline_of(store, ctx.run)
         if base is None:
             raise EvolveError(f"run {ctx.run!r} has no baseline yet; let `evolve run` evaluate it first")
-        picked = candidates(store, ctx.run, ctx.search_depth, spec.top)
+        picked = candidates(store, ctx.run, ctx.search_depth, spec.top, spec.pending)
         if not picked:
+            waiting = "" if spec.pending else " (--pending takes children still being re-evaluated too)"
             raise EvolveError(
                 f"run {ctx.run!r} has no evaluated individual besides the baseline yet; "
-                "let `evolve run` find some first"
+                f"let `evolve run` find some first{waiting}"
             )
         tasks, skipped = plan(store, ctx.run, spec.depth, spec.seeds, [base, *picked])
         ran = failed = 0

@@ -326,3 +326,33 @@ def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, t
     assert len({(e.individual, e.seed) for e in rows}) == len(rows)  # later rounds did not repeat runs
     assert rounds and all(e.depth == 2 for e in search)
     assert _worktrees(root) == [str(root)]
+
+
+def test_pending_takes_children_still_being_reevaluated(tmp_path):
+    """A child queued for its re-evaluation seeds is no candidate unless --pending asks for it;
+    a rejected one never is."""
+    from evolve.store import Evaluation
+    from evolve.validate import candidates
+
+    store = Store(tmp_path / "evolve.db")
+    store.add_run("r", strategy="population", profile="tiny")
+    store.add_individual(id="g0000", run="r", commit="c0", operator="baseline", description="baseline")
+    for cid in ("kept", "waiting", "dropped"):
+        store.add_individual(id=cid, run="r", commit=f"c-{cid}", parents=("g0000",), operator="optuna_tweak")
+    for cid, bpb in (("g0000", 2.0), ("kept", 1.9), ("waiting", 1.8), ("dropped", 1.7)):
+        store.set_status(cid, Status.QUEUED)
+        store.set_status(cid, Status.RUNNING)
+        store.record_evaluation(Evaluation(
+            individual=cid, depth=2, budget=3.0, seed=42, profile="tiny", status="ok",
+            purpose=Purpose.BASELINE if cid == "g0000" else Purpose.SEARCH, val_bpb=bpb,
+            metrics={"val_bpb": bpb}, data_fingerprint="fp", device="cpu", wall_seconds=4.0,
+            training_seconds=3.0, torch_version="2.13", gpu_name="", error_tail="",
+        ))  # fmt: skip
+        store.set_status(cid, Status.EVALUATED)
+    store.set_decision("kept", "accept")
+    store.set_decision("dropped", "reject")
+    store.set_status("waiting", Status.QUEUED)  # a promising first seed: more seeds first
+    assert [i.id for i in candidates(store, "r", 2, top=5)] == ["kept"]
+    assert [i.id for i in candidates(store, "r", 2, top=5, pending=True)] == ["waiting", "kept"]
+    assert [i.id for i in candidates(store, "r", 2, top=1, pending=True)] == ["waiting"]
+    store.close()
