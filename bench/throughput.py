@@ -6,7 +6,7 @@ Runs on the GPU machine (and, for a smoke test, on CPU with `--profile tiny`):
         --budget 60 --full-depth 12 --full-budget 300 --repeat-warm --out bench.json
 
 (`h100-small` is h100 with a 768K-token evaluation: ../shared/data's validation split is too small
-for h100's 20M. A folder of `*.txt.gz` books is first unpacked into paragraph-sized documents.)
+for h100's 20M. The shared corpus folder is first laid out by bench/shared_corpus.py.)
 
 It prepares the dataset if needed, measures a bf16 matmul (8192^3) in this process as a roofline,
 then runs the baseline once per depth in a subprocess, exactly as the trainer would (EVOLVE_*
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gzip
 import json
 import os
 import shutil
@@ -33,6 +32,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when installed
+
+from shared_corpus import lay_out  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 from prepare.profiles import evolve_home, get_profile  # noqa: E402
 
@@ -85,43 +86,14 @@ def measure_matmul(device: str, n: int = 8192, iters: int = 50) -> float:
     return 2 * n**3 * iters / seconds / 1e12
 
 
-def unpack_corpus(src: Path, dst: Path, chunk_chars: int = 4000) -> Path:
-    """A folder of `*.txt.gz` (e.g. ../shared/data) as `dst/train/*.txt` and `dst/val/*.txt` documents.
-
-    prepare's local source reads plain text, one document per file, and every training row starts
-    at a document (the tail of a longer one is dropped), so whole books are cut into documents of
-    about `chunk_chars` at paragraph breaks. Files named `*val*` are validation; so is the last 10%
-    of any other file whose name has no `train` in it (tinyshakespeare), as the corpus suggests."""
+def unpack_corpus(src: Path, dst: Path) -> Path:
+    """The shared corpus folder `src` (with gutenberg_manifest.tsv) laid out in `dst` once, by
+    bench/shared_corpus.py: books cut into ~2,000-character documents, the corpus's own split."""
     if (dst / "DONE").is_file():
         return dst
     shutil.rmtree(dst, ignore_errors=True)
-    for split in ("train", "val"):
-        (dst / split).mkdir(parents=True)
-    count = {"train": 0, "val": 0}
-
-    def write(split: str, text: str) -> None:
-        chunk: list[str] = []
-        size = 0
-        for para in text.split("\n\n") + [None]:
-            if para is None or (size + len(para) > chunk_chars and chunk):
-                (dst / split / f"{count[split]:06d}.txt").write_text("\n\n".join(chunk))
-                count[split] += 1
-                chunk, size = [], 0
-            if para is not None:
-                chunk.append(para)
-                size += len(para) + 2
-
-    for path in sorted(src.glob("*.txt.gz")):
-        text = gzip.open(path, "rt", encoding="utf-8").read()
-        if "val" in path.name:
-            write("val", text)
-        elif "train" in path.name:
-            write("train", text)
-        else:
-            cut = int(len(text) * 0.9)
-            write("train", text[:cut])
-            write("val", text[cut:])
-    (dst / "DONE").write_text(json.dumps(count))
+    counts = lay_out(src, dst)
+    (dst / "DONE").write_text(json.dumps(counts))
     return dst
 
 
@@ -130,7 +102,7 @@ def prepare_data(profile_name: str, source: str | None) -> Path:
 
     if source and source.startswith("local:"):
         folder = Path(source[len("local:") :]).expanduser().resolve()
-        if folder.is_dir() and any(folder.glob("*.txt.gz")):
+        if (folder / "gutenberg_manifest.tsv").is_file():
             source = "local:" + str(unpack_corpus(folder, evolve_home() / "bench-corpus" / folder.name))
     manifest = prepare_dataset(get_profile(profile_name), source=source)
     return Path(manifest.path)

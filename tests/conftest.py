@@ -6,8 +6,16 @@ import os
 
 import pytest
 
-SCRUBBED = ("EVOLVE_PROFILE", "EVOLVE_DEPTH", "EVOLVE_TIME_BUDGET", "EVOLVE_SEED", "EVOLVE_DEVICE",
-            "EVOLVE_RESULT", "EVOLVE_DATA", "EVOLVE_RESULT_KEY")
+SCRUBBED = (
+    "EVOLVE_PROFILE",
+    "EVOLVE_DEPTH",
+    "EVOLVE_TIME_BUDGET",
+    "EVOLVE_SEED",
+    "EVOLVE_DEVICE",
+    "EVOLVE_RESULT",
+    "EVOLVE_DATA",
+    "EVOLVE_RESULT_KEY",
+)
 
 
 @pytest.fixture(autouse=True)
