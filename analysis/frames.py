@@ -445,12 +445,21 @@ def leaderboard(df: pd.DataFrame, top: int | None = 10) -> pd.DataFrame:
 
 
 def champion(df: pd.DataFrame) -> pd.Series | None:
-    """The best individual that transfers; without a transferring one, the best at search depth."""
+    """The champion by `evolve export champion`'s rule (evolve.champion.choose_champion), for one run.
+
+    The transferring individual with the best mean at the validation depth; without one, the best
+    accepted individual at the search depth that was not shown not to transfer, the baseline
+    excepted (else the best accepted one, else the best scored one)."""
     board = leaderboard(df, None)
     if board.empty:
         return None
-    transfers = board[board["verdict"] == "transfers"]
-    return (transfers if len(transfers) else board).iloc[0]
+    transfers = board[(board["verdict"] == "transfers") & board["validation_bpb_mean"].notna()]
+    if len(transfers):
+        return transfers.sort_values(["validation_bpb_mean", "id"], kind="stable").iloc[0]
+    accepted = board[board["decision"] == "accept"]
+    board = accepted if len(accepted) else board
+    eligible = board[(board["verdict"] != "does not transfer") & (board["parents"].map(len) > 0)]
+    return (eligible if len(eligible) else board).iloc[0]
 
 
 def operator_stats(df: pd.DataFrame) -> pd.DataFrame:

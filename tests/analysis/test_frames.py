@@ -223,3 +223,22 @@ def test_llm_usage_and_stored_verdicts_are_read_when_the_store_has_them(tmp_path
     ops = analysis.operator_stats(df.reset_index()).set_index("operator")
     assert ops.loc["llm_mutation", "llm_cost"] == pytest.approx(0.06)
     assert math.isnan(ops.loc["optuna", "llm_cost"])
+
+
+def test_champion_follows_the_export_rule():
+    """Among transferring individuals the best at the validation depth wins, not the best at the
+    search depth; without one, the best accepted child not shown to fail deeper (never the baseline)."""
+    df = pd.DataFrame({
+        "id": ["g0", "a", "b", "c", "d"],
+        "parents": [(), ("g0",), ("g0",), ("g0",), ("g0",)],
+        "decision": ["accept", "accept", "accept", "accept", "reject"],
+        "val_bpb_mean": [1.00, 0.90, 0.92, 0.95, 0.80],
+        "val_bpb_n": [3, 3, 3, 3, 1],
+        "verdict": [None, "transfers", "transfers", "does not transfer", None],
+        "validation_bpb_mean": [1.10, 1.05, 1.01, 1.20, float("nan")],
+    })  # fmt: skip
+    assert analysis.champion(df)["id"] == "b"  # a is better at the search depth, b deeper
+    none_transfer = df.assign(verdict=[None, "does not transfer", "inconclusive", None, None])
+    assert analysis.champion(none_transfer)["id"] == "b"  # a failed deeper; d was rejected
+    only_base = df[df["id"] == "g0"]
+    assert analysis.champion(only_base)["id"] == "g0"

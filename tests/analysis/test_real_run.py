@@ -13,6 +13,8 @@ import pytest
 
 import analysis
 from analysis import plots
+from evolve.champion import choose_champion
+from evolve.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +99,8 @@ def test_evolve_report_on_a_real_run_has_the_three_plots(real_run, tmp_path):
     assert all(base64.b64decode(data).startswith(b"\x89PNG") for _, data in images)
     champ = analysis.champion(analysis.lineage(real_run))
     assert f"Champion <b>{champ['id']}</b>" in text
+    with Store(real_run / ".evolve" / "evolve.db", readonly=True) as store:  # the export's own rule
+        assert champ["id"] == choose_champion(store, "real", 2).id
     df = analysis.lineage(real_run)
     for name, draw in plots.PLOTS.items():
         assert plots.save(draw(df), tmp_path / f"{name}.png").stat().st_size > 1000
