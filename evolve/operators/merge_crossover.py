@@ -3,10 +3,16 @@
 No LLM: the child is a merge commit with both parents when their changes touch different lines.
 Merging a parent with its own ancestor gives back the descendant (nothing new), so when the pair
 the strategy drew is related that way the operator looks among the elites for a partner that is
-not. A conflict is a failed proposal here; the LLM crossover resolves conflicts instead.
+not. git calls changes to neighbouring lines a conflict; conflict blocks whose sides have as many
+lines are settled line by line (each line from the side that changed it). Where both parents
+retuned the same hyperparameter (a module-level `UPPER_CASE = ...` line), the better parent's
+value is kept, as a crossover keeps a gene of the fitter parent. Any other conflict (code changed
+on both sides) is a failed proposal here; the LLM crossover resolves those instead.
 """
 
 from __future__ import annotations
+
+import re
 
 from genome.errors import GenomeError
 from genome.merge import MERGE_OPERATOR, MergeStatus, commit_merge, merge_crossover
@@ -69,6 +75,10 @@ class MergeCrossover(Operator):
                 if all(text is not None for text in resolved.values()):
                     # Neighbouring lines changed on each side (two knobs of one block): no real conflict.
                     files = {p: t for p, t in resolved.items() if t is not None}
+                    if any(
+                        files == {p: _text(ctx, g.commit, p) for p in files} for g in (a.genome, b.genome)
+                    ):
+                        continue  # b only retuned a's knobs: the merge is a itself
                     try:
                         child = commit_merge(ctx.repo, a.genome, b.genome, files, _describe(a, b), operator=self.name,
                                              rationale=f"Line-wise three-way merge of {a.id} and {b.id}.")  # fmt: skip
@@ -88,6 +98,11 @@ class MergeCrossover(Operator):
         raise OperatorError(f"merging {first.id} with {', '.join(tried)} gives nothing new")
 
 
+def _text(ctx: ProposalContext, commit: str, path: str) -> str:
+    data = ctx.repo.read_exact(commit, path)
+    return data.decode() if data is not None else ""
+
+
 def _rank(parent: Parent) -> tuple[float, str]:
     return (parent.score.mean if parent.score is not None else float("inf"), parent.id)
 
@@ -96,11 +111,20 @@ def _describe(a: Parent, b: Parent) -> str:
     return f"merge {a.id} ({a.individual.description}) with {b.id} ({b.individual.description})"
 
 
+_CONSTANT = re.compile(r"([A-Z][A-Z0-9_]*)\s*=(?!=)")  # a module-level hyperparameter line
+
+
+def _constant(line: str) -> str | None:
+    m = _CONSTANT.match(line)
+    return m.group(1) if m else None
+
+
 def resolve_linewise(merged: str) -> str | None:
     """Resolve diff3 conflict blocks whose three sides have the same number of lines, line by line.
 
-    Each line takes the side that changed it; None when a line was changed differently on both
-    sides, or the sides differ in length (a real conflict, left to the LLM crossover)."""
+    Each line takes the side that changed it; a hyperparameter line that both changed keeps the
+    first side's value (the better parent's). None when another line was changed differently on
+    both sides, or the sides differ in length (a real conflict, left to the LLM crossover)."""
     out: list[str] = []
     part: str | None = None
     sides: dict[str, list[str]] = {}
@@ -118,7 +142,7 @@ def resolve_linewise(merged: str) -> str | None:
             for o, b, t in zip(ours, base, theirs, strict=True):
                 if o == b or o == t:
                     out.append(t)
-                elif t == b:
+                elif t == b or ((name := _constant(o)) is not None and name == _constant(b) == _constant(t)):
                     out.append(o)
                 else:
                     return None

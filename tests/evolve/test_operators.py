@@ -23,6 +23,7 @@ from evolve.operators.optuna_tweak import OptunaTweak, lineage_key, space_for
 from evolve.operators.weights import PROPOSAL_FAILED, Credit, OperatorWeights, credits_from_store
 from evolve.promotion import Score
 from evolve.store import Evaluation, LineageKind, Purpose, Status, Store
+from genome.edits import Block, Edit
 from genome.hyperparams import commit_hyperparams, parse_hyperparams
 from genome.repo import git_process
 from genome.workspace import init_workspace
@@ -62,6 +63,13 @@ class World:
                                   parents=genome.parents, operator="optuna_tweak", status=Status.QUEUED)  # fmt: skip
         if score is not None:
             self.score(genome.id, score, decision=decision)
+        return genome.id
+
+    def code_child(self, parent: str, search: str, replace: str, score: float) -> str:
+        genome = self.repo.apply_edit(self.repo.get(parent), Edit("code change", blocks=(Block(search, replace),)))
+        self.store.add_individual(id=genome.id, run="ops", commit=genome.commit, branch=genome.branch,
+                                  parents=genome.parents, operator="llm_mutation", status=Status.QUEUED)  # fmt: skip
+        self.score(genome.id, score, decision="accept")
         return genome.id
 
     def parent(self, ind_id: str) -> Parent:
@@ -229,9 +237,25 @@ def test_merge_crossover_combines_two_siblings_into_a_merge_commit(world):
     assert [p.decode() for p in git_parents] == [world.repo.get(a).commit, world.repo.get(b).commit]
 
 
-def test_merge_crossover_conflict_and_related_pairs_are_failed_proposals(world):
+def test_merge_crossover_keeps_the_better_parents_value_of_a_knob_both_retuned(world):
     a = world.child("g0000", {"EMB_LR": 0.01}, 3.70)
-    b = world.child("g0000", {"EMB_LR": 0.03}, 3.71)
+    b = world.child("g0000", {"EMB_LR": 0.03, "HEAD_LR": 0.02}, 3.71)  # b: EMB_LR too, and HEAD_LR
+    op = make_operator("merge_crossover", world.setup("merge_crossover"))
+    child = op.propose(world.context(b, a)).genome
+    knobs = parse_hyperparams(world.repo.read(child))
+    assert knobs["EMB_LR"].value == 0.01 and knobs["HEAD_LR"].value == 0.02  # a's EMB_LR: a is better
+    assert child.parents == (a, b)
+    # b2 retuned only a's knob: the merge would be a itself, nothing new
+    b2 = world.child("g0000", {"EMB_LR": 0.03}, 3.71)
+    with pytest.raises(OperatorError, match="nothing new"):
+        op.propose(world.context(a, b2))
+
+
+def test_merge_crossover_conflict_and_related_pairs_are_failed_proposals(world):
+    a = world.code_child("g0000", "        self.emb = torch.nn.Embedding(vocab, DIM)\n",
+                         "        self.emb = torch.nn.Embedding(vocab, 2 * DIM)\n", 3.70)  # fmt: skip
+    b = world.code_child("g0000", "        self.emb = torch.nn.Embedding(vocab, DIM)\n",
+                         "        self.emb = torch.nn.Embedding(vocab, DIM, max_norm=1.0)\n", 3.71)  # fmt: skip
     op = make_operator("merge_crossover", world.setup("merge_crossover"))
     with pytest.raises(OperatorError, match="conflict"):
         op.propose(world.context(a, b))
