@@ -4,6 +4,7 @@ Code lives in git; everything else lives here. Every state change is one transac
 `kill -9` at any moment leaves either the old state or the new one, never half of a change. The
 file is in WAL mode: a second process (`evolve status`, `analysis`) reads while a run writes.
 Each thread gets its own connection; `Store(path, readonly=True)` opens with `mode=ro` for analysis.
+The records it returns (Individual, Evaluation, ...) live in `evolve.records`, re-exported here.
 """
 
 from __future__ import annotations
@@ -14,191 +15,36 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
-from enum import Enum
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
 from .promotion import Score, pooled_std
+from .records import (
+    _EVALUATION_COLUMNS,
+    _TRANSITIONS,
+    SEARCH_PURPOSES,
+    DiskUse,
+    Evaluation,
+    Event,
+    Individual,
+    LineageKind,
+    Purpose,
+    Ranked,
+    Run,
+    Status,
+    _evaluation,
+    _individual,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "LineageKind",
+    "Purpose", "Ranked", "Run", "Status", "Store",
+]  # fmt: skip
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-class Status(str, Enum):
-    """Where an individual is in its life: proposed -> queued -> running -> evaluated | failed."""
-
-    PROPOSED = "proposed"
-    QUEUED = "queued"
-    RUNNING = "running"
-    EVALUATED = "evaluated"
-    REJECTED = "rejected"  # the static guard or the novelty check refused it: never trained
-    FAILED = "failed"  # trained, but no ok evaluation (crash, oom, diverged, timeout, invalid)
-
-    def is_finished(self) -> bool:
-        return self in (Status.EVALUATED, Status.REJECTED, Status.FAILED)
-
-
-# evaluated -> queued is a re-evaluation with a new seed; running -> queued is a resume after a crash.
-_TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.PROPOSED: frozenset({Status.QUEUED, Status.REJECTED, Status.FAILED}),
-    Status.QUEUED: frozenset({Status.RUNNING, Status.REJECTED, Status.FAILED}),
-    Status.RUNNING: frozenset({Status.EVALUATED, Status.FAILED, Status.QUEUED}),
-    Status.EVALUATED: frozenset({Status.QUEUED}),
-    Status.FAILED: frozenset({Status.QUEUED}),
-    Status.REJECTED: frozenset(),
-}
-
-
-class Purpose(str, Enum):
-    SEARCH = "search"
-    REEVAL = "reeval"
-    BASELINE = "baseline"
-    VALIDATION = "validation"
-
-
-# Evaluations at the search depth; validation runs at another depth and budget.
-SEARCH_PURPOSES = (Purpose.SEARCH, Purpose.REEVAL, Purpose.BASELINE)
-
-
-class LineageKind(str, Enum):
-    MUTATION = "mutation"
-    CROSSOVER = "crossover"
-    MERGE = "merge"
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    settings: dict[str, Any]
-    created: float
-    strategy: str
-    profile: str
-
-
-@dataclass(frozen=True)
-class Individual:
-    """One individual as the store sees it (its code is the git commit)."""
-
-    id: str
-    run: str
-    commit: str
-    branch: str
-    parents: tuple[str, ...]
-    operator: str
-    description: str
-    island: int
-    generation: int
-    status: Status
-    priority: int
-    decision: str | None
-    code_hash: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    guard_reason: str | None
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One training run of one individual at one (depth, budget, seed), with its provenance."""
-
-    individual: str
-    depth: int
-    budget: float
-    seed: int
-    profile: str
-    status: str  # ok, crash, oom, diverged, timeout, invalid (the trainer's words)
-    purpose: Purpose = Purpose.SEARCH
-    val_bpb: float | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    data_fingerprint: str = ""
-    device: str = ""
-    wall_seconds: float | None = None
-    training_seconds: float | None = None
-    torch_version: str = ""
-    gpu_name: str = ""
-    log_path: str | None = None
-    error_tail: str = ""
-    reason: str = ""
-    created: float | None = None
-    id: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok" and self.val_bpb is not None
-
-    @classmethod
-    def from_result(
-        cls, individual: str, result: Mapping[str, Any], *, purpose: Purpose | str, device: str = ""
-    ) -> Evaluation:
-        """Build from the trainer's result as a plain dict (`RunResult.to_dict()`).
-
-        Provenance (depth, budget, seed, profile, devices, data_fingerprint, torch_version,
-        gpu_name) is read from the top level or from a nested `provenance` dict."""
-        prov = {**result, **dict(result.get("provenance") or {})}
-        text = lambda key: str(prov.get(key) or "")
-        metrics = dict(result.get("metrics") or {})
-        status = result["status"]
-        status = str(getattr(status, "value", status))
-        devices = prov.get("devices")
-        if not device and devices:
-            device = devices if isinstance(devices, str) else ",".join(str(d) for d in devices)
-        val_bpb = metrics.get("val_bpb") if status == "ok" else None
-        training_seconds = metrics.get("training_seconds")
-        return cls(
-            individual=individual,
-            depth=int(prov.get("depth") or metrics.get("depth") or 0),
-            budget=float(prov.get("budget") or 0.0),
-            seed=int(prov.get("seed") or 0),
-            profile=text("profile"),
-            status=status,
-            purpose=Purpose(purpose),
-            val_bpb=None if val_bpb is None else float(val_bpb),
-            metrics=metrics,
-            data_fingerprint=text("data_fingerprint"),
-            device=device,
-            wall_seconds=result.get("wall_seconds"),
-            training_seconds=training_seconds if isinstance(training_seconds, (int, float)) else None,
-            torch_version=text("torch_version"),
-            gpu_name=text("gpu_name"),
-            log_path=None if result.get("log_path") is None else str(result["log_path"]),
-            error_tail=text("error_tail"),
-            reason=text("reason"),
-        )
-
-
-# The evaluations table has one column per field; `id` is assigned by SQLite.
-_EVALUATION_COLUMNS = tuple(f.name for f in fields(Evaluation) if f.name != "id")
-
-
-@dataclass(frozen=True)
-class Event:
-    id: int
-    time: float
-    run: str | None
-    kind: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Ranked:
-    """A leaderboard line: an individual and its score at the asked depth."""
-
-    individual: Individual
-    score: Score
-
-
-@dataclass(frozen=True)
-class DiskUse:
-    db_bytes: int  # the database with its WAL and shared-memory files
-    log_bytes: int  # the training logs the evaluations point to, where they still exist
-    log_files: int
-
-    @property
-    def total_bytes(self) -> int:
-        return self.db_bytes + self.log_bytes
 
 
 class Store:
@@ -774,18 +620,3 @@ class Store:
                 log_bytes += p.stat().st_size
                 files += 1
         return DiskUse(db, log_bytes, files)
-
-
-def _individual(r: sqlite3.Row) -> Individual:
-    row = dict(r)
-    row["commit"] = row.pop("commit_sha")
-    row["parents"] = tuple(json.loads(row["parents"]))
-    row["status"] = Status(row["status"])
-    return Individual(**row)
-
-
-def _evaluation(r: sqlite3.Row) -> Evaluation:
-    row = dict(r)
-    row["purpose"] = Purpose(row["purpose"])
-    row["metrics"] = json.loads(row["metrics"])
-    return Evaluation(**row)
