@@ -28,20 +28,20 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import prepare
 from genome.guard import check
 from genome.record import BASELINE_ID
-from genome.settings import SETTINGS_FILE, read_settings
 from genome.workspace import Workspace
 from genome.worktrees import POOL_DIR, WorktreePool
 from prepare.errors import PrepareError
 from prepare.profiles import dataset_dir, get_profile
 from trainer import Executor, Job, RunResult, TrainerError
 
+from .engine_config import EngineConfig
 from .errors import EvolveError
 from .novelty import tree_hash
 from .operators.base import (
@@ -61,7 +61,6 @@ from .scheduler import (
     EvalReport,
     Scheduler,
     Session,
-    StopConditions,
     StopReason,
     compress_log,
     kill_leftover_runs,
@@ -74,101 +73,6 @@ FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: child
 # baseline share seeds, so a child's first run is compared with the same data order
 REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
 _FINISHED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything one `evolve run` needs besides the workspace and the devices."""
-
-    profile: str
-    budget: float
-    depth: int
-    source: str
-    strategy: str = "population"
-    islands: int = 4
-    operators: tuple[str, ...] = ()  # empty: every registered operator that can be built here
-    baseline_seeds: int = 3
-    max_seeds: int = 3
-    margin: float = 2.0
-    migrate_every: int = 20
-    seed: int = 0
-    ahead: int = 2  # ready children beyond one per device
-    proposers: int = 2  # proposal threads
-    elites: int = 8  # elites shown to an operator
-    allowance: float | None = None  # extra seconds per run beyond the budget (profile's default)
-    stop: StopConditions = field(default_factory=StopConditions)
-    operator_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_workspace(cls, workspace: Workspace, **overrides: Any) -> EngineConfig:
-        """evolve.toml's values, then the non-None `overrides` (the flags of `evolve run`)."""
-        settings = workspace.settings
-        profile = overrides.pop("profile", None)
-        if profile is not None and profile != settings.profile:
-            settings = settings.with_changes(profile=profile)
-        data = read_settings(workspace.root / SETTINGS_FILE)
-        search = dict(data.get("search") or {})
-        known = {f.name for f in fields(cls)} - {
-            "profile",
-            "budget",
-            "depth",
-            "source",
-            "stop",
-            "operator_options",
-        }
-        unknown = sorted(set(search) - known)
-        if unknown:
-            raise EvolveError(
-                f"evolve.toml: unknown key(s) in [search]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        values: dict[str, Any] = dict(
-            profile=settings.profile,
-            budget=settings.budget,
-            depth=settings.depth,
-            source=settings.source,
-            strategy=settings.strategy,
-            islands=settings.islands,
-            operator_options={
-                k: dict(v) for k, v in (data.get("operators") or {}).items() if isinstance(v, dict)
-            },
-        )
-        values.update(search)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(values.get("operators"), (list, str)):
-            ops = values["operators"]
-            values["operators"] = tuple(ops.split(",") if isinstance(ops, str) else ops)
-        try:
-            config = cls(**values)
-        except TypeError as exc:
-            raise EvolveError(f"bad setting: {exc}") from None
-        config.check()
-        return config
-
-    def check(self) -> None:
-        problems = [
-            (self.strategy in ("population", "ratchet"), "strategy must be population or ratchet"),
-            (self.islands >= 1, "islands must be >= 1"),
-            (self.budget > 0, "budget must be > 0 seconds"),
-            (self.depth >= 1, "depth must be >= 1"),
-            (self.baseline_seeds >= 1, "baseline seeds must be >= 1"),
-            (self.max_seeds >= 1, "max seeds must be >= 1"),
-        ]
-        for ok, message in problems:
-            if not ok:
-                raise EvolveError(f"{message}; fix evolve.toml or the flag")
-        for name, options in self.operator_options.items():
-            w = options.get("weight", 1.0)
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
-                raise EvolveError(f"evolve.toml: [operators.{name}] weight must be a number >= 0, not {w!r}")
-
-    def weight(self, name: str) -> float:
-        """`[operators.NAME] weight`: a factor on the operator's share of the draws (0: left out)."""
-        return float(self.operator_options.get(name, {}).get("weight", 1.0))
-
-    @property
-    def weights(self) -> dict[str, float]:
-        """The operators whose weight is not 1."""
-        return {n: self.weight(n) for n in self.operator_options if self.weight(n) != 1.0}
 
 
 def _data_dir(config: EngineConfig) -> Path:
