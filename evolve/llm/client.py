@@ -26,12 +26,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import openai
+from typing import TYPE_CHECKING, Any
 
 from ..operators.base import OperatorError
 from .config import PLACEHOLDER_KEY, LLMConfig
+
+if TYPE_CHECKING:
+    import openai
 
 log = logging.getLogger("evolve.llm")
 
@@ -103,6 +104,8 @@ class LLMClient:
     ) -> None:
         self.config = config
         self._key = config.api_key(os.environ if environ is None else environ)
+        import openai  # here, not at the top: `evolve status` and runs without an LLM never load it
+
         # Our own retry loop records every attempt; the package's would hide them.
         self._client = openai.OpenAI(
             api_key=self._key, base_url=config.base_url, timeout=config.timeout, max_retries=0
@@ -174,6 +177,8 @@ class LLMClient:
 
     def complete(self, messages: Messages, model: str, report: ReportLLM) -> Completion:
         """Send `messages` to `model`; retry what is worth retrying; raise LLMError when it gives up."""
+        import openai
+
         self.check_budget()
         attempts = self.config.max_retries + 1
         for attempt in range(attempts):
