@@ -138,8 +138,14 @@ def _workspace(path: Path) -> Workspace:
     is_flag=True,
     help="Also take children the search is still re-evaluating (ranked by the seeds they have so far).",
 )
+@click.option(
+    "--id",
+    "ids",
+    multiple=True,
+    help="Validate this individual instead of the top ones, whatever the search decided (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (progress goes to stderr).")
-def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pending, as_json):
+def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pending, ids, as_json):
     """Re-run the top elites and the baseline at a deeper depth; say which improvements transfer.
 
     \b
@@ -161,8 +167,14 @@ def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pendi
     ws = _workspace(workspace)
     try:
         spec = ValidationSpec.from_workspace(
-            ws, depth=depth, top=top, seeds=seeds, budget=budget, gpus_per_run=gpus_per_run,
+            ws,
+            depth=depth,
+            top=top,
+            seeds=seeds,
+            budget=budget,
+            gpus_per_run=gpus_per_run,
             pending=pending or None,
+            ids=tuple(ids) or None,
         )
     except GenomeError as exc:
         raise EvolveError(str(exc)) from None

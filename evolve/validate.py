@@ -67,6 +67,7 @@ class ValidationSpec:
     gpus_per_run: int = 1
     allowance: float | None = None  # extra seconds per run beyond the budget (profile's default)
     pending: bool = False  # also children still waiting for their re-evaluation seeds
+    ids: tuple[str, ...] = ()  # these individuals instead of the top K (whatever the search decided)
 
     def __post_init__(self) -> None:
         checks = (
@@ -178,6 +179,25 @@ def candidates(
     return out
 
 
+def chosen(store: Store, run: str, search_depth: int, spec: ValidationSpec) -> list[Individual]:
+    """`spec.ids` when given (each must be an individual of `run` other than its baseline), else
+    the `candidates`."""
+    if not spec.ids:
+        return candidates(store, run, search_depth, spec.top, spec.pending)
+    base = baseline_of(store, run)
+    out = []
+    for ident in dict.fromkeys(spec.ids):
+        ind = store.get(ident)
+        if ind is None or ind.run != run:
+            raise EvolveError(f"--id {ident}: no individual of run {run!r} has that id (see `evolve top`)")
+        if base is not None and ind.id == base.id:
+            raise EvolveError(
+                f"--id {ident}: that is the baseline, which is always validated as the reference"
+            )
+        out.append(ind)
+    return out
+
+
 def plan(
     store: Store, run: str, depth: int, seeds: int, individuals: Sequence[Individual]
 ) -> tuple[list[Task], int]:
@@ -275,7 +295,7 @@ def validate(
         base = baseline_of(store, ctx.run)
         if base is None:
             raise EvolveError(f"run {ctx.run!r} has no baseline yet; let `evolve run` evaluate it first")
-        picked = candidates(store, ctx.run, ctx.search_depth, spec.top, spec.pending)
+        picked = chosen(store, ctx.run, ctx.search_depth, spec)
         if not picked:
             waiting = "" if spec.pending else " (--pending takes children still being re-evaluated too)"
             raise EvolveError(

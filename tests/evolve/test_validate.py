@@ -328,11 +328,12 @@ def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, t
     assert _worktrees(root) == [str(root)]
 
 
-def test_pending_takes_children_still_being_reevaluated(tmp_path):
+def test_pending_and_ids_choose_what_is_validated(tmp_path):
     """A child queued for its re-evaluation seeds is no candidate unless --pending asks for it;
-    a rejected one never is."""
+    a rejected one is one only when --id names it."""
+    from evolve.errors import EvolveError
     from evolve.store import Evaluation
-    from evolve.validate import candidates
+    from evolve.validate import candidates, chosen
 
     store = Store(tmp_path / "evolve.db")
     store.add_run("r", strategy="population", profile="tiny")
@@ -355,4 +356,12 @@ def test_pending_takes_children_still_being_reevaluated(tmp_path):
     assert [i.id for i in candidates(store, "r", 2, top=5)] == ["kept"]
     assert [i.id for i in candidates(store, "r", 2, top=5, pending=True)] == ["waiting", "kept"]
     assert [i.id for i in candidates(store, "r", 2, top=1, pending=True)] == ["waiting"]
+    # --id takes what it names, even a rejected child; never the baseline or a stranger
+    spec = ValidationSpec(depth=4, ids=("dropped", "kept", "dropped"))
+    assert [i.id for i in chosen(store, "r", 2, spec)] == ["dropped", "kept"]
+    assert [i.id for i in chosen(store, "r", 2, ValidationSpec(depth=4, top=1))] == ["kept"]
+    with pytest.raises(EvolveError, match="baseline"):
+        chosen(store, "r", 2, ValidationSpec(depth=4, ids=("g0000",)))
+    with pytest.raises(EvolveError, match="no individual"):
+        chosen(store, "r", 2, ValidationSpec(depth=4, ids=("g9999",)))
     store.close()
