@@ -66,7 +66,9 @@ class World:
         return genome.id
 
     def code_child(self, parent: str, search: str, replace: str, score: float) -> str:
-        genome = self.repo.apply_edit(self.repo.get(parent), Edit("code change", blocks=(Block(search, replace),)))
+        genome = self.repo.apply_edit(
+            self.repo.get(parent), Edit("code change", blocks=(Block(search, replace),))
+        )
         self.store.add_individual(id=genome.id, run="ops", commit=genome.commit, branch=genome.branch,
                                   parents=genome.parents, operator="llm_mutation", status=Status.QUEUED)  # fmt: skip
         self.score(genome.id, score, decision="accept")
