@@ -49,11 +49,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when installed
 
+from evolve.scheduler import pool_runs  # noqa: E402
 from genome.repo import git_process  # noqa: E402
 from genome.settings import SETTINGS_FILE  # noqa: E402
 from genome.workspace import Workspace, init_workspace  # noqa: E402
 from genome.worktrees import POOL_DIR  # noqa: E402
-from trainer.process import TAG_VAR  # noqa: E402
+from trainer.process import proc_stat  # noqa: E402
 
 RUN = "chaos"
 DB_FILE = "evolve.db"
@@ -175,19 +176,7 @@ def dirty(path: Path) -> str:
 
 def leftover_runs(ws: Workspace) -> list[int]:
     """Training processes (tagged by the trainer) still working in this workspace's pool."""
-    base = (ws.root / POOL_DIR).resolve()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
-            environ = Path("/proc", entry, "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (base in cwd.parents) and any(item.startswith(f"{TAG_VAR}=".encode()) for item in environ):
-            found.append(int(entry))
-    return found
+    return pool_runs(ws.root / POOL_DIR)
 
 
 def optuna_running(ws: Workspace, uncommitted: bool = False) -> int:
@@ -479,10 +468,8 @@ class Chaos:
 
 
 def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+    stat = proc_stat(pid)
+    return stat[1] if stat is not None else -1
 
 
 def summary(trials: list[Trial]) -> dict:

@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from trainer.process import TAG_VAR
+from trainer.process import TAG_VAR, alive, proc_stat
 
 from .errors import EvolveError
 from .store import Individual, Store
@@ -417,18 +417,17 @@ class Scheduler:
 
 def kill_training_children() -> list[int]:
     """SIGKILL the process groups of our training runs (our children tagged by the trainer)."""
-    me = str(os.getpid())
+    me = os.getpid()
     killed = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        stat = proc_stat(entry)
+        if stat is None or stat[1] != me:
+            continue
         try:
-            stat = Path("/proc", entry, "stat").read_text()
-            ppid = stat.rsplit(")", 1)[1].split()[1]
-            if ppid != me:
-                continue
             environ = Path("/proc", entry, "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError):
+        except OSError:
             continue
         if any(item.startswith(b"EVOLVE_RUN_TAG=") for item in environ):
             try:
@@ -446,10 +445,28 @@ def kill_leftover_runs(pool_dir: Path, wait: float = 10.0) -> list[int]:
     (and its memory) and writing into a worktree the next session reuses. On resume, every
     process the trainer tagged whose working directory is a slot of the pool (`<pool_dir>/<n>`;
     validation worktrees are named otherwise) is killed with its process group, and waited for."""
+    killed = pool_runs(pool_dir)
+    for pid in killed:
+        try:
+            group = os.getpgid(pid)
+            if group != os.getpgid(0):  # its own group (the trainer starts each run in one): all of it
+                os.killpg(group, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.time() + wait
+    while any(alive(p) for p in killed) and time.time() < deadline:
+        time.sleep(0.05)
+    return killed
+
+
+def pool_runs(pool_dir: Path) -> list[int]:
+    """Processes (other than us) that the trainer tagged and whose working directory is in a slot
+    of the pool (`<pool_dir>/<n>`, or below it), sorted."""
     base = pool_dir.resolve()
     tag = f"{TAG_VAR}=".encode()
     me = os.getpid()
-    killed = []
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -459,29 +476,9 @@ def kill_leftover_runs(pool_dir: Path, wait: float = 10.0) -> list[int]:
         except OSError:
             continue
         rel = cwd.relative_to(base).parts if cwd.is_relative_to(base) else ()
-        if not rel or not rel[0].isdigit() or not any(item.startswith(tag) for item in environ):
-            continue
-        pid = int(entry)
-        try:
-            group = os.getpgid(pid)
-            if group != os.getpgid(0):  # its own group (the trainer starts each run in one): all of it
-                os.killpg(group, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        killed.append(pid)
-    deadline = time.time() + wait
-    while any(_alive(p) for p in killed) and time.time() < deadline:
-        time.sleep(0.05)
-    return sorted(killed)
-
-
-def _alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie (dead, waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        if rel and rel[0].isdigit() and any(item.startswith(tag) for item in environ):
+            found.append(int(entry))
+    return sorted(found)
 
 
 def session_rows(store: Store, run: str) -> list[dict]:

@@ -58,13 +58,19 @@ def _holds(pid: str, link: str) -> bool:
     return False
 
 
-def _stat(pid: str) -> tuple[str, int, int] | None:
+def proc_stat(pid: int | str) -> tuple[str, int, int] | None:
     """(state, parent pid, process group) of a process, None when it is gone."""
     try:
-        fields = Path("/proc", pid, "stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()
         return fields[0], int(fields[1]), int(fields[2])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (dead, waiting to be reaped)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
 
 
 def tagged_pids(tag: str, pipe: int | None = None) -> list[int]:
@@ -85,7 +91,7 @@ def tagged_pids(tag: str, pipe: int | None = None) -> list[int]:
     for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
-        stat = _stat(entry)
+        stat = proc_stat(entry)
         if stat is None or stat[0] == "Z":  # gone, or dead and waiting to be reaped
             continue
         try:
@@ -104,7 +110,7 @@ def _group_alive(pgid: int) -> bool:
     except OSError:
         return False
     return any(
-        (stat := _stat(entry)) is not None and stat[2] == pgid and stat[0] != "Z"
+        (stat := proc_stat(entry)) is not None and stat[2] == pgid and stat[0] != "Z"
         for entry in entries
         if entry.isdigit()
     )

@@ -18,6 +18,7 @@ from evolve.engine import Engine, EngineConfig
 from genome.repo import git_process
 from genome.worktrees import POOL_DIR
 from trainer import LocalExecutor
+from trainer.process import TAG_VAR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ def test_the_checks_catch_every_kind_of_damage_a_crash_could_leave(tmp_path, tin
     (slot / "stray.txt").write_text("left by a killed run")
     (ws.root / "train.py").write_text("# edited\n")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], cwd=slot,
-                               env={**env, chaos.TAG_VAR: "left-behind"}, start_new_session=True)  # fmt: skip
+                               env={**env, TAG_VAR: "left-behind"}, start_new_session=True)  # fmt: skip
     try:
         time.sleep(0.3)
         problems = "\n".join(chaos.check(ws, before=before | {("g0000", 2, 7, "search", "ok", 1.0)},
