@@ -15,13 +15,7 @@ set -u
 PROFILE=${PROFILE:-h100-small}; GPUS=${GPUS:-0,1,2,3}; VGPUS=${VGPUS:-2,3}; BUDGET=${BUDGET:-60}
 MINUTES=${MINUTES:-1}; VBUDGET=${VBUDGET:-20}; VDEPTH=${VDEPTH:-24}; VTIMEOUT=${VTIMEOUT:-150}
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT; W=${W:-/tmp/sc}; rm -rf $W
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-if [ -d .whl ] && [ -z "${SMOKE:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD EVOLVE_HOME=/tmp/home
-  [ -f .carry/corpus.tgz ] && tar xzf .carry/corpus.tgz -C /tmp
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+source bench/device_env.sh
 SOURCE=${SOURCE:-local:/tmp/corpus}
 T0=$(date +%s)
 python3 - "$PROFILE" "$SOURCE" "$VGPUS" "$VDEPTH" <<'PY' > $OUT/warm.log 2>&1 &

@@ -11,13 +11,7 @@ BUDGET=${BUDGET:-10}; VDEPTH=${VDEPTH:-24}; OUT=${OUT:-/tmp/out}; W=${W:-/tmp/v2
 mkdir -p $OUT; rm -rf $W; T0=$(date +%s)
 el() { echo "[+$(($(date +%s) - T0)) s] $*"; }
 ev() { python3 -c "from evolve.cli import main; main()" "$@"; }
-nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null
-if [ -d .whl ] && [ -z "${SMOKE:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD EVOLVE_HOME=/tmp/home
-  [ -f .carry/corpus.tgz ] && tar xzf .carry/corpus.tgz -C /tmp
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
+source bench/device_env.sh
 ev prepare --profile $PROFILE --source $SOURCE > $OUT/prepare.log 2>&1 || { tail $OUT/prepare.log; exit 1; }
 el prepared
 sed 's/^COMPILE = True/COMPILE = False/' genome/baseline/train.py > /tmp/train_nocompile.py
