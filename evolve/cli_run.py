@@ -317,13 +317,21 @@ def status_cmd(workspace, as_json):
         snap = snapshot(store, ws.run, depth=int(run.settings.get("depth", ws.settings.depth)),
                         islands=islands, state_dir=ws.state_dir)  # fmt: skip
         transfer = latest_transfer(store, ws.run, snap.depth)
+        unisolated = store.unisolated(ws.run)
+    warning = (
+        f"WARNING: {unisolated} score(s) of this run were made without isolation (EVOLVE_ISOLATION=none): "
+        "train.py could read the validation data, the store and your files (docs/SECURITY.md)"
+    )
     if as_json:
         data = snap.to_json()
+        data["unisolated_evaluations"] = unisolated
         data["transfer"] = transfer[0].to_json() if transfer else None
         data["champion"] = asdict(transfer[1]) if transfer and transfer[1] else None
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         console = make_console()
+        if unisolated:
+            console.print(f"[bold red]{warning}[/]", highlight=False)
         console.print(render(snap))
         if transfer:  # the verdicts of `evolve validate`, at the deepest validated depth
             console.print(transfer_table(*transfer))

@@ -199,11 +199,19 @@ def _v4_llm_call_individual(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX llm_calls_individual ON llm_calls(individual)")
 
 
+def _v5_isolation_and_budget_unit(conn: sqlite3.Connection) -> None:
+    # How train.py was isolated for each score ("bubblewrap 0.8.0", or "none": not safe, shown by
+    # `evolve status`), and what the budget counts ("seconds" of training window, or "tokens").
+    conn.execute("ALTER TABLE evaluations ADD COLUMN isolation TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN budget_unit TEXT NOT NULL DEFAULT 'seconds'")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
+    Migration(5, "evaluations: isolation and budget unit", _v5_isolation_and_budget_unit),
 )
 
 

@@ -112,6 +112,8 @@ class Evaluation:
     error_tail: str = ""
     reason: str = ""
     created: float | None = None
+    isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), "none" when it was not
+    budget_unit: str = "seconds"  # what `budget` counts: "seconds" or "tokens"
     id: int | None = None
 
     @property
@@ -155,6 +157,8 @@ class Evaluation:
             log_path=None if result.get("log_path") is None else str(result["log_path"]),
             error_tail=text("error_tail"),
             reason=text("reason"),
+            isolation=text("isolation"),
+            budget_unit=text("budget_unit") or "seconds",
         )
 
 

@@ -425,6 +425,15 @@ class Store:
                 )
         return True
 
+    def unisolated(self, run: str) -> int:
+        """How many of the run's evaluations ran without isolation (EVOLVE_ISOLATION=none)."""
+        rows = self._query(
+            "SELECT COUNT(*) FROM evaluations e JOIN individuals i ON i.id = e.individual"
+            " WHERE i.run = ? AND e.isolation = 'none'",
+            (run,),
+        )
+        return int(rows[0][0])
+
     def evaluations(
         self,
         individual: str | None = None,

@@ -17,14 +17,14 @@ from genome import GuardResult, WorktreePool, check, init_workspace, rewrite_hyp
 from trainer import Job, LocalExecutor, RunResult, Status
 
 BASELINE = Path(genome.baseline.__path__[0]) / "train.py"
-# Smaller CPU steps, so that even a loaded machine takes several steps in a budget of seconds.
+# Smaller CPU steps: a budget of 4096 tokens is four of them.
 FAST = {"CPU_TOTAL_BATCH_TOKENS": 1024, "CPU_DEVICE_BATCH_SIZE": 4}
 # Anchors in the baseline that the variants edit around (a semantic line each, not a line number).
-EARLY = "import time"  # the first line: before the heavy imports, so a quick mistake fails fast
+EARLY = "import contextlib"  # the first line: before the heavy imports, so a quick mistake fails fast
 SETUP = "cfg = prepare.run_config()"
 IMPORTS = "import prepare"
 STEP_END = "loss_value = train_loss.item()"
-EVALUATE = "val_bpb = prepare.evaluate_bpb("
+LOOP = "for i, (x, y) in enumerate(loader):"
 REPORT = "prepare.report("
 FORWARD = "def forward(self, idx, targets=None):"
 
@@ -89,13 +89,18 @@ class Variant:
     status: Status | None  # the trainer's verdict when run (even past the guard); None: not run
     reason: str = ""  # part of the trainer's reason
     guard: str | None = None  # part of the guard's reason when the guard must reject it first
-    budget: float = 3.0
+    budget: float = 4096  # training tokens (4 steps); or seconds with budget_unit="seconds"
+    budget_unit: str | None = None
     allowance: float = 60.0
+    window_limit: float | None = None
+    exit_grace: float | None = None
     own_data: bool = False  # run on a throwaway copy of the data (the variant destroys it)
     own_prepare: bool = False  # import a throwaway copy of prepare (the variant edits it)
     devices: int = 1
     depth: int = 2
     check: Callable[[Outcome, Lab], None] | None = None  # more to assert about the aftermath
+    same_as_honest: bool = False  # it passes with exactly the honest baseline's score (tests/attacks)
+    worse_than_honest: bool = False  # it passes with a worse score than the honest baseline's
 
 
 @dataclass
@@ -216,6 +221,9 @@ class Lab:
                     extra_env={"PYTHONPATH": str(prepares[v.name].parent), "OMP_NUM_THREADS": "1"},
                     allowance=v.allowance,
                     gpus_per_run=v.devices,
+                    budget_unit=v.budget_unit,
+                    window_limit=v.window_limit,
+                    exit_grace=v.exit_grace,
                 )
                 futures[v.name] = executor.submit(job)
             results = {name: f.result(timeout=timeout) for name, f in futures.items()}

@@ -32,7 +32,7 @@ max_changes = 1
 
 
 def workspace(tmp_path, strategy="population", search=SEARCH):
-    ws = init_workspace(tmp_path / "ws", run="t", profile="tiny", strategy=strategy, islands=2, budget=3.0,
+    ws = init_workspace(tmp_path / "ws", run="t", profile="tiny", strategy=strategy, islands=2, budget=81920,
                         train_py=BIGRAM)  # fmt: skip
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(search)
@@ -90,8 +90,8 @@ def test_promotion_reevaluates_a_new_best_rejects_worse_and_records_crashes(
     assert base.n == 2 and engine.store.get("g0000").decision == "accept"  # baseline: 2 seeds, accepted
     better = child(engine, "g0000", "EMB_LR = 0.002", "EMB_LR = 0.05", "EMB_LR 0.002 -> 0.05")
     worse = child(engine, "g0000", "HEAD_LR = 0.002", "HEAD_LR = 0.0001", "HEAD_LR 0.002 -> 0.0001")
-    crash = child(engine, "g0000", "training_seconds = time.time() - start",
-                  "training_seconds = time.time() - start\nraise RuntimeError('boom at the end')", "crash")  # fmt: skip
+    crash = child(engine, "g0000", "prepare.report(cfg",
+                  "raise RuntimeError('boom at the end')\nprepare.report(cfg", "crash")  # fmt: skip
     assert engine.scheduler.run(install_signals=False) is StopReason.DONE  # no proposals: 3 queued
     engine.finish(StopReason.DONE)
     scores = engine.store.scores(2, "t")

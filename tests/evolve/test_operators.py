@@ -37,7 +37,7 @@ class World:
 
     def __init__(self, root: Path):
         self.ws = init_workspace(
-            root / "ws", run="ops", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM
+            root / "ws", run="ops", profile="tiny", islands=2, budget=81920, train_py=BIGRAM
         )
         self.repo = self.ws.repo()
         self.store = Store(self.ws.state_dir / "evolve.db")

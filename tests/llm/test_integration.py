@@ -81,7 +81,7 @@ class Researcher:
 
 def make_workspace(root: Path, search: str):
     """A tiny bigram workspace (2 islands in evolve.toml) whose [llm] table has a [llm.prices] table."""
-    ws = init_workspace(root / "ws", run="mix", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(root / "ws", run="mix", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
     llm = {"tokenizer": "approx", "insights_every": 0, "timeout": 10.0, "backoff": 0.01, "max_backoff": 0.05,
            "prices": PRICES}  # fmt: skip
     (ws.root / SETTINGS_FILE).write_text(to_toml(ws.settings.with_changes(llm=llm)) + search)
@@ -210,7 +210,7 @@ def test_weight_zero_leaves_an_llm_operator_out_so_no_endpoint_is_needed(
 ):
     for name in ("OPENAI_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    ws = init_workspace(tmp_path / "ws", run="w0", profile="tiny", budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(tmp_path / "ws", run="w0", profile="tiny", budget=81920, train_py=BIGRAM)
     named = {"operators": ("llm_mutation", "optuna_tweak")}
     executor = LocalExecutor.cpu(1)
     refused = Engine(ws, EngineConfig.from_workspace(ws, **named), executor)

@@ -26,7 +26,7 @@ def _worktree(tmp_path):
 
 def test_the_baseline_compiles_trains_and_is_judged_ok_on_one_gpu(tmp_path, use_tiny_data):
     result = trainer.run(
-        _worktree(tmp_path), depth=2, budget=10, seed=1, devices=[0], profile="tiny",
+        _worktree(tmp_path), depth=2, budget=65536, seed=1, devices=[0], profile="tiny",
         data_dir=use_tiny_data, log_dir=tmp_path / "log",
     )  # fmt: skip
     assert result.status is trainer.Status.OK, (result.reason, result.error_tail)
@@ -37,7 +37,7 @@ def test_the_baseline_compiles_trains_and_is_judged_ok_on_one_gpu(tmp_path, use_
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_the_baseline_runs_under_torchrun_on_two_gpus(tmp_path, use_tiny_data):
     result = trainer.run(
-        _worktree(tmp_path), depth=2, budget=10, seed=1, devices=[0, 1], profile="tiny",
+        _worktree(tmp_path), depth=2, budget=65536, seed=1, devices=[0, 1], profile="tiny",
         data_dir=use_tiny_data, log_dir=tmp_path / "log",
     )  # fmt: skip
     assert result.status is trainer.Status.OK, (result.reason, result.error_tail)
