@@ -24,6 +24,7 @@ EXIT_DIVERGED = 86
 WRITABLE_VAR = "EVOLVE_WRITABLE"
 READABLE_VAR = "EVOLVE_READABLE"
 SECRET_VAR = "EVOLVE_SECRET"  # files never read, even where their folder is readable
+HIDDEN_VAR = "EVOLVE_HIDDEN"  # the harness's own folders (the store, git, logs): never touched
 
 SUMMARY_KEYS = (
     "val_bpb",
@@ -45,7 +46,14 @@ def _arm_tripwire() -> None:
         from . import sandbox
 
         split = lambda name: tuple(p for p in os.environ.get(name, "").split(os.pathsep) if p)  # noqa: E731
-        sandbox.install(sandbox.Policy(writable=split(WRITABLE_VAR), readable=split(READABLE_VAR), secret=split(SECRET_VAR)))
+        sandbox.install(
+            sandbox.Policy(
+                writable=split(WRITABLE_VAR),
+                readable=split(READABLE_VAR),
+                secret=split(SECRET_VAR),
+                hidden=split(HIDDEN_VAR),
+            )  # fmt: skip
+        )
 
 
 _arm_tripwire()
@@ -97,7 +105,9 @@ def run_config() -> RunConfig:
         raise PrepareError(f"EVOLVE_BUDGET_UNIT must be one of {', '.join(BUDGET_UNITS)}, got {unit!r}")
     budget = _env_number("EVOLVE_BUDGET", float, profile.budget if unit == profile.budget_unit else None)
     if budget is None:
-        raise PrepareError(f"EVOLVE_BUDGET_UNIT={unit} needs EVOLVE_BUDGET (the profile's budget is in {profile.budget_unit})")
+        raise PrepareError(
+            f"EVOLVE_BUDGET_UNIT={unit} needs EVOLVE_BUDGET (the profile's budget is in {profile.budget_unit})"
+        )
     seed = _env_number("EVOLVE_SEED", int, 42)
     if depth < 1:
         raise PrepareError(f"EVOLVE_DEPTH must be >= 1, got {depth}")
@@ -131,7 +141,9 @@ def report(cfg: RunConfig | None = None, **metrics) -> dict:
     payload.setdefault("depth", cfg.depth)
     if cfg.is_master:
         print("---", flush=True)
-        ordered = [k for k in SUMMARY_KEYS if k in payload] + sorted(k for k in payload if k not in SUMMARY_KEYS)
+        ordered = [k for k in SUMMARY_KEYS if k in payload] + sorted(
+            k for k in payload if k not in SUMMARY_KEYS
+        )
         for key in ordered:
             print(f"{key}: {_format(payload[key])}", flush=True)
     return payload

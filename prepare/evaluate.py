@@ -40,7 +40,10 @@ def _run(args) -> dict:
     except ArtifactError as exc:
         return {"status": "invalid", "reason": str(exc)}
     except Exception as exc:  # the checked graph does not build: the model's, not ours
-        return {"status": "invalid", "reason": f"the handed-over graph does not build: {type(exc).__name__}: {exc}"[:400]}
+        return {
+            "status": "invalid",
+            "reason": f"the handed-over graph does not build: {type(exc).__name__}: {exc}"[:400],
+        }
     if args.wait:
         line = sys.stdin.readline()
         if line.strip() != "go":
@@ -63,7 +66,10 @@ def _run(args) -> dict:
     del weights
     static = None if model.batch == "dynamic" else int(model.batch)
     if model.seq_len != args.seq_len:
-        return {"status": "invalid", "reason": f"the graph was traced for rows of {model.seq_len} tokens, not {args.seq_len}"}
+        return {
+            "status": "invalid",
+            "reason": f"the graph was traced for rows of {model.seq_len} tokens, not {args.seq_len}",
+        }
     try:
         score = evaluate_bpb(
             model, args.data, args.seq_len, args.eval_tokens,
@@ -73,7 +79,10 @@ def _run(args) -> dict:
         return {"status": "oom", "reason": f"out of memory while scoring: {str(exc)[:200]}"}
     except Exception as exc:  # the model's graph failed on real rows (shapes, indices, ...)
         text = str(exc).splitlines()[0][:300] if str(exc) else ""
-        return {"status": "crash", "reason": f"the model failed while being scored: {type(exc).__name__}: {text}"}
+        return {
+            "status": "crash",
+            "reason": f"the model failed while being scored: {type(exc).__name__}: {text}",
+        }
     return {
         "status": "ok",
         **score.to_dict(),

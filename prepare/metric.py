@@ -105,9 +105,16 @@ class _Forward:
             x = torch.cat([x, x[:1].expand(self.static - n, -1)])
         with torch.no_grad(), self.cast if self.cast is not None else contextlib.nullcontext():
             logits = self.model(x)
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or logits.shape[:2] != x.shape or logits.shape[2] < self.vocab:
+        if (
+            not isinstance(logits, torch.Tensor)
+            or logits.ndim != 3
+            or logits.shape[:2] != x.shape
+            or logits.shape[2] < self.vocab
+        ):
             got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise PrepareError(f"model(x) must return logits of shape (B, T, V>={self.vocab}) for x of shape {tuple(x.shape)}, got {got}")
+            raise PrepareError(
+                f"model(x) must return logits of shape (B, T, V>={self.vocab}) for x of shape {tuple(x.shape)}, got {got}"
+            )
         return logits[:n]
 
 
@@ -136,7 +143,9 @@ def evaluate_bpb(
     token_bytes = load_tokenizer(data_dir).token_bytes()
     vocab = len(token_bytes)
     if int(rows.max()) >= vocab:
-        raise PrepareError(f"validation tokens in {data_dir} exceed the tokenizer's vocabulary; run `evolve prepare` again")
+        raise PrepareError(
+            f"validation tokens in {data_dir} exceed the tokenizer's vocabulary; run `evolve prepare` again"
+        )
     if batch_size is None:
         batch_size = max(1, (2**18 if device.type == "cuda" else 2**14) // seq_len)
     forward = _Forward(model, device, vocab, static_batch)
@@ -159,7 +168,9 @@ def evaluate_bpb(
             if begin == 0 and r == 0:
                 consistent = _agrees(ce, part.flatten(0, 1), y[r : r + chunk].flatten())
             weight = target_bytes[r : r + chunk].flatten()
-            nats += torch.where(weight > 0, ce.double(), 0.0).sum()  # where, not *: an unscored inf must not leak in
+            nats += torch.where(
+                weight > 0, ce.double(), 0.0
+            ).sum()  # where, not *: an unscored inf must not leak in
         nbytes += target_bytes.sum()
         del logits
     if not consistent:  # the evaluator's own torch: only a broken installation gets here

@@ -79,7 +79,9 @@ def recv_payload(sock: socket.socket, size: int) -> bytes:
     return _recv_exact(sock, size) if size else b""
 
 
-def copy_payload(sock: socket.socket, size: int, write: Callable[[bytes], object], chunk: int = 1 << 22) -> None:
+def copy_payload(
+    sock: socket.socket, size: int, write: Callable[[bytes], object], chunk: int = 1 << 22
+) -> None:
     """Stream `size` payload bytes to `write` in chunks (large payloads never sit in memory whole)."""
     left = size
     while left:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 MARKER = "EVOLVE-SANDBOX: denied"
+HARNESS = "it is the harness's (the store, git, the other worktrees, the data, the logs), not the run's"
 SELF_KILL_MARKER = "EVOLVE-SANDBOX: train.py sent SIGKILL to its own process"
 
 # event -> positions of the paths it writes
@@ -51,7 +52,20 @@ _AUDITED = frozenset({"open", "os.listdir", "os.scandir", "os.kill", "os.killpg"
 
 
 # Where a training process reads besides its own folders and its Python: the base system.
-SYSTEM_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/dev", "/tmp")
+SYSTEM_ROOTS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/tmp",
+)
 
 
 def _under(path: str, roots) -> bool:
@@ -66,12 +80,20 @@ class Policy:
     writable: tuple[str, ...]
     readable: tuple[str, ...] = ()
     secret: tuple[str, ...] = ()
+    hidden: tuple[str, ...] = ()  # the harness's folders: neither read nor written, wherever they are
 
     def allows(self, path: str) -> bool:
-        return _under(path, self.writable)
+        """A write is allowed where the most specific root holding the path is a writable one
+        (prepare under the run's /tmp, say, stays read-only)."""
+        if _under(path, self.hidden):
+            return False
+        best = lambda roots: max((len(r) for r in roots if _under(path, (r,))), default=-1)  # noqa: E731
+        return best(self.writable) >= 0 and best(self.writable) >= best(self.readable)
 
     def may_read(self, path: str) -> bool:
-        return path not in self.secret and (_under(path, self.readable) or _under(path, self.writable))
+        if path in self.secret or _under(path, self.hidden):
+            return False
+        return _under(path, self.readable) or _under(path, self.writable)
 
 
 def _python_roots() -> list[str]:
@@ -84,7 +106,7 @@ class _Hook:
     def __init__(self, policy: Policy):
         real = lambda paths: tuple(os.path.realpath(p) for p in paths)  # noqa: E731
         readable = (*real(policy.readable), *SYSTEM_ROOTS, *_python_roots())
-        self.policy = Policy(real(policy.writable), readable, real(policy.secret))
+        self.policy = Policy(real(policy.writable), readable, real(policy.secret), real(policy.hidden))
         self.denied: list[str] = []
         self.local = threading.local()
 
@@ -110,12 +132,20 @@ class _Hook:
     def check(self, path: str | None) -> None:
         if path is None or self.policy.allows(path):
             return
-        self.deny(f"write {path}: train.py may write only in its worktree, its temp dir and the compile cache")
+        if _under(path, self.policy.hidden):
+            self.deny(f"write {path}: {HARNESS}")
+        self.deny(
+            f"write {path}: train.py may write only in its worktree, its temp dir and the compile cache"
+        )
 
     def check_read(self, path: str | None) -> None:
         if path is None or self.policy.may_read(path):
             return
-        self.deny(f"read {path}: it is not the run's (the run sees its worktree, its Python and the tokenizer)")
+        if _under(path, self.policy.hidden):
+            self.deny(f"read {path}: {HARNESS}")
+        self.deny(
+            f"read {path}: it is not the run's (the run sees its worktree, its Python and the tokenizer)"
+        )
 
     def deny(self, message: str) -> None:
         self.denied.append(message)

@@ -21,6 +21,7 @@ runs anywhere; only the trainer's runs count.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import queue
 import socket
@@ -103,8 +104,12 @@ class TrainLoader:
         self._local: _Local | None = None
         path = os.environ.get(STREAM_VAR)
         if path:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock.connect(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+            # Out of stdio's way: a script that closed fd 1 and then prints must not write into the stream.
+            high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 64)
+            sock.close()
+            self._sock = socket.socket(fileno=high)
             self._send(
                 P.HELLO, rank=self.cfg.rank, world_size=self.cfg.world_size,
                 batch_size=self.batch_size, accum=self.accum, seq_len=self.seq_len,
@@ -240,6 +245,8 @@ def _vocab(cfg: RunConfig) -> int:
     return load_tokenizer(cfg.data_dir).vocab_size
 
 
-def train_loader(model: torch.nn.Module, batch_size: int, accum: int = 1, cfg: RunConfig | None = None) -> TrainLoader:
+def train_loader(
+    model: torch.nn.Module, batch_size: int, accum: int = 1, cfg: RunConfig | None = None
+) -> TrainLoader:
     """The loader of a training run (see the module docstring); `model` is the module to score."""
     return TrainLoader(unwrap(model) if model is not None else model, batch_size, accum, cfg)

@@ -36,11 +36,13 @@ from prepare.shards import open_split
 
 GRAPH_LIMIT = 1 << 30  # bytes: a graph with its constant tensors
 WEIGHTS_LIMIT = 1 << 37  # bytes: 128 GiB of weights, far above any model a profile trains
-# After the budget is spent, the weights must arrive within HANDOVER_FIXED seconds, plus twice the
-# time of the batches still in flight then (the one prefetched, the rest of the step, one more),
-# plus the weights' bytes at HANDOVER_RATE. Anything later is training after the budget.
+# After the budget is spent, the weights must arrive within HANDOVER_FIXED seconds, plus
+# HANDOVER_BATCHES times the median time between rank 0's requests (the batch being trained, the
+# one asked for ahead, the optimizer step; twice over), plus the weights' bytes at HANDOVER_RATE.
+# Anything later is training after the budget. The median is over the whole window, so one long
+# pause (hoarding batches to train on past the end) does not stretch it.
 HANDOVER_FIXED = 3.0
-HANDOVER_SAFETY = 2.0
+HANDOVER_BATCHES = 6.0
 HANDOVER_RATE = 300e6
 
 
@@ -117,6 +119,7 @@ class DataServer:
         self._threads: list[threading.Thread] = []
         self._split = None
         self._loaders: dict[int, DataLoader] = {}
+        self._asked: list[float] = []  # when rank 0 asked for each of its batches
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(self.path))
         os.chmod(self.path, 0o777)  # the sandbox's user may differ from ours
@@ -171,10 +174,13 @@ class DataServer:
     def handover_limit(self) -> float:
         """Seconds after the budget's end by which the weights must have arrived."""
         led = self.ledger
-        batches = max(1, led.batches.get(0, 0))
-        spent = (led.end_due or time.monotonic()) - (led.window_start or self._started)
-        in_flight = (led.accum + 2) * spent / batches
-        return HANDOVER_FIXED + HANDOVER_SAFETY * in_flight + led.weight_bytes / HANDOVER_RATE
+        # the first gap is the prefetch right behind the first batch, not a batch's time
+        gaps = sorted(b - a for a, b in zip(self._asked[1:], self._asked[2:], strict=False))
+        if gaps:
+            batch = gaps[len(gaps) // 2]
+        else:  # too few batches to tell: the whole window so far, a generous guess
+            batch = (led.end_due or time.monotonic()) - (led.window_start or self._started)
+        return HANDOVER_FIXED + HANDOVER_BATCHES * batch + led.weight_bytes / HANDOVER_RATE
 
     # ------------------------------------------------------------------ the window
     def _open_window(self, why: str = "") -> None:
@@ -213,7 +219,12 @@ class DataServer:
                 if rank == 0 and led.end_sent is None:
                     led.end_sent = now
                 seconds = (led.end_sent or now) - led.window_start
-                return {"kind": P.END, "reason": "budget spent", "seconds": seconds, "tokens": led.tokens}, b""
+                return {
+                    "kind": P.END,
+                    "reason": "budget spent",
+                    "seconds": seconds,
+                    "tokens": led.tokens,
+                }, b""
             if index not in self._progress:
                 spent = self._spent(index, now)
                 self._progress[index] = (min(1.0, spent / self.budget), now - led.window_start, led.tokens)
@@ -221,6 +232,8 @@ class DataServer:
                     del self._progress[old]
             progress, seconds, tokens = self._progress[index]
             led.batches[rank] = index + 1
+            if rank == 0:
+                self._asked.append(now)
             led.tokens += (led.batch_size or 0) * self.seq_len
             loader = self._loaders[rank]
         rows = loader.next_rows()
@@ -252,19 +265,33 @@ class DataServer:
             raise P.ProtocolError(f"bad hello {fields}")
         rank, world = fields["rank"], fields["world_size"]
         if world != self.expected_world or not 0 <= rank < world:
-            raise P.ProtocolError(f"rank {rank} of {world} connected; the run has {self.expected_world} processes")
-        if fields["seq_len"] != self.seq_len or not 1 <= fields["batch_size"] <= 1 << 16 or not 1 <= fields["accum"] <= 1 << 16:
+            raise P.ProtocolError(
+                f"rank {rank} of {world} connected; the run has {self.expected_world} processes"
+            )
+        if (
+            fields["seq_len"] != self.seq_len
+            or not 1 <= fields["batch_size"] <= 1 << 16
+            or not 1 <= fields["accum"] <= 1 << 16
+        ):
             raise P.ProtocolError(f"bad hello {fields}")
         with self._lock:
             led = self.ledger
             if rank in self._loaders:
                 raise P.ProtocolError(f"rank {rank} connected twice")
-            if led.batch_size is not None and (led.batch_size, led.accum) != (fields["batch_size"], fields["accum"]):
+            if led.batch_size is not None and (led.batch_size, led.accum) != (
+                fields["batch_size"],
+                fields["accum"],
+            ):
                 raise P.ProtocolError(
                     f"rank {rank} asks for batches of {fields['batch_size']} x{fields['accum']}, "
                     f"another rank for {led.batch_size} x{led.accum}"
                 )
-            led.world_size, led.batch_size, led.accum, led.seq_len = world, fields["batch_size"], fields["accum"], self.seq_len
+            led.world_size, led.batch_size, led.accum, led.seq_len = (
+                world,
+                fields["batch_size"],
+                fields["accum"],
+                self.seq_len,
+            )
             if self._split is None:
                 self._split = open_split(self.data_dir, "train")
             self._loaders[rank] = DataLoader(

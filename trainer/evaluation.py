@@ -20,7 +20,7 @@ from pathlib import Path
 import prepare
 
 from .env import scrubbed
-from .isolation import Sandbox, library_paths, python_paths
+from .isolation import Sandbox, library_paths
 
 LAUNCH = "import prepare.evaluate as e; e.main()"
 
@@ -85,7 +85,16 @@ class Evaluator:
         env = self._env()
         if self.isolated:
             box = Sandbox().rw(self.tmp, "/tmp").ro(self.artifact, art).ro(self.data_dir, data).system()
-            box.python([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path, _own_prepare_root(), *library_paths(env)])
+            box.python(
+                [
+                    sys.prefix,
+                    sys.base_prefix,
+                    sys.exec_prefix,
+                    *sys.path,
+                    _own_prepare_root(),
+                    *library_paths(env),
+                ]
+            )
             if self.device != "cpu":
                 box.gpus([self.device])
             cmd = box.command(cmd, cwd="/tmp")
@@ -154,4 +163,6 @@ class Evaluator:
             document = json.loads(raw)
         except ValueError:
             return {"status": "crash", "reason": "the evaluator's answer is not JSON"}
-        return document if isinstance(document, dict) else {"status": "crash", "reason": "bad evaluator answer"}
+        return (
+            document if isinstance(document, dict) else {"status": "crash", "reason": "bad evaluator answer"}
+        )

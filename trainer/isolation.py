@@ -55,9 +55,13 @@ def bwrap_version() -> str:
     """bubblewrap's version after a trial sandbox worked; TrainerError (with the fix) otherwise."""
     exe = shutil.which("bwrap")
     if exe is None:
-        raise TrainerError(f"bubblewrap (bwrap) is not installed, and train.py only runs isolated: {INSTALL_HINT}")
+        raise TrainerError(
+            f"bubblewrap (bwrap) is not installed, and train.py only runs isolated: {INSTALL_HINT}"
+        )
     try:
-        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        version = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
         trial = subprocess.run(
             [exe, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "true"],
             capture_output=True, text=True, timeout=30,

@@ -120,11 +120,17 @@ def judge(outcome: Outcome, led: Ledger, score: dict | None, tampering: str = ""
     rc = outcome.returncode
     if rc != 0 and outcome.stopped != "exit":
         if rc == EXIT_DIVERGED or _DIVERGED_LINE.search(outcome.tail):
-            return Verdict(Status.DIVERGED, "the run stopped itself on a NaN or exploding loss", measured, extra)
+            return Verdict(
+                Status.DIVERGED, "the run stopped itself on a NaN or exploding loss", measured, extra
+            )
         if rc == -9 and SELF_KILL_MARKER in outcome.tail:
             return Verdict(Status.CRASH, "train.py killed itself with SIGKILL", {}, extra)
         if _OOM.search(outcome.tail) or (rc == -9 and not outcome.killed_by_us):
-            how = "killed by SIGKILL (OOM killer?)" if rc == -9 and not _OOM.search(outcome.tail) else "out of memory"
+            how = (
+                "killed by SIGKILL (OOM killer?)"
+                if rc == -9 and not _OOM.search(outcome.tail)
+                else "out of memory"
+            )
             return Verdict(Status.OOM, how, {}, extra)
         how = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
         error = last_error(outcome.tail)
@@ -139,13 +145,22 @@ def judge(outcome: Outcome, led: Ledger, score: dict | None, tampering: str = ""
             extra,
         )
     if led.end_sent is None:
-        return Verdict(Status.INVALID, "train.py stopped before its budget was spent and handed over no weights", measured, extra)
+        return Verdict(
+            Status.INVALID,
+            "train.py stopped before its budget was spent and handed over no weights",
+            measured,
+            extra,
+        )
     if led.weights_at is None or score is None:
-        return Verdict(Status.INVALID, "the data ended but the model's weights never arrived", measured, extra)
+        return Verdict(
+            Status.INVALID, "the data ended but the model's weights never arrived", measured, extra
+        )
     status = score.get("status")
     if status != "ok":
         kinds = {"invalid": Status.INVALID, "oom": Status.OOM, "timeout": Status.TIMEOUT}
-        return Verdict(kinds.get(status, Status.CRASH), f"scoring: {score.get('reason', status)}", measured, extra)
+        return Verdict(
+            kinds.get(status, Status.CRASH), f"scoring: {score.get('reason', status)}", measured, extra
+        )
     bpb = score.get("val_bpb")
     if not isinstance(bpb, (int, float)) or isinstance(bpb, bool) or not math.isfinite(bpb):
         return Verdict(Status.DIVERGED, f"val_bpb is {bpb}", measured, extra)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import prepare
-from prepare.contract import READABLE_VAR, SECRET_VAR, WRITABLE_VAR
+from prepare.contract import HIDDEN_VAR, READABLE_VAR, SECRET_VAR, WRITABLE_VAR
 from prepare.errors import PrepareError
 from prepare.integrity import package_hash
 from prepare.profiles import BUDGET_UNITS, Profile, dataset_dir, evolve_home, get_profile
@@ -93,14 +93,21 @@ def _resolve_profile(profile: str | Profile | None) -> Profile:
         raise TrainerError(str(exc)) from None
     # train.py only receives the name, so a Profile edited in memory would not reach it
     if isinstance(profile, Profile) and profile != known:
-        raise TrainerError(f"profile {name!r} differs from prepare's; train.py can only run prepare's profiles")
+        raise TrainerError(
+            f"profile {name!r} differs from prepare's; train.py can only run prepare's profiles"
+        )
     return known
 
 
 def _probe(python: str, cwd: Path, script_dir: Path, env: dict[str, str]) -> dict | None:
     try:
         proc = subprocess.run(
-            [python, "-c", _PROBE, str(script_dir)], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+            [python, "-c", _PROBE, str(script_dir)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         found = json.loads(proc.stdout) if proc.returncode == 0 else None
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -112,7 +119,11 @@ def _commit(worktree: Path) -> str | None:
     """HEAD of the worktree when it is the root of a git checkout."""
     try:
         top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=worktree, capture_output=True, text=True, timeout=30
+            ["git", "rev-parse", "--show-toplevel", "HEAD"],
+            cwd=worktree,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -151,6 +162,26 @@ def _command(python: str, script: str, nproc: int) -> list[str]:
     ]  # fmt: skip
 
 
+def harness_paths(worktree: Path, data: Path, logs: Path, isolated: bool) -> list[Path]:
+    """Host paths that are the harness's: the repository's git directory, the workspace's `.evolve`
+    (store, worktrees, logs), the run's log folder, and (isolated) the prepared data. They are not
+    in the sandbox; the tripwire names an attempt on them for what it is."""
+    found = [logs, *([data] if isolated else [])]
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            cwd=worktree, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return found
+    if proc.returncode == 0 and proc.stdout.strip():
+        common = Path(proc.stdout.strip())
+        found.append(common)
+        if common.name == ".git" and (common.parent / ".evolve").is_dir():
+            found.append(common.parent / ".evolve")
+    return found
+
+
 def copy_worktree(worktree: Path, dest: Path) -> None:
     """The worktree's files (not its .git) into `dest`: the run works on this copy, which goes away."""
     total = 0
@@ -159,10 +190,16 @@ def copy_worktree(worktree: Path, dest: Path) -> None:
         nonlocal total
         skip = [n for n in names if n == ".git"]
         for n in names:
-            if n not in skip and os.path.isfile(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n)):
+            if (
+                n not in skip
+                and os.path.isfile(os.path.join(folder, n))
+                and not os.path.islink(os.path.join(folder, n))
+            ):
                 total += os.path.getsize(os.path.join(folder, n))
         if total > WORKTREE_LIMIT:
-            raise TrainerError(f"the worktree {worktree} holds over {WORKTREE_LIMIT >> 20} MB of files; a genome is code")
+            raise TrainerError(
+                f"the worktree {worktree} holds over {WORKTREE_LIMIT >> 20} MB of files; a genome is code"
+            )
         return skip
 
     shutil.copytree(worktree, dest, symlinks=True, ignore=ignore)
@@ -186,7 +223,9 @@ class _Run:
         return INSIDE / name if self.isolated else host
 
 
-def _child_env(run: _Run, env: dict[str, str], data_view: Path, writable: Sequence[str | Path]) -> dict[str, str]:
+def _child_env(
+    run: _Run, env: dict[str, str], data_view: Path, writable: Sequence[str | Path]
+) -> dict[str, str]:
     """Where the run's caches, temp files and home are (the harness's choice, never the parent's)."""
     cache = run.inside(run.cache, "cache")
     for sub in ("inductor", "triton", "xdg", "nv"):
@@ -206,10 +245,14 @@ def _child_env(run: _Run, env: dict[str, str], data_view: Path, writable: Sequen
     )
     allowed = [run.inside(run.work, "work"), tmp, cache, home, Path("/dev"), *map(Path, writable)]
     env[WRITABLE_VAR] = os.pathsep.join(str(p) for p in allowed)
-    env[READABLE_VAR] = os.pathsep.join([str(data_view), str(run.inside(run.sock, "sock")), *_pythonpath(env)])
+    env[READABLE_VAR] = os.pathsep.join(
+        [str(data_view), str(run.inside(run.sock, "sock")), *_pythonpath(env)]
+    )
     # the shards are served, never read (without namespaces the data folder holds them: the
     # tripwire is then all that guards the validation split)
-    env[SECRET_VAR] = os.pathsep.join(str(data_view / f"{split}.{ext}") for split in ("train", "val") for ext in ("bin", "idx"))
+    env[SECRET_VAR] = os.pathsep.join(
+        str(data_view / f"{split}.{ext}") for split in ("train", "val") for ext in ("bin", "idx")
+    )
     return env
 
 
@@ -350,11 +393,16 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
     # the scoring code is the evaluator's: a training process that opens it is looking for a way in
     scoring = [child_prepare / name for name in ("metric.py", "evaluate.py")]
     env[SECRET_VAR] = os.pathsep.join([env[SECRET_VAR], *map(str, scoring)])
+    env[HIDDEN_VAR] = os.pathsep.join(
+        str(p) for p in harness_paths(worktree, data, log_path.parent, run.isolated)
+    )
     work_inside = run.inside(run.work, "work")
     cmd = _command(python, str(work_inside / script), len(devs))
     if run.isolated:
         box = isolation.Sandbox()  # the run's own folders first: later mounts may sit inside /tmp
-        box.rw(run.work, work_inside).rw(run.tmp, "/tmp").rw(run.cache, INSIDE / "cache").rw(run.home, INSIDE / "home")
+        box.rw(run.work, work_inside).rw(run.tmp, "/tmp").rw(run.cache, INSIDE / "cache").rw(
+            run.home, INSIDE / "home"
+        )
         box.ro(run.sock, INSIDE / "sock").ro(data_view, INSIDE / "data")
         box.system()
         paths = [*isolation.python_paths(probe), *isolation.library_paths(env), *_pythonpath(env)]
@@ -387,7 +435,9 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
             return "exit"  # it handed over its model and did not exit: stopped, no fault
         return reason
 
-    shown = " ".join("<import prepare, run>" if part == LAUNCH else part for part in _command(python, script, len(devs)))
+    shown = " ".join(
+        "<import prepare, run>" if part == LAUNCH else part for part in _command(python, script, len(devs))
+    )
     log_path.write_text(
         f"[trainer] {shown} in a copy of {worktree}: depth {depth}, budget {budget:g} {unit}, seed {seed}, "
         f"profile {prof.name}, devices {','.join(devs)}, isolation {provenance['isolation']}, "
@@ -410,8 +460,10 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
     if package_hash(child_prepare) != prepare_before:
         tampering = f"the prepare package at {child_prepare} changed during the run"
     score: dict | None = None
-    handed_over = led.weights_at is not None and not led.problems and (
-        outcome.returncode == 0 or outcome.stopped == "exit"
+    handed_over = (
+        led.weights_at is not None
+        and not led.problems
+        and (outcome.returncode == 0 or outcome.stopped == "exit")
     )
     if handed_over and not tampering:
         score = evaluator.go(limit=startup + 60 * (1 + prof.eval_tokens / 2**20))
@@ -428,8 +480,14 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
             f"{verdict.status.value} ({verdict.reason})\n"
         )
         if verdict.status is Status.OK:
-            log.write("[trainer] ---\n" + "".join(f"[trainer] {k}: {v}\n" for k, v in verdict.metrics.items()))
-    extra = {"output_bytes": outcome.output_bytes, "compile_cache": "warm" if warm else "cold", **verdict.extra}
+            log.write(
+                "[trainer] ---\n" + "".join(f"[trainer] {k}: {v}\n" for k, v in verdict.metrics.items())
+            )
+    extra = {
+        "output_bytes": outcome.output_bytes,
+        "compile_cache": "warm" if warm else "cold",
+        **verdict.extra,
+    }
     if outcome.truncated:
         extra["log_truncated"] = True
     return RunResult(
@@ -438,7 +496,9 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
         metrics=verdict.metrics,
         wall_seconds=outcome.wall_seconds,
         log_path=str(log_path),
-        error_tail="" if verdict.status.is_success() else tail_lines(outcome.tail + _log_after(log_path, train_end)),
+        error_tail=""
+        if verdict.status.is_success()
+        else tail_lines(outcome.tail + _log_after(log_path, train_end)),
         returncode=outcome.returncode,
         extra=extra,
         **provenance,

@@ -10,7 +10,19 @@ workspace's .evolve), {DATA} (the prepared data), {PREPARE} (the prepare package
 
 from __future__ import annotations
 
-from genome_lab import FORWARD, IMPORTS, LOOP, REPORT, SETUP, STEP_END, Variant, after, append, before, replace
+from genome_lab import (
+    FORWARD,
+    IMPORTS,
+    LOOP,
+    REPORT,
+    SETUP,
+    STEP_END,
+    Variant,
+    after,
+    append,
+    before,
+    replace,
+)
 
 from trainer import Status
 
@@ -89,6 +101,7 @@ ATTACKS: tuple[Variant, ...] = (
         ),
         Status.INVALID,
         SANDBOX_READ,
+        guard="imports a module by name",
     ),
     Variant(
         "switches_the_tripwire_off",
@@ -148,6 +161,7 @@ ATTACKS: tuple[Variant, ...] = (
             ),
         ),
         Status.OK,
+        guard="prepare's data files",
         same_as_honest=True,  # no such folder in the sandbox
     ),
     Variant(
@@ -174,13 +188,16 @@ ATTACKS: tuple[Variant, ...] = (
         (after(SETUP, 'raw = open(str(cfg.data_dir) + "/tr" + "ain.b" + "in", "rb").read()'),),
         Status.INVALID,
         SANDBOX_READ,
+        guard="reads .data_dir",
     ),
     # ---- the clock: the harness serves the data and ends it -----------------------------------
     Variant(
         "trains_on_many_warmup_batches",
         "takes 45 optimizer steps on the warm-up batches before the window (untimed_steps 2 -> 45)",
         (
-            replace("for x, y in loader.warmup(steps=2 if cuda else 1):", "for x, y in loader.warmup(steps=45):"),
+            replace(
+                "for x, y in loader.warmup(steps=2 if cuda else 1):", "for x, y in loader.warmup(steps=45):"
+            ),
             after(
                 "        train_model(x, y).backward()",
                 "for opt in optimizers:\n    opt.step()\ntrain_model.zero_grad(set_to_none=True)",
@@ -208,10 +225,13 @@ ATTACKS: tuple[Variant, ...] = (
         "hoards_batches_and_trains_past_the_end",
         "stops asking for data after a few steps and trains on what it holds until well after the budget",
         (
-            before(LOOP, "kept = [next(iter(loader)) for _ in range(2)]\nimport time\nt = time.time()\n"
-                   "while time.time() - t < 40:\n    for x, y in kept:\n        with amp():\n"
-                   "            train_model(x, y).backward()\n        for opt in optimizers:\n"
-                   "            opt.step()\n        train_model.zero_grad(set_to_none=True)"),
+            before(
+                LOOP,
+                "kept = [next(iter(loader)) for _ in range(2)]\nimport time\nt = time.time()\n"
+                "while time.time() - t < 40:\n    for x, y in kept:\n        with amp():\n"
+                "            train_model(x, y).backward()\n        for opt in optimizers:\n"
+                "            opt.step()\n        train_model.zero_grad(set_to_none=True)",
+            ),
         ),
         Status.INVALID,
         "training after the budget does not count",
@@ -252,8 +272,10 @@ ATTACKS: tuple[Variant, ...] = (
         "answers_the_probe_from_a_cache",
         "remembers the logits of the row it scored last in a buffer, to hand a probe the same answer",
         (
-            after('        self.register_buffer("sin", angles.sin(), persistent=False)',
-                  'self.register_buffer("memo", torch.zeros(1), persistent=False)'),
+            after(
+                '        self.register_buffer("sin", angles.sin(), persistent=False)',
+                'self.register_buffer("memo", torch.zeros(1), persistent=False)',
+            ),
             after(
                 "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
                 "if not self.training:\n    self.memo.add_(1.0)",
@@ -265,8 +287,12 @@ ATTACKS: tuple[Variant, ...] = (
     Variant(
         "draws_random_numbers_when_scored",
         "adds noise to its logits in eval mode, so that no probe sees the same model twice",
-        (after("        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
-               "if not self.training:\n    logits = logits + 1e-3 * torch.randn_like(logits)"),),
+        (
+            after(
+                "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
+                "if not self.training:\n    logits = logits + 1e-3 * torch.randn_like(logits)",
+            ),
+        ),
         Status.CRASH,
         "which the evaluator does not run",
     ),
@@ -322,7 +348,9 @@ ATTACKS: tuple[Variant, ...] = (
         "defines its own DEPTH and builds the model with it",
         (
             after(IMPORTS, "DEPTH = 3"),
-            replace("GPT(tokenizer.vocab_size, cfg.depth, seq_len)", "GPT(tokenizer.vocab_size, DEPTH, seq_len)"),
+            replace(
+                "GPT(tokenizer.vocab_size, cfg.depth, seq_len)", "GPT(tokenizer.vocab_size, DEPTH, seq_len)"
+            ),
         ),
         None,
         guard="defines DEPTH",
@@ -332,7 +360,11 @@ ATTACKS: tuple[Variant, ...] = (
         Variant(
             f"hardcodes_the_depth_run_at_{depth}",
             "builds a depth-3 model whatever depth it is asked for",
-            (replace("GPT(tokenizer.vocab_size, cfg.depth, seq_len)", "GPT(tokenizer.vocab_size, 3, seq_len)"),),
+            (
+                replace(
+                    "GPT(tokenizer.vocab_size, cfg.depth, seq_len)", "GPT(tokenizer.vocab_size, 3, seq_len)"
+                ),
+            ),
             Status.OK,
             depth=depth,
         )

@@ -27,7 +27,8 @@ def lab(tiny_data, tmp_path_factory):
     lab = Lab(root=root, data=Path(tiny_data), prepare_copy=prepare_copy)
     lab.values = {"STORE": str(lab.ws / ".evolve"), "DATA": str(lab.data), "PREPARE": str(prepare_copy)}
     lab.outcomes = lab.run_all(ATTACKS)
-    return lab
+    yield lab
+    shutil.rmtree(lab.sentinel, ignore_errors=True)
 
 
 def test_there_are_at_least_twenty_distinct_attacks():

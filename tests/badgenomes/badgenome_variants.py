@@ -225,7 +225,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "sleep_past_budget",
         "sleeps an hour once set up",
-        (after(SETUP, 'print("sleeping", flush=True)\ntime.sleep(3600)'),),
+        (after(SETUP, 'import time\nprint("sleeping", flush=True)\ntime.sleep(3600)'),),
         Status.TIMEOUT,
         "killed",
         check=asleep,
@@ -234,7 +234,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "ignores_sigterm",
         "ignores SIGTERM and hangs: only the SIGKILL after the grace ends it",
-        (after(EARLY, "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"),),
+        (
+            after(
+                EARLY, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"
+            ),
+        ),
         Status.TIMEOUT,
         "killed",
         **HANG,
@@ -245,7 +249,7 @@ VARIANTS: tuple[Variant, ...] = (
         (
             after(
                 SETUP,
-                'import subprocess\nsubprocess.Popen(["sleep", "{MARK}"], process_group=0)\ntime.sleep(3600)',
+                'import subprocess, time\nsubprocess.Popen(["sleep", "{MARK}"], process_group=0)\ntime.sleep(3600)',
             ),
         ),
         Status.TIMEOUT,
@@ -256,7 +260,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "ddp_barrier_hang",
         "under torchrun, rank 1 never reaches DDP's first collective, so rank 0 waits forever",
-        (before("train_model = DDP(", "if cfg.rank == 1:\n    time.sleep(3600)"),),
+        (before("train_model = DDP(", "import time\nif cfg.rank == 1:\n    time.sleep(3600)"),),
         Status.TIMEOUT,
         "killed",
         devices=2,

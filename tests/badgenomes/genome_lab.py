@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -160,8 +161,9 @@ class Lab:
         self.workspace = init_workspace(self.root / "ws", run="lab", profile="tiny")
         self.repo = self.workspace.repo()
         self.base = self.repo.baseline()
-        self.sentinel = self.root / "users-files"
-        self.sentinel.mkdir()
+        # The user's files live outside /tmp (where pytest keeps everything else): a run's /tmp is
+        # its own, so only a folder elsewhere shows what the sandbox makes of the rest of the disk.
+        self.sentinel = Path(tempfile.mkdtemp(prefix="evolve-users-files-", dir="/var/tmp"))
         (self.sentinel / "keep.txt").write_text("the user's own file\n")
         self.logs = self.root / "logs"
 

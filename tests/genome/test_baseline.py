@@ -116,7 +116,9 @@ def test_by_hand_it_trains_on_the_prepared_split_for_the_profiles_budget(tmp_pat
     (tmp_path / "train.py").write_text(BASELINE.read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
     env.update(EVOLVE_PROFILE="tiny", EVOLVE_DATA=str(tiny_data), EVOLVE_BUDGET="8192", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "budget 8192 tokens" in proc.stdout and "num_steps: 2" in proc.stdout
 

@@ -30,7 +30,9 @@ class Small(torch.nn.Module):
     def forward(self, x):
         h = self.emb(x) * self.scale
         q, k, v = self.qkv(h).view(x.shape[0], x.shape[1], 3, 1, 16).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
         y = F.rms_norm(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], 16), (16,))
         y.add_(1.0)  # in place on an intermediate: functionalized away
         return self.out(y) + self.bias

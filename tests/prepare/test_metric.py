@@ -236,7 +236,9 @@ def test_an_honest_model_passes_the_causality_probes_exactly(two_docs_per_row):
     assert result.probes == 12 and result.probe_max_diff == 0.0 and not result.leaks_future
 
 
-@pytest.mark.parametrize("model", [Peeker(every=1), Peeker(every=4), Hider()], ids=["everywhere", "a quarter", "second half"])
+@pytest.mark.parametrize(
+    "model", [Peeker(every=1), Peeker(every=4), Hider()], ids=["everywhere", "a quarter", "second half"]
+)
 def test_a_model_that_reads_later_tokens_is_caught(two_docs_per_row, model):
     data_dir, _ = two_docs_per_row
     cheat = evaluate_bpb(model, data_dir, T, 8 * T, probes=12, seed=1)
@@ -252,7 +254,9 @@ def test_uniform_model_on_the_prepared_tiny_dataset(use_tiny_data):
 
     profile = get_profile("tiny")
     tok = load_tokenizer()
-    got = evaluate_bpb(ConstantLM(torch.zeros(tok.vocab_size)), use_tiny_data, profile.seq_len, profile.eval_tokens).val_bpb
+    got = evaluate_bpb(
+        ConstantLM(torch.zeros(tok.vocab_size)), use_tiny_data, profile.seq_len, profile.eval_tokens
+    ).val_bpb
     rows = validation_rows(use_tiny_data, profile.seq_len, profile.eval_tokens)
     targets = rows[:, 1:].reshape(-1)[: profile.eval_tokens]
     counted = tok.token_bytes()[targets]

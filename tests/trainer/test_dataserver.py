@@ -61,8 +61,8 @@ def test_a_token_budget_ends_after_exactly_its_batches(tmp_path, tiny_data):
 
 
 def test_batches_are_the_seeded_training_rows(tmp_path, tiny_data):
-    from prepare.dataloader import make_loader
     from prepare.contract import run_config
+    from prepare.dataloader import make_loader
 
     server = _server(tmp_path, tiny_data)
     try:
@@ -72,7 +72,11 @@ def test_batches_are_the_seeded_training_rows(tmp_path, tiny_data):
     rows = np.frombuffer(payload, dtype="<u2").reshape(2, 257)
     import os
 
-    os.environ["EVOLVE_DATA"], os.environ["EVOLVE_PROFILE"], os.environ["EVOLVE_SEED"] = str(tiny_data), "tiny", "1"
+    os.environ["EVOLVE_DATA"], os.environ["EVOLVE_PROFILE"], os.environ["EVOLVE_SEED"] = (
+        str(tiny_data),
+        "tiny",
+        "1",
+    )
     try:
         expected = make_loader("train", batch_size=2, cfg=run_config(), device="cpu").next_rows()
     finally:
@@ -97,7 +101,10 @@ def test_ranks_stop_at_the_same_batch_and_see_the_same_progress(tmp_path, tiny_d
     try:
         server.ledger.graph_at = time.monotonic()  # rank 1 waits for rank 0's graph otherwise
         clients = {r: Client(server, rank=r, world=2) for r in (0, 1)}
-        threads = [threading.Thread(target=lambda r=r: results.__setitem__(r, clients[r].until_end())) for r in (0, 1)]
+        threads = [
+            threading.Thread(target=lambda r=r: results.__setitem__(r, clients[r].until_end()))
+            for r in (0, 1)
+        ]
         for t in threads:
             t.start()
         for t in threads:

@@ -32,7 +32,9 @@ class ExecutorContract:
         barrier = tmp_path / "barrier"
         barrier.mkdir()
 
-        def make(n: int, script: str = "sleeper", sleep: float = 1.0, together: int = 0, **fields) -> list[Job]:
+        def make(
+            n: int, script: str = "sleeper", sleep: float = 1.0, together: int = 0, **fields
+        ) -> list[Job]:
             out = []
             for _ in range(n):
                 i = next(made)  # also the seed, so every job's mark file is its own

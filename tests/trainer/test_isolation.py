@@ -130,7 +130,9 @@ def test_a_prepare_inside_the_worktree_is_refused_unrun(worktree_with, tiny_data
     tree = worktree_with("ok")
     shutil.copytree(Path(prepare.__file__).parent, tree / "prepare")
 
-    result = trainer.run(tree, depth=2, budget=4096, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tmp_path / "l")
+    result = trainer.run(
+        tree, depth=2, budget=4096, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tmp_path / "l"
+    )
 
     assert result.status is Status.INVALID
     assert "inside its worktree" in result.reason and result.wall_seconds == 0.0

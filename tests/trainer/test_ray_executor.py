@@ -70,7 +70,9 @@ class TestRayExecutor(ExecutorContract):
         barrier = tmp_path / "barrier"
         barrier.mkdir()
 
-        def make(n: int, script: str = "sleeper", sleep: float = 1.0, together: int = 0, **fields) -> list[Job]:
+        def make(
+            n: int, script: str = "sleeper", sleep: float = 1.0, together: int = 0, **fields
+        ) -> list[Job]:
             out = []
             for _ in range(n):
                 i = next(made)

@@ -26,7 +26,13 @@ def test_a_real_tiny_training_run_is_ok_with_its_provenance(run_script, tiny_dat
     assert result.extra["eval_probes"] >= 32 and result.extra["eval_probe_max_diff"] <= 1e-3
     assert result.error_tail == ""
     # provenance: everything needed to reproduce or refuse to compare the number
-    assert (result.depth, result.budget, result.budget_unit, result.seed, result.profile) == (2, 8192, "tokens", 3, "tiny")
+    assert (result.depth, result.budget, result.budget_unit, result.seed, result.profile) == (
+        2,
+        8192,
+        "tokens",
+        3,
+        "tiny",
+    )
     assert result.devices == ("cpu",) and result.gpu_name == "cpu"
     assert result.isolation.startswith("bubblewrap")
     assert result.data_fingerprint == load_manifest(tiny_data).fingerprint
@@ -88,7 +94,13 @@ def test_a_run_past_its_allowance_is_killed_as_timeout(run_script):
     # timeout.py never asks for data and ignores SIGTERM: the window opens at the allowance, and
     # once the window and the exit grace are over, only SIGKILL ends it
     result = run_script(
-        "timeout", budget=1.0, budget_unit="seconds", allowance=1.0, window_limit=1.0, exit_grace=1.0, grace=1.0
+        "timeout",
+        budget=1.0,
+        budget_unit="seconds",
+        allowance=1.0,
+        window_limit=1.0,
+        exit_grace=1.0,
+        grace=1.0,
     )
 
     assert result.status is Status.TIMEOUT
@@ -109,10 +121,18 @@ def test_bad_requests_are_refused_before_anything_runs(worktree_with, tiny_data,
     with pytest.raises(trainer.TrainerError, match="budget_unit must be one of"):
         trainer.run(tree, depth=2, budget=1, seed=0, profile="tiny", data_dir=tiny_data, budget_unit="steps")
     with pytest.raises(trainer.TrainerError, match="inside the worktree"):
-        trainer.run(tree, depth=2, budget=1, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tree / "logs")
+        trainer.run(
+            tree, depth=2, budget=1, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tree / "logs"
+        )
     with pytest.raises(trainer.TrainerError, match="EVOLVE_DEPTH"):
         trainer.run(
-            tree, depth=2, budget=1, seed=0, profile="tiny", data_dir=tiny_data, extra_env={"EVOLVE_DEPTH": "4"}
+            tree,
+            depth=2,
+            budget=1,
+            seed=0,
+            profile="tiny",
+            data_dir=tiny_data,
+            extra_env={"EVOLVE_DEPTH": "4"},
         )
 
 

@@ -13,7 +13,9 @@ with open("/proc/self/environ", "rb") as f:
 listing = {d: sorted(os.listdir(d)) for d in ("/", "/evolve", "/evolve/data") if os.path.isdir(d)}
 found = {p: os.path.exists(p) for p in seen.get("LOOK_FOR", "").split(":") if p}
 with open(seen["DUMP_PATH"], "w") as f:
-    json.dump({"environ": seen, "initial": initial, "listing": listing, "cwd": os.getcwd(), "found": found}, f)
+    json.dump(
+        {"environ": seen, "initial": initial, "listing": listing, "cwd": os.getcwd(), "found": found}, f
+    )
 cfg = prepare.run_config()
 vocab = prepare.load_tokenizer().vocab_size
 model = torch.nn.Embedding(vocab, vocab)
