@@ -104,7 +104,9 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA foreign_keys=ON")
-            if not self.readonly:
+            if self.readonly:
+                conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
+            else:
                 # Durable against a killed process (not power loss), and much faster than FULL.
                 conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
@@ -578,6 +580,17 @@ class Store:
             conn.executemany(
                 "UPDATE llm_calls SET individual = ? WHERE id = ?", [(individual, i) for i in call_ids]
             )
+
+    def llm_calls(self, *, run: str | None = None, individual: str | None = None) -> list[dict[str, Any]]:
+        """LLM calls oldest first, of one run and/or made for one individual, as plain dicts."""
+        where, params = [], []
+        for col, value in (("run", run), ("individual", individual)):
+            if value is not None:
+                where.append(f"{col} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._query(f"SELECT * FROM llm_calls{clause} ORDER BY id", params)
+        return [{**dict(r), "ok": bool(r["ok"])} for r in rows]
 
     def llm_spend(self, run: str | None = None) -> dict[str, float]:
         """Totals over LLM calls: calls, failures, tokens, cost and mean latency."""
