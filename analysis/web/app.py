@@ -33,7 +33,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import AnalysisError
+from evolve.errors import EvolveError
+
 from .individual import individual
 from .views import NotFound, WebView
 
@@ -98,7 +99,7 @@ def create_app(path: str | Path, *, allowed_hosts: Sequence[str] = LOCAL_HOSTS) 
                 return _JSON(build(request))
             except NotFound as exc:
                 return _JSON({"error": str(exc)}, status_code=404)
-            except AnalysisError as exc:
+            except EvolveError as exc:  # AnalysisError included: a one-line problem, not a crash
                 return _JSON({"error": str(exc)}, status_code=400)
 
         return endpoint

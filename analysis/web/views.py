@@ -17,7 +17,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, is_dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from ..errors import AnalysisError
 from ..frames import DB_NAME, champion, first_parent_chain, lineage, one_run, operator_stats, read_snapshot
 
 RECENT_EVENTS = 40  # lines of the overview's event list
-SNAPSHOT_TTL = 2.0  # seconds an overview snapshot is reused (it walks the logs for the disk total)
+SNAPSHOT_TTL = 2.0  # seconds an overview snapshot of an unchanged store is reused (it walks the logs)
 STATE_TTL = 0.5  # seconds a state() answer is shared between the pages asking for it
 _CMAP = colormaps["viridis_r"]  # the report's lineage tree colours, so both pictures agree
 
@@ -81,10 +81,10 @@ def safe_relative(path: str) -> str | None:
     """A plain relative POSIX path (no `..`, no absolute path, no backslash, no NUL), or None."""
     if not path or "\\" in path or "\x00" in path or path.startswith("/"):
         return None
-    parts = PurePosixPath(path).parts
+    parts = path.split("/")  # by hand: PurePosixPath would quietly drop "." and empty parts
     if any(part in ("..", ".", "") for part in parts):
         return None
-    return "/".join(parts)
+    return path
 
 
 class WebView:
@@ -99,7 +99,7 @@ class WebView:
         self.db = self.ws.state_dir / DB_NAME
         self._lock = threading.Lock()
         self._frames: dict[str, tuple[tuple, pd.DataFrame]] = {}
-        self._snapshots: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._snapshots: dict[str, tuple[float, str, dict[str, Any]]] = {}
         self._state: tuple[float, dict[str, Any]] | None = None
 
     # --- the store's state: what changed since the page last looked ---------------------------
@@ -152,10 +152,11 @@ class WebView:
             return out
         with self._store() as store:
             runs = store.runs()
-            counts = {r.name: len(store.individuals(r.name)) for r in runs}
+        with read_snapshot(self.db) as conn:
+            counts = dict(conn.execute("SELECT run, COUNT(*) FROM individuals GROUP BY run").fetchall())
         out["runs"] = [
             {"name": r.name, "profile": r.profile, "strategy": r.strategy, "created": r.created,
-             "individuals": counts[r.name]}
+             "individuals": counts.get(r.name, 0)}
             for r in runs
         ]  # fmt: skip
         names = [r.name for r in runs]
@@ -164,7 +165,10 @@ class WebView:
 
     def run_name(self, run: str | None) -> str:
         """The run a request names (checked against the store), or the default one."""
-        names = [r["name"] for r in self.runs()["runs"]]
+        names = []
+        if self.db.is_file() and self.state().get("store"):
+            with self._store() as store:
+                names = [r.name for r in store.runs()]
         if run is None:
             if not names:
                 raise NotFound("no run in this store yet")
@@ -211,11 +215,11 @@ class WebView:
 
     def _snapshot(self, run: str) -> dict[str, Any]:
         """`evolve status --json`'s snapshot, plus the live session's devices."""
-        now = time.monotonic()
+        now, key = time.monotonic(), str(self.state())
         with self._lock:
             hit = self._snapshots.get(run)
-            if hit is not None and now - hit[0] < SNAPSHOT_TTL:
-                return hit[1]
+            if hit is not None and hit[1] == key and now - hit[0] < SNAPSHOT_TTL:
+                return hit[2]
         with self._store() as store:
             r = store.get_run(run)
             if r is None:
@@ -230,7 +234,7 @@ class WebView:
             "slots": session["slots"], "started": session["started"], "updated": session["updated"],
         }  # fmt: skip
         with self._lock:
-            self._snapshots[run] = (now, data)
+            self._snapshots[run] = (now, key, data)
         return data
 
     # --- pages ---------------------------------------------------------------------------------

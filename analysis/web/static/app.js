@@ -55,6 +55,12 @@ AE.fmt = {
     return h ? `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}` : m ? `${m} min ${r} s` : `${r} s`;
   },
   time(epoch) { return epoch ? new Date(epoch * 1000).toLocaleString() : "–"; },
+  bytes(n) {
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return `${i ? n.toFixed(1) : Math.round(n)} ${units[i]}`;
+  },
   count(n) { return n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}K` : String(Math.round(n || 0)); },
 };
 

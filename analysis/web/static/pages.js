@@ -12,10 +12,15 @@
 
   // --- the run at a glance -------------------------------------------------------------------
 
+  let tick = null;
+
   AE.pages.overview = {
     deps: ALL,
     async render(main) {
       const s = await AE.api("/api/overview");
+      // Clocks (uptime, how long each device has been on its child) move between store changes.
+      clearTimeout(tick);
+      if (s.active) tick = setTimeout(() => AE.refresh(false), 5000);
       const busy = s.devices.length;
       const total = s.session ? s.session.slots : 0;
       const devices = s.active
@@ -51,7 +56,7 @@
         el("h1", {}, `Run ${s.run}`), cards,
         el("h2", {}, "Population"), islands,
         el("h2", {}, "Recent events"), el("div", { class: "events", id: "events" }, s.recent.slice().reverse().join("\n") || "no events yet"),
-        el("p", { class: "note" }, `${s.individuals} individuals · ${s.device_hours.toFixed(2)} device hours · disk ${fmt.count(s.disk_bytes)}B`));
+        el("p", { class: "note" }, `${s.individuals} individuals · ${s.device_hours.toFixed(2)} device hours · disk ${fmt.bytes(s.disk_bytes)}`));
     },
   };
 

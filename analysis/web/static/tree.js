@@ -7,6 +7,7 @@
   const Y_GAP = 34; // pixels between neighbours in the widest generation
   let cy = null;
   let selected = null;
+  let moved = false; // the user zoomed, panned or clicked: stop fitting the tree to the window
 
   const STYLE = [
     { selector: "node", style: {
@@ -68,19 +69,22 @@
       if (!t.nodes.length) { cy = null; AE.empty(main, "No individuals yet."); return; }
       if (!first && cy && document.getElementById("cy")) {
         update(t);
+        if (!moved) cy.fit(undefined, 30);
         document.getElementById("legend").replaceChildren(legend(t));
         if (selected && cy.getElementById(selected).nonempty()) await show(selected, false);
         return;
       }
       const holder = el("div", { id: "cy" });
       const bar = el("div", { class: "toolbar" },
-        el("button", { onclick: () => cy.fit(undefined, 30), title: "show the whole tree" }, "fit"),
+        el("button", { onclick: () => { moved = false; cy.fit(undefined, 30); }, title: "show the whole tree (and keep it in view as it grows)" }, "fit"),
         el("button", { onclick: () => cy.zoom({ level: cy.zoom() * 1.3, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } }) }, "+"),
         el("button", { onclick: () => cy.zoom({ level: cy.zoom() / 1.3, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } }) }, "−"),
         el("span", { id: "legend" }, legend(t)));
       const detail = el("aside", { id: "detail" }, el("p", { class: "note" }, "Click an individual (scroll to zoom, drag to pan)."));
       main.replaceChildren(el("div", { class: "tree-page" }, el("div", {}, bar, holder), detail));
       const { nodes, edges } = elements(t);
+      moved = false;
+      for (const kind of ["wheel", "pointerdown"]) holder.addEventListener(kind, () => { moved = true; }, { passive: true });
       cy = cytoscape({
         container: holder, elements: [...nodes, ...edges], style: STYLE, layout: { name: "preset" },
         minZoom: 0.05, maxZoom: 5, wheelSensitivity: 0.4, selectionType: "single", boxSelectionEnabled: false, autoungrabify: true,
