@@ -4,7 +4,8 @@
     python bench/web_screenshots.py http://127.0.0.1:8765/ docs/web --select g0013
 
 Each page is opened, given time to draw, and saved as a PNG reduced to 256 colours (Pillow), so
-the files stay small. `--select ID` also opens that individual in the tree's side panel. Any
+the files stay small. `--select ID` also opens that individual in the tree's side panel, and
+saves the panel scrolled down to its diffs as individual.png. Any
 error the page's scripts log makes the script fail, so a broken page is never documented.
 """
 
@@ -33,7 +34,7 @@ def chromium() -> str:
 
 
 def save(png: bytes, path: Path) -> Path:
-    image = Image.open(BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    image = Image.open(BytesIO(png)).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, optimize=True)
     return path
@@ -62,9 +63,19 @@ def main() -> None:
             page.wait_for_function("() => window.autoevolve && window.autoevolve.renders > 0")
             if name == "tree" and args.select:
                 page.wait_for_selector("#detail-title")
+            page.wait_for_function(
+                "() => [...document.images].every((i) => i.complete && i.naturalWidth > 0)"
+            )
             page.wait_for_timeout(800)  # animations and the curve's frame
             shot = save(page.screenshot(full_page=name not in ("tree",)), args.out / f"{name}.png")
             print(f"wrote {shot} ({shot.stat().st_size // 1024} KB)")
+            if name == "tree" and args.select:  # the side panel again, scrolled down to the diffs
+                page.locator("#detail h3", has_text="Diff against").first.evaluate(
+                    "(e) => e.scrollIntoView()"
+                )
+                page.wait_for_timeout(300)
+                shot = save(page.screenshot(), args.out / "individual.png")
+                print(f"wrote {shot} ({shot.stat().st_size // 1024} KB)")
         browser.close()
     if errors:
         sys.exit("error: the pages logged errors:\n" + "\n".join(errors))

@@ -79,6 +79,7 @@
         el("button", { onclick: () => { moved = false; cy.fit(undefined, 30); }, title: "show the whole tree (and keep it in view as it grows)" }, "fit"),
         el("button", { onclick: () => cy.zoom({ level: cy.zoom() * 1.3, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } }) }, "+"),
         el("button", { onclick: () => cy.zoom({ level: cy.zoom() / 1.3, renderedPosition: { x: holder.clientWidth / 2, y: holder.clientHeight / 2 } }) }, "−"),
+        el("a", { href: `/api/plot/lineage_tree.png?run=${encodeURIComponent(AE.run)}`, target: "_blank", title: "the report's picture of the tree" }, "PNG"),
         el("span", { id: "legend" }, legend(t)));
       const detail = el("aside", { id: "detail" }, el("p", { class: "note" }, "Click an individual (scroll to zoom, drag to pan)."));
       main.replaceChildren(el("div", { class: "tree-page" }, el("div", {}, bar, holder), detail));
