@@ -69,8 +69,10 @@ def test_pages_opened_during_the_run_show_every_child_without_a_reload(browser, 
     first = dict(page.evaluate(NODES))  # what the store held when the page was drawn (maybe nothing)
     page.evaluate("() => { window.probe = 'the same document'; }")
     overview = _open(browser, live, "/", errors)
-    overview.evaluate("() => { window.probe = 'the same document'; }")
-    assert live.run.poll() is None  # both pages were open before the run ended
+    progress = _open(browser, live, "/progress", errors)
+    for p in (overview, progress):
+        p.evaluate("() => { window.probe = 'the same document'; }")
+    assert live.run.poll() is None  # every page was open before the run ended
     out, _ = live.run.communicate(timeout=400)
     assert live.run.returncode == 0, out[-3000:]
     df = analysis.lineage(live.root)
@@ -92,9 +94,11 @@ def test_pages_opened_during_the_run_show_every_child_without_a_reload(browser, 
     assert overview.evaluate("() => window.probe") == "the same document"
     evaluated = sum(1 for s in final.values() if s == "evaluated")
     assert f"evaluated {evaluated}" in overview.inner_text(".cards")
+    progress.wait_for_selector(f"#progress-title >> text={len(final)} experiments", timeout=30_000)
+    assert progress.evaluate("() => window.probe") == "the same document"
     assert not errors, errors
-    page.close()
-    overview.close()
+    for p in (page, overview, progress):
+        p.close()
 
 
 def test_clicking_an_individual_in_the_tree_shows_its_diff(browser, live):

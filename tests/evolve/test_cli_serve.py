@@ -8,16 +8,16 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
+from evolve.cli import main
 from evolve.cli_serve import is_loopback, url_of
 from genome.workspace import init_workspace
 
 
-def evolve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", "from evolve.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+def evolve(*args: str):
+    """The command in this process (click's runner): the error paths never start a server."""
+    return CliRunner().invoke(main, list(args))
 
 
 @pytest.fixture
@@ -25,11 +25,11 @@ def workspace(tmp_path):
     return init_workspace(tmp_path / "ws", run="s1", profile="tiny").root
 
 
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    return proc.stderr
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    return result.stderr
 
 
 def test_a_host_other_than_loopback_needs_the_flag(workspace):
@@ -72,7 +72,7 @@ def test_not_a_workspace_is_a_one_line_error(tmp_path):
 
 
 def test_help_explains_the_pages_and_the_tunnel():
-    out = evolve("serve", "--help").stdout
+    out = evolve("serve", "--help").output
     for word in ("/progress", "/tree", "/transfer", "/operators", "--allow-remote", "ssh -L", "read"):
         assert word in out
 

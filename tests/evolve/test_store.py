@@ -244,7 +244,11 @@ def test_events_llm_calls_insights_and_disk_use(store, tmp_path):
     store.add_llm_call(
         model="gpt", ok=True, prompt_tokens=100, completion_tokens=20, cost=0.01, latency=2.0, run="r1"
     )
-    store.add_llm_call(model="gpt", ok=False, error="429", latency=4.0, run="r1")
+    failed = store.add_llm_call(model="gpt", ok=False, error="429", latency=4.0, run="r1")
+    store.assign_llm_calls([failed], "base")
+    (mine,) = store.llm_calls(individual="base")
+    assert mine["id"] == failed and mine["ok"] is False and mine["error"] == "429" and mine["model"] == "gpt"
+    assert [c["ok"] for c in store.llm_calls(run="r1")] == [True, False] and store.llm_calls(run="r2") == []
     spend = store.llm_spend("r1")
     assert spend["calls"] == 2 and spend["failures"] == 1 and spend["prompt_tokens"] == 100
     assert spend["cost"] == pytest.approx(0.01) and spend["mean_latency"] == pytest.approx(3.0)
@@ -303,6 +307,7 @@ def test_readonly_store_reads_but_cannot_write(store, db, tmp_path):
     assert ro.scores(4, "r1")["base"].mean == 1.0
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         ro.add_event("x")
+    assert ro._conn().execute("PRAGMA query_only").fetchone()[0] == 1  # a second lock on top of mode=ro
     with pytest.raises(EvolveError, match="no store"):
         Store(tmp_path / "nowhere" / "evolve.db", readonly=True)
 

@@ -114,6 +114,7 @@ AE.refresh = async function (first = false) {
         AE.empty(main, "No run in this store yet.");
       } else {
         await page.render(main, first);
+        if (!AE.firstDraw) AE.firstDraw = performance.now(); // ms from opening the page (bench/web_scale.py)
       }
       AE.renders += 1;
       document.getElementById("footer").textContent = `updated ${new Date().toLocaleTimeString()} · read-only view of ${AE.runs ? AE.runs.workspace : "?"}`;

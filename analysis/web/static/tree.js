@@ -11,7 +11,7 @@
 
   const STYLE = [
     { selector: "node", style: {
-      label: "data(id)", "font-size": 9, "text-valign": "top", "text-margin-y": -3, width: 18, height: 18,
+      label: "data(id)", "font-size": 9, "min-zoomed-font-size": 6, "text-valign": "top", "text-margin-y": -3, width: 18, height: 18,
       "background-color": "data(fill)", "border-width": 1, "border-color": "#333", color: "#333" } },
     { selector: "node[status = 'failed']", style: { shape: "diamond", "background-color": "#d62728" } },
     { selector: "node[status = 'rejected']", style: { shape: "round-rectangle", "background-color": "#fff", "border-color": "#999", "border-style": "dashed" } },
@@ -88,7 +88,9 @@
       for (const kind of ["wheel", "pointerdown"]) holder.addEventListener(kind, () => { moved = true; }, { passive: true });
       cy = cytoscape({
         container: holder, elements: [...nodes, ...edges], style: STYLE, layout: { name: "preset" },
-        minZoom: 0.05, maxZoom: 5, wheelSensitivity: 0.4, selectionType: "single", boxSelectionEnabled: false, autoungrabify: true,
+        minZoom: 0.02, maxZoom: 5, wheelSensitivity: 0.4, selectionType: "single", boxSelectionEnabled: false, autoungrabify: true,
+        // A big tree pans and zooms as a picture, and is redrawn in full when it stops.
+        textureOnViewport: nodes.length > 1500, hideEdgesOnViewport: nodes.length > 1500,
       });
       AE.cy = cy;
       cy.fit(undefined, 30);
