@@ -53,7 +53,7 @@ def individual(view: WebView, run: str, ind_id: str) -> dict[str, Any]:
          else f"(parent {p} is not in run {run!r})"}
         for p in row["parents"]
     ]  # fmt: skip
-    with view._store() as store:
+    with view.store() as store:
         evaluations = store.evaluations(ind_id)
         calls = store.llm_calls(individual=ind_id)
         proposed = [e for e in store.events(run, kind="proposed") if e.payload.get("id") == ind_id]

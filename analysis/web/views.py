@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,9 @@ from ..errors import AnalysisError
 from ..frames import DB_NAME, champion, first_parent_chain, lineage, one_run, operator_stats, read_snapshot
 
 RECENT_EVENTS = 40  # lines of the overview's event list
-SNAPSHOT_TTL = 2.0  # seconds an overview snapshot of an unchanged store is reused (it walks the logs)
+SNAPSHOT_TTL = 5.0  # seconds an overview snapshot of an unchanged store is reused (it walks the logs)
 STATE_TTL = 0.5  # seconds a state() answer is shared between the pages asking for it
+FRAME_STATE = ("individuals", "evaluations", "verdicts", "llm")  # what the lineage frame reads
 _CMAP = colormaps["viridis_r"]  # the report's lineage tree colours, so both pictures agree
 
 
@@ -98,7 +100,7 @@ class WebView:
         self.root = self.ws.root.resolve()
         self.db = self.ws.state_dir / DB_NAME
         self._lock = threading.Lock()
-        self._frames: dict[str, tuple[tuple, pd.DataFrame]] = {}
+        self._cache: dict[tuple[str, str], tuple[tuple, Any]] = {}
         self._snapshots: dict[str, tuple[float, str, dict[str, Any]]] = {}
         self._state: tuple[float, dict[str, Any]] | None = None
 
@@ -139,7 +141,7 @@ class WebView:
 
     # --- runs ----------------------------------------------------------------------------------
 
-    def _store(self) -> Store:
+    def store(self) -> Store:
         if not self.db.is_file():
             raise NotFound(f"no store in {self.root} yet: it appears once `evolve run` starts")
         return Store(self.db, readonly=True)
@@ -150,7 +152,7 @@ class WebView:
         if not out["store"] or not self.state().get("store"):
             out["store"] = False
             return out
-        with self._store() as store:
+        with self.store() as store:
             runs = store.runs()
         with read_snapshot(self.db) as conn:
             counts = dict(conn.execute("SELECT run, COUNT(*) FROM individuals GROUP BY run").fetchall())
@@ -167,7 +169,7 @@ class WebView:
         """The run a request names (checked against the store), or the default one."""
         names = []
         if self.db.is_file() and self.state().get("store"):
-            with self._store() as store:
+            with self.store() as store:
                 names = [r.name for r in store.runs()]
         if run is None:
             if not names:
@@ -178,7 +180,7 @@ class WebView:
         return run
 
     def settings(self, run: str) -> dict[str, Any]:
-        with self._store() as store:
+        with self.store() as store:
             r = store.get_run(run)
         return dict(r.settings) if r is not None else {}
 
@@ -190,17 +192,24 @@ class WebView:
 
     # --- the lineage frame, cached until the store changes -------------------------------------
 
-    def frame(self, run: str) -> pd.DataFrame:
+    def _cached(self, what: str, run: str, build: Callable[[], Any]) -> Any:
+        """`build()`, reused until the parts of the store it reads (FRAME_STATE) change."""
         s = self.state()
-        key = tuple(str(s.get(k)) for k in ("individuals", "evaluations", "verdicts", "llm"))
+        key = tuple(str(s.get(k)) for k in FRAME_STATE)
         with self._lock:
-            hit = self._frames.get(run)
+            hit = self._cache.get((what, run))
             if hit is not None and hit[0] == key:
                 return hit[1]
-        d = one_run(lineage(self.db, run), run) if self.db.is_file() else pd.DataFrame()
+        value = build()
         with self._lock:
-            self._frames[run] = (key, d)
-        return d
+            self._cache[(what, run)] = (key, value)
+        return value
+
+    def frame(self, run: str) -> pd.DataFrame:
+        """`analysis.lineage` of one run (read in one snapshot of the store)."""
+        return self._cached(
+            "frame", run, lambda: one_run(lineage(self.db, run), run) if self.db.is_file() else pd.DataFrame()
+        )
 
     def row(self, run: str, individual: str) -> pd.Series:
         """The lineage row of one individual of `run`."""
@@ -220,7 +229,7 @@ class WebView:
             hit = self._snapshots.get(run)
             if hit is not None and hit[1] == key and now - hit[0] < SNAPSHOT_TTL:
                 return hit[2]
-        with self._store() as store:
+        with self.store() as store:
             r = store.get_run(run)
             if r is None:
                 raise NotFound(f"no run {run!r} in this store")
@@ -255,6 +264,9 @@ class WebView:
 
     def progress(self, run: str) -> dict[str, Any]:
         """Every experiment in the order it was made, the running best, and where it improved."""
+        return self._cached("progress", run, lambda: self._progress(run))
+
+    def _progress(self, run: str) -> dict[str, Any]:
         d = self.frame(run)
         if not len(d):
             return {"run": run, "n": 0}
@@ -272,6 +284,9 @@ class WebView:
 
     def tree(self, run: str) -> dict[str, Any]:
         """Nodes at the report's tree positions (x: generation), parent edges, the champion's line."""
+        return self._cached("tree", run, lambda: self._tree(run))
+
+    def _tree(self, run: str) -> dict[str, Any]:
         d = self.frame(run)
         if not len(d):
             return {"run": run, "nodes": [], "edges": []}
@@ -281,8 +296,9 @@ class WebView:
         scored = ~np.isnan(score)
         lo = float(np.nanmin(score)) if scored.any() else 0.0
         hi = max(float(np.nanquantile(score, 0.9)), lo + 1e-9) if scored.any() else 1.0
-        colour = [to_hex(_CMAP(min(max((s - lo) / (hi - lo), 0.0), 1.0))) if ok else None
-                  for s, ok in zip(score, scored, strict=True)]  # fmt: skip
+        rgb = np.rint(_CMAP(np.clip((np.nan_to_num(score, nan=lo) - lo) / (hi - lo), 0, 1))[:, :3] * 255)
+        colour = [f"#{r:02x}{g:02x}{b:02x}" if ok else None
+                  for (r, g, b), ok in zip(rgb.astype(int).tolist(), scored, strict=True)]  # fmt: skip
         champ = champion(d)
         chain = list(first_parent_chain(d, champ["id"])["id"]) if champ is not None else []
         on_chain = set(zip(chain[:-1], chain[1:], strict=False))
@@ -310,14 +326,18 @@ class WebView:
 
     def transfer(self, run: str) -> dict[str, Any]:
         """The verdicts of `evolve validate` at each validated depth, deepest first, and the champion."""
+        return self._cached("transfer", run, lambda: self._transfer(run))
+
+    def _transfer(self, run: str) -> dict[str, Any]:
         depth = self.depth(run)
-        with self._store() as store:
+        with self.store() as store:
             reports = [
                 transfer_report(store, run, depth, v) for v in validated_depths(store, run) if v != depth
             ]
             champ = choose_champion(store, run, depth)
         tables = [r.to_json() for r in reversed(reports) if r is not None]
-        descriptions = dict(zip(self.frame(run)["id"], self.frame(run)["description"], strict=True))
+        d = self.frame(run)
+        descriptions = dict(zip(d["id"], d["description"], strict=True))
         for table in tables:
             for row in table["rows"]:
                 row["description"] = descriptions.get(row.get("individual") or row.get("id"), "")

@@ -86,11 +86,14 @@
       const { nodes, edges } = elements(t);
       moved = false;
       for (const kind of ["wheel", "pointerdown"]) holder.addEventListener(kind, () => { moved = true; }, { passive: true });
+      const big = nodes.length > 1500;
+      // A big tree: straight "haystack" edges without arrow heads, the cheapest that Cytoscape draws.
+      const style = big ? [...STYLE, { selector: "edge", style: { "curve-style": "haystack", "target-arrow-shape": "none" } }] : STYLE;
       cy = cytoscape({
-        container: holder, elements: [...nodes, ...edges], style: STYLE, layout: { name: "preset" },
+        container: holder, elements: [...nodes, ...edges], style, layout: { name: "preset" },
         minZoom: 0.02, maxZoom: 5, wheelSensitivity: 0.4, selectionType: "single", boxSelectionEnabled: false, autoungrabify: true,
         // A big tree pans and zooms as a picture, and is redrawn in full when it stops.
-        textureOnViewport: nodes.length > 1500, hideEdgesOnViewport: nodes.length > 1500,
+        textureOnViewport: big, hideEdgesOnViewport: big,
       });
       AE.cy = cy;
       cy.fit(undefined, 30);
