@@ -216,6 +216,13 @@ def _target_name(target) -> str:
     return getattr(target, "__name__", repr(target))
 
 
+def scoring_precision(device: torch.device):
+    """The precision a model is scored in: bf16 autocast on CUDA, plain float32 on the CPU."""
+    import contextlib
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _example_batch(seq_len: int, vocab: int, batch: int, device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     return torch.randint(0, max(1, vocab), (batch, seq_len), generator=gen).to(device)
@@ -245,7 +252,9 @@ def export_graph(model: torch.nn.Module, seq_len: int, vocab: int, batch_size: i
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # traced under the precision it is scored in (bf16 autocast on CUDA): casts the model makes
+        # on purpose (`.float()` of the logits) are kept, where a float32 trace would drop them
+        with torch.no_grad(), warnings.catch_warnings(), scoring_precision(device):
             warnings.simplefilter("ignore")
             try:
                 ep = export(

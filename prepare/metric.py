@@ -18,7 +18,6 @@ probability about p (see docs/SECURITY.md for the numbers).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .artifact import scoring_precision
 from .dataloader import BestFitPacker, Exhausted, gather
 from .errors import PrepareError
 from .shards import open_split
@@ -94,8 +94,6 @@ class _Forward:
 
     def __init__(self, model, device: torch.device, vocab: int, static_batch: int | None):
         self.model, self.device, self.vocab, self.static = model, device, vocab, static_batch
-        cast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-        self.cast = cast
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
@@ -103,7 +101,7 @@ class _Forward:
             if n > self.static:
                 return torch.cat([self(x[i : i + self.static]) for i in range(0, n, self.static)])
             x = torch.cat([x, x[:1].expand(self.static - n, -1)])
-        with torch.no_grad(), self.cast if self.cast is not None else contextlib.nullcontext():
+        with torch.no_grad(), scoring_precision(self.device):
             logits = self.model(x)
         if (
             not isinstance(logits, torch.Tensor)

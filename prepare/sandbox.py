@@ -48,7 +48,7 @@ _WRITES: dict[str, tuple[int, ...]] = {
     "sqlite3.connect": (0,),
 }
 _DIR_FD_INDEX = {"os.remove": 1, "os.rmdir": 1, "os.chmod": 2, "os.utime": 3, "os.mkdir": 2}
-_AUDITED = frozenset({"open", "os.listdir", "os.scandir", "os.kill", "os.killpg", *_WRITES})
+_AUDITED = frozenset({"open", "os.listdir", "os.scandir", "os.chdir", "os.kill", "os.killpg", *_WRITES})
 
 
 # Where a training process reads besides its own folders and its Python: the base system.
@@ -93,7 +93,7 @@ class Policy:
     def may_read(self, path: str) -> bool:
         if path in self.secret or _under(path, self.hidden):
             return False
-        return _under(path, self.readable) or _under(path, self.writable)
+        return path == "/" or _under(path, self.readable) or _under(path, self.writable)
 
 
 def _python_roots() -> list[str]:
@@ -171,7 +171,14 @@ class _Hook:
             writes = bool((flags or 0) & _WRITE_FLAGS) or any(c in (mode or "") for c in "wax+")
             (self.check if writes else self.check_read)(self.resolve(path))
         elif event in ("os.listdir", "os.scandir"):
-            self.check_read(self.resolve(args[0] if args and args[0] is not None else "."))
+            # absolute paths only: the import system lists sys.path entries, some of which are
+            # markers, not folders (an editable install's path hook); a relative path is under
+            # the working directory, which os.chdir checked
+            target = args[0] if args and args[0] is not None else "."
+            if isinstance(target, (str, bytes)) and os.path.isabs(os.fsdecode(target)):
+                self.check_read(self.resolve(target))
+        elif event == "os.chdir":
+            self.check_read(self.resolve(args[0]))
         elif event in ("os.kill", "os.killpg"):
             target, sig = args
             me = os.getpid() if event == "os.kill" else os.getpgid(0)

@@ -187,7 +187,8 @@ class Lab:
         """Commit each variant as a child of the baseline, guard it, check it out in a worktree of
         its own, and run them all (guard or not) through a LocalExecutor with `slots` CPU slots."""
         sources, children = {}, {}
-        marks = {v.name: str(10_000 + i) for i, v in enumerate(variants)}
+        # seconds to sleep, and a command-line argument no other process on the machine has
+        marks = {v.name: f"{770_000 + i}.{os.getpid() % 1000:03d}" for i, v in enumerate(variants)}
         prepares = {v.name: self.prepare_copy for v in variants}
         for v in variants:
             if v.own_prepare:

@@ -143,7 +143,7 @@ def test_ratchet_runs_to_completion_as_one_chain(tmp_path, use_tiny_data):
 def test_settings_come_from_evolve_toml_and_flags_override_them(tmp_path, use_tiny_data, executor):
     ws = workspace(tmp_path)
     config = EngineConfig.from_workspace(ws, islands=3, max_seeds=None)
-    assert (config.islands, config.max_seeds, config.baseline_seeds, config.budget) == (3, 2, 2, 3.0)
+    assert (config.islands, config.max_seeds, config.baseline_seeds, config.budget) == (3, 2, 2, 81920.0)
     assert config.operators == ("optuna_tweak", "merge_crossover")
     assert config.operator_options["optuna_tweak"]["max_changes"] == 1
     with open(ws.root / SETTINGS_FILE, "a") as f:
@@ -158,7 +158,7 @@ def test_a_run_refuses_to_resume_with_settings_its_scores_cannot_be_compared_und
     ws = workspace(tmp_path)
     Engine(ws, EngineConfig.from_workspace(ws), executor).setup()
     other = Engine(ws, EngineConfig.from_workspace(ws, budget=5.0), executor)
-    with pytest.raises(EvolveError, match="budget 3.0 -> 5.0"):
+    with pytest.raises(EvolveError, match="budget 81920.0 -> 5.0"):
         other.setup()
 
 
