@@ -167,9 +167,11 @@ class Run:
             self.score(genome.id, val_bpb, error)
         return self.store.get(genome.id)
 
-    def score(self, ind: str, val_bpb: float | None, error: str = "", seed: int = 42) -> None:
+    def score(self, ind: str, val_bpb: float | None, error: str = "", seed: int = 42, metrics=None) -> None:
         from evolve.store import Evaluation, Status
 
+        if self.store.get(ind).status is not Status.QUEUED:
+            self.store.set_status(ind, Status.QUEUED)  # a re-evaluation
         self.store.set_status(ind, Status.RUNNING)
         self.store.record_evaluation(
             Evaluation(
@@ -180,6 +182,8 @@ class Run:
                 profile="tiny",
                 status="ok" if val_bpb is not None else "crash",
                 val_bpb=val_bpb,
+                metrics=dict(metrics or {}),
+                device="cpu",
                 error_tail=error,
                 reason="exit code 1" if error else "",
             )  # fmt: skip
@@ -203,4 +207,5 @@ class Run:
             parents=tuple(parent(i) for i in parent_ids), island=0, depth=self.depth,
             rng=random.Random(seed), noise_floor=None, elites=tuple(parent(i) for i in elites),
             report_llm=lambda **kw: self.store.add_llm_call(run="t", operator=operator, **kw),
+            settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
         )  # fmt: skip
