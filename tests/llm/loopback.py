@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 SECRET = "sk-test-SECRET0123456789abcdef"
+BIGRAM = Path(__file__).parents[1] / "evolve" / "data" / "train_bigram.py"
 
 
 @dataclass
@@ -209,3 +213,26 @@ class Run:
             report_llm=lambda **kw: self.store.add_llm_call(run="t", operator=operator, **kw),
             settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# `evolve` itself, in a subprocess, on a bigram workspace
+# ---------------------------------------------------------------------------------------------
+def make_workspace(root: Path, search: str, prices: dict[str, list[float]], insights_every: int = 0):
+    """A tiny bigram workspace (2 islands in evolve.toml) whose [llm] table has a [llm.prices] table."""
+    from genome.repo import MACHINE_IDENTITY, run_git
+    from genome.settings import SETTINGS_FILE, to_toml
+    from genome.workspace import init_workspace
+
+    ws = init_workspace(root / "ws", run="mix", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
+    llm = {"tokenizer": "approx", "insights_every": insights_every, "timeout": 10.0, "backoff": 0.01,
+           "max_backoff": 0.05, "prices": prices}  # fmt: skip
+    (ws.root / SETTINGS_FILE).write_text(to_toml(ws.settings.with_changes(llm=llm)) + search)
+    run_git(ws.root, "commit", "-q", "-m", "test settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
+    return ws
+
+
+def evolve(ws, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`evolve ARGS[0] -w WORKSPACE ARGS[1:]` with `env` (see the `env` fixture)."""
+    cmd = [str(Path(sys.executable).with_name("evolve")), args[0], "-w", str(ws.root), *args[1:]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
