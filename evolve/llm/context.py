@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from genome.edits import DEFAULT_PATH
 
+from ..pairs import Changes, changes, files_at
 from ..promotion import describe_rule
 from ..store import Individual, Status
 from .budget import Part
@@ -335,29 +336,43 @@ def children_part(ctx: ProposalContext, parents: Sequence[str], scores: Mapping[
     wanted = set(parents)
     kids = [i for i in ctx.store.individuals(ctx.run) if wanted <= set(i.parents)]
     against = min(parents, key=lambda p: (scores[p].mean if p in scores else math.inf, p))
-    items = [
-        f"- {ind.id} [{ind.operator}] {ind.description}: {outcome(ctx, ind, scores, against)}"
-        for ind in reversed(kids[-MAX_CHILDREN:])
-    ]
+    cache: dict[str, dict[str, str]] = {}
+    base = files_at(ctx.repo, ctx.store.get(against).commit, cache) if ctx.store.get(against) else {}
+    items = []
+    for ind in reversed(kids[-MAX_CHILDREN:]):
+        changed = changed_text(changes(base, files_at(ctx.repo, ind.commit, cache))) if base else ""
+        what = f" {{{changed}}}" if changed else ""
+        items.append(
+            f"- {ind.id} [{ind.operator}] {ind.description}{what}: {outcome(ctx, ind, scores, against)}"
+        )
     who = parents[0] if len(parents) == 1 else " and ".join(parents)
     return Part(
         f"Children of {who} already tried (newest first)",
         items,
         PRIORITY_CHILDREN,
-        intro="Do not propose one of these again; build on what worked, or change what failed in a way that "
-        "answers why it failed.",
+        intro=f"What each changed against {against} is in braces, then what it measured. Do not propose one of "
+        "these again; build on what worked, or change what failed in a way that answers why it failed.",
     )
+
+
+def changed_text(found: Changes) -> str:
+    """`MATRIX_LR 0.04 -> 0.06; 1 code hunk(s)`: what a diff changed, in a few words."""
+
+    def knob(name: str, old: str | None, new: str | None) -> str:
+        if old is None:
+            return f"new {name} = {new}"
+        return f"{name} {old} -> {new}" if new is not None else f"{name} {old} -> not a constant"
+
+    knobs = ", ".join(knob(k, old, new) for k, (old, new) in list(found.knobs.items())[:6])
+    code = f"{len(found.regions)} code hunk(s)" if found.regions else ""
+    return "; ".join(x for x in (knobs, code) if x)
 
 
 def pair_line(first: str, match: Match | None) -> str:
     """Why the crossover's parents were paired: what each changed since their common ancestor."""
     if match is None:
         return ""
-
-    def what(changes: Any) -> str:
-        knobs = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in list(changes.knobs.items())[:6])
-        code = f"{len(changes.regions)} code hunk(s)" if changes.regions else ""
-        return "; ".join(x for x in (knobs, code) if x) or "nothing"
+    what = lambda found: changed_text(found) or "nothing"
 
     base = match.base_id or match.base[:10]
     kind = ("complementary changes, both better than it", "different changes", "overlapping changes")[

@@ -69,8 +69,14 @@ def test_the_mutation_prompt_has_everything_a_researcher_needs(run, family):
     assert "noise floor of val_bpb: ±0.0141" in user and "2 x 0.0141 = 0.0283" in user
     # the parent's children already tried, with their deltas or why they have none
     tried = user.split("already tried (newest first)")[1].split("##")[0]
-    assert f"- {worse.id} [llm_mutation] embedding lr 0.4: 1.290000 (+0.010000 vs {parent.id})" in tried
-    assert f"- {crashed.id} [llm_mutation] fused loss: failed: exit code 1" in tried
+    assert (
+        f"- {worse.id} [llm_mutation] embedding lr 0.4 {{EMBEDDING_LR 0.3 -> 0.4}}: 1.290000 (+0.010000 vs {parent.id})"
+        in tried
+    )
+    assert (
+        f"- {crashed.id} [llm_mutation] fused loss {{MATRIX_LR 0.04 -> not a constant; 1 code hunk(s)}}: failed: exit code 1"
+        in tried
+    )
     assert tried.index(worse.id) < tried.index(crashed.id)  # newest first
     assert "- g0000 [baseline] baseline" in user  # lineage
     assert f"{crashed.id} (crash)" in user and "NameError: name 'undefined_name'" in user  # failures
