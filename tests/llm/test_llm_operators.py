@@ -168,6 +168,38 @@ def test_a_conflicting_crossover_is_resolved_and_committed_as_a_merge(run, llm_s
     assert "WARMDOWN_FRAC = 0.65" in run.repo.read(child) and "<<<<<<<" not in run.repo.read(child)
     prompt = llm_server.bodies()[-1]["messages"][1]["content"]
     assert "Conflict 1" in prompt and "WARMDOWN_FRAC = 0.7" in prompt and "WARMDOWN_FRAC = 0.6" in prompt
+    # Both lineages, why they were paired, the setting and the rule.
+    assert f"Lineage of {a.id} (newest first)" in prompt and f"Lineage of {b.id} (newest first)" in prompt
+    assert "Since their common ancestor g0000 (overlapping changes)" in prompt
+    assert f"{a.id} changed WARMDOWN_FRAC 0.5 -> 0.6" in prompt and "trains at depth 2" in prompt
+    assert "How a child is judged" in prompt
+    # The description says what it took: the conflict was resolved to a new value.
+    assert (
+        child.description
+        == "warm-down 0.65, between both (from g0001: nothing; from g0002: nothing; new: WARMDOWN_FRAC=0.65)"
+    )
+
+
+def test_a_crossover_never_pairs_a_parent_with_its_ancestor(run, llm_server, mutation):
+    llm_server.push(Reply(text=GOOD))
+    a = mutation.propose(run.context("g0000")).genome
+    run.add(a, val_bpb=1.27)
+    op = LLMCrossover(run.setup())
+    try:
+        with pytest.raises(OperatorError, match="ancestor or descendant"):
+            op.propose(run.context(a.id, "g0000", operator="llm_crossover"))
+        assert llm_server.requests[1:] == []  # no call spent on it
+        llm_server.push(Reply(text=answer("matrix lr 0.05", MATRIX, "MATRIX_LR = 0.05")))
+        b = mutation.propose(run.context("g0000")).genome
+        run.add(b, val_bpb=1.28)
+        # The drawn pair is related, but an unrelated elite is there: it becomes the partner.
+        llm_server.push(Reply(text="DESCRIPTION: both\nRATIONALE: independent.\n\nNO CHANGES"))
+        child = op.propose(
+            run.context(a.id, "g0000", elites=("g0000", b.id), operator="llm_crossover")
+        ).genome
+        assert child.parents == (a.id, b.id)
+    finally:
+        op.close()
 
 
 def test_a_clean_crossover_may_keep_the_merge_and_must_not_copy_a_parent(run, llm_server, mutation):
