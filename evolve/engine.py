@@ -43,7 +43,7 @@ from trainer import Executor, Job, RunResult, TrainerError
 
 from .engine_config import EngineConfig
 from .errors import EvolveError
-from .novelty import tree_hash
+from .novelty import tree_hash, twin
 from .operators.base import (
     Operator,
     OperatorSetup,
@@ -73,7 +73,6 @@ DB_FILE = "evolve.db"
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
 # baseline share seeds, so a child's first run is compared with the same data order
 REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
-_FINISHED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -564,7 +563,7 @@ class Engine:
         code_hash = self._code_hash(genome.commit)
         # Its own lock: two proposals of the same code must not both pass the novelty check.
         with self._intake_lock:
-            duplicate = self.store.find_by_code_hash(code_hash, self.run_name, statuses=_FINISHED)
+            duplicate = twin(self.store, self.run_name, code_hash)
             status, reason = Status.QUEUED, None
             if duplicate is not None:
                 status, reason = Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)"

@@ -11,8 +11,9 @@ take (`rank_partners`) and say in the child's description what it took from each
   first parent's comes first: the two changed different knobs (UPPER_CASE constants) and different
   code regions, and both score better than that ancestor. Next come partners that at least change
   different things, then the rest, whose changes overlap (git conflicts there; the LLM crossover
-  may still resolve it). Within a tier the candidates keep the order they came in (the strategy's
-  draw first), so the selection pressure of the population still decides among equals.
+  may still resolve it). Within a tier, a partner already crossed with the first parent fewer
+  times comes first, then the order they came in (the strategy's draw first), so the selection
+  pressure of the population still decides among equals.
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ class Family:
     def __init__(self, individuals: Iterable[Individual]) -> None:
         self.parents: dict[str, tuple[str, ...]] = {}
         self.by_commit: dict[str, str] = {}
+        self._crossed: dict[frozenset[str], int] = {}
         for ind in individuals:
             self.parents[ind.id] = ind.parents
             self.by_commit.setdefault(ind.commit, ind.id)
+            if len(ind.parents) == 2:
+                key = frozenset(ind.parents)
+                self._crossed[key] = self._crossed.get(key, 0) + 1
         self._ancestors: dict[str, frozenset[str]] = {}
 
     @classmethod
@@ -75,6 +80,10 @@ class Family:
     def related(self, a: str, b: str) -> bool:
         """True when `a` and `b` are the same individual or one descends from the other."""
         return a == b or a in self.ancestors(b) or b in self.ancestors(a)
+
+    def crossed(self, a: str, b: str) -> int:
+        """How many children `a` and `b` already have together (proposed, whatever became of them)."""
+        return self._crossed.get(frozenset((a, b)), 0)
 
     def unrelated_pair(self, ids: Sequence[str]) -> tuple[str, str] | None:
         """The first two of `ids` (in their order) that are not ancestor and descendant, or None."""
@@ -183,6 +192,7 @@ class Match:
     first: Changes  # the first parent's changes since the base
     second: Changes  # the partner's
     both_better: bool  # both score lower than the base
+    crossed: int = 0  # children the two already have together
 
     @property
     def disjoint(self) -> bool:
@@ -212,7 +222,8 @@ def files_at(repo: GenomeRepo, commit: str, cache: dict[str, dict[str, str]] | N
 
 
 def rank_partners(ctx: ProposalContext, first: Parent, candidates: Iterable[Parent]) -> list[Match]:
-    """The candidates that may be crossed with `first`, most complementary first.
+    """The candidates that may be crossed with `first`, most complementary first; among equals, the
+    ones crossed with it least often so far, then in the order they came.
 
     Dropped: the ones related to `first` (ancestor, descendant, the same code), and those where
     either side changed nothing since their common ancestor (the merge would be the other)."""
@@ -244,8 +255,8 @@ def rank_partners(ctx: ProposalContext, first: Parent, candidates: Iterable[Pare
         better = base_score is not None and all(
             p.score is not None and p.score.mean < base_score.mean for p in (first, cand)
         )
-        out.append(Match(cand, base, base_id, a, b, better))
-    return sorted(out, key=lambda m: m.tier)  # stable: the draw's order within a tier
+        out.append(Match(cand, base, base_id, a, b, better, family.crossed(first.id, cand.id)))
+    return sorted(out, key=lambda m: (m.tier, m.crossed))  # stable: the draw's order among equals
 
 
 def candidates(ctx: ProposalContext) -> list[Parent]:

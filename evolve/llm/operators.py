@@ -24,6 +24,7 @@ from genome.errors import EditError, GenomeError
 from genome.merge import ConflictHunk, commit_merge, parse_conflicts, three_way
 from genome.record import Genome
 
+from ..novelty import tried_as
 from ..operators.base import (
     Operator,
     OperatorError,
@@ -34,7 +35,7 @@ from ..operators.base import (
     ProposalContext,
     register,
 )
-from ..pairs import candidates, rank_partners, took
+from ..pairs import candidates, files_at, rank_partners, took
 from ..store import LineageKind
 from .client import BudgetExhausted, Completion, LLMClient, ModelBandit
 from .config import LLMConfig, load_config
@@ -158,6 +159,9 @@ class LLMMutation(_LLMOperator):
 
         def apply(edit: Edit | None, completion: Completion) -> Genome:
             assert edit is not None  # NO CHANGES is not allowed here
+            texts = files_at(ctx.repo, parent.individual.commit)
+            changed = {p: apply_edit(texts[p], edit, p) for p in edit.paths if p in texts}
+            refuse_twin(ctx, {**texts, **changed})
             return ctx.repo.apply_edit(parent.genome, edit, operator=self.name)
 
         answer = converse(session.client, prompt.messages, model, ctx.report_llm, apply, purpose="mutation",
@@ -224,9 +228,11 @@ class LLMCrossover(_LLMOperator):
                 merged = take_first_side(merged)
             draft[path] = merged
         same_as = _same_as(draft, texts, first.id, second.id)
+        merged_before = tried_as(ctx.store, ctx.run, draft) if not hunks else None
         prompt = crossover_prompt(
-            ctx, first, second, base, draft, hunks, session.config.max_prompt_tokens, session.count, match
-        )
+            ctx, first, second, base, draft, hunks, session.config.max_prompt_tokens, session.count, match,
+            tried=merged_before.id if merged_before else None,
+        )  # fmt: skip
 
         def apply(edit: Edit | None, completion: Completion) -> Genome:
             if edit is None:
@@ -246,6 +252,7 @@ class LLMCrossover(_LLMOperator):
                     f"the result is identical to parent {equal}: it would be a duplicate; the child must "
                     f"combine both parents' ideas"
                 )
+            refuse_twin(ctx, files)
             description, rationale = describe(completion, edit)
             sides = [(first.id, texts["first"]), (second.id, texts["second"])]
             description = f"{description or f'combine {first.id} and {second.id}'} ({took(texts['base'], sides, files)})"
@@ -264,7 +271,7 @@ class LLMCrossover(_LLMOperator):
             apply,
             purpose="crossover",
             settle=ctx.settle_llm,
-            allow_no_changes=not hunks and same_as is None,
+            allow_no_changes=not hunks and same_as is None and merged_before is None,
         )
         child = answer.result
         session.bandit.proposed(child.id, model, _best(ctx.parents))
@@ -272,6 +279,16 @@ class LLMCrossover(_LLMOperator):
         notes.update(base=base, conflicts=len(hunks), kept_merge=answer.edit is None, partner=match.summary(),
                      tier=match.tier)  # fmt: skip
         return Proposal(child, LineageKind.CROSSOVER, notes)
+
+
+def refuse_twin(ctx: ProposalContext, files: dict[str, str]) -> None:
+    """EditError (for the repair round) when `files` are exactly the code of an individual already tried."""
+    twin = tried_as(ctx.store, ctx.run, files)
+    if twin is not None:
+        raise EditError(
+            f"the result is the same code as {twin.id} ({twin.description}), which was already tried; "
+            f"propose a different change"
+        )
 
 
 def _rank(parent: Parent) -> tuple[float, str]:

@@ -127,8 +127,10 @@ def crossover_prompt(
     budget: int,
     count: Counter,
     match: Match | None = None,
+    tried: str | None = None,
 ) -> Prompt:
-    """Two parents, their lineages, what each changed since `base`, and the draft to edit."""
+    """Two parents, their lineages, what each changed since `base`, and the draft to edit
+    (`tried`: the individual whose code the clean draft already is, if any)."""
     repo = ctx.repo
     scores = ctx.store.scores(ctx.depth, ctx.run)
     about = []
@@ -177,6 +179,12 @@ def crossover_prompt(
         task = (
             "Write SEARCH/REPLACE blocks against the draft that resolve the conflicts and make the two "
             "ideas work together"
+        )
+    elif tried:
+        task = (
+            f"git merged both parents' changes without conflict into the draft below, but that merge was "
+            f"already tried as {tried}. Write SEARCH/REPLACE blocks against the draft that make the two ideas "
+            "work better together (e.g. retune what they share)"
         )
     else:
         task = (

@@ -20,6 +20,7 @@ import re
 from genome.errors import GenomeError
 from genome.merge import MERGE_OPERATOR, MergeStatus, commit_merge, plan_merge
 
+from ..novelty import tried_as
 from ..pairs import Match, candidates, files_at, rank_partners, took
 from ..store import LineageKind
 from .base import Operator, OperatorError, OperatorSetup, Parent, Proposal, ProposalContext, register
@@ -63,6 +64,8 @@ class MergeCrossover(Operator):
                 files = {p: t for p, t in resolved.items() if t is not None}
                 if any(files == {p: _text(ctx, g.commit, p) for p in files} for g in (a.genome, b.genome)):
                     continue  # b only retuned a's knobs: the merge is a itself
+            if tried_as(ctx.store, ctx.run, files) is not None:
+                continue  # this merge was made before: a duplicate
             description = _describe(ctx, a, b, match, files)
             try:
                 child = commit_merge(ctx.repo, a.genome, b.genome, files, description, operator=self.name,

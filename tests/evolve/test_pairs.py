@@ -124,3 +124,18 @@ def test_took_credits_each_change_to_the_parent_that_has_it():
     nothing = took({"train.py": BASE}, [("g1", {"train.py": left}), ("g2", {"train.py": right})],
                    {"train.py": left})  # fmt: skip
     assert nothing == "from g1: LR=0.2; from g2: nothing"
+
+
+def test_a_partner_already_crossed_with_the_first_parent_goes_after_a_fresh_one(tree):
+    a = tree.child("g0000", {"EMB_LR": 0.01}, 3.70)
+    b = tree.child("g0000", {"HEAD_LR": 0.02}, 3.75)
+    c = tree.child("g0000", {"BETA1": 0.8}, 3.78)
+    ctx = tree.context(a, b, c)
+    assert [m.partner.id for m in rank_partners(ctx, ctx.parents[0], [*ctx.parents[1:], *ctx.elites])] == [
+        b,
+        c,
+    ]
+    merged = tree.repo.commit_child([tree.repo.get(a), tree.repo.get(b)], {}, "a with b", "merge_crossover")
+    tree.store.add_individual(id=merged.id, run="p", commit=merged.commit, parents=(a, b), status="queued")
+    ranked = rank_partners(ctx, ctx.parents[0], [*ctx.parents[1:], *ctx.elites])
+    assert [(m.partner.id, m.crossed) for m in ranked] == [(c, 0), (b, 1)]

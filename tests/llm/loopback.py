@@ -164,9 +164,13 @@ class Run:
         self.score(base.id, 1.30)
 
     def add(self, genome, *, island: int = 0, val_bpb: float | None = None, error: str = "", status="queued"):
+        from evolve.novelty import tree_hash
+        from evolve.pairs import files_at
+
         self.store.add_individual(id=genome.id, run="t", commit=genome.commit, branch=genome.branch,
                                   parents=genome.parents, operator=genome.operator,
-                                  description=genome.description, island=island, status=status)  # fmt: skip
+                                  description=genome.description, island=island, status=status,
+                                  code_hash=tree_hash(files_at(self.repo, genome.commit)))  # fmt: skip
         if status == "queued":
             self.score(genome.id, val_bpb, error)
         return self.store.get(genome.id)

@@ -99,6 +99,18 @@ def test_non_applying_twice_is_a_failed_proposal_that_quotes_the_closest_lines(r
     assert run.store.llm_spend("t")["unusable"] == 2
 
 
+def test_an_answer_that_remakes_code_already_tried_is_sent_back_for_repair(run, llm_server, mutation):
+    llm_server.push(Reply(text=GOOD))
+    first = mutation.propose(run.context("g0000")).genome
+    run.add(first, val_bpb=1.29)
+    again = answer("longer warm-down, once more", WARMDOWN, "WARMDOWN_FRAC = 0.6  # the same value")
+    llm_server.push(Reply(text=again), Reply(text=answer("lr", MATRIX, "MATRIX_LR = 0.05")))
+    child = mutation.propose(run.context("g0000")).genome
+    repair = llm_server.bodies()[-1]["messages"][-1]["content"]
+    assert f"the same code as {first.id}" in repair and "already tried" in repair
+    assert "MATRIX_LR = 0.05" in run.repo.read(child) and branches(run) == ["g0000", first.id, child.id]
+
+
 def test_a_failing_endpoint_is_a_failed_proposal_with_every_attempt_recorded(run, llm_server, mutation):
     llm_server.push(Reply(status=500), Reply(reset=True), Reply(status=502), Reply(status=503))
     with pytest.raises(OperatorError):
