@@ -148,7 +148,7 @@ class Replayer:
         crossover = "## The draft child" in last
         source = _file(last.split("## The draft child", 1)[1] if crossover else last)
         tried = "" if self.blind else _tried(last)
-        clean = "## The conflicts" not in last
+        clean = "## The conflicts" not in last and "but that merge was already tried" not in last
 
         def fits(e: dict[str, Any]) -> bool:
             if e.get("clean_only") and not clean:
