@@ -274,7 +274,7 @@ class LLMCrossover(_LLMOperator):
             allow_no_changes=not hunks and same_as is None and merged_before is None,
         )
         child = answer.result
-        session.bandit.proposed(child.id, model, _best(ctx.parents))
+        session.bandit.proposed(child.id, model, _best((first, second)))
         notes = self._notes(answer, model, prompt.tokens, prompt.trimmed)
         notes.update(base=base, conflicts=len(hunks), kept_merge=answer.edit is None, partner=match.summary(),
                      tier=match.tier)  # fmt: skip
