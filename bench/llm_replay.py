@@ -25,8 +25,8 @@ Reported, from the store after the run:
 - improvement per LLM dollar: (baseline mean - best accepted mean) val_bpb / LLM USD, at the
   prices given (a model the size of gpt-4.1-mini by default), tokens counted as bytes / 3.
 
-    python bench/llm_replay.py --experiments 24 --budget 5 --out docs/bench/llm_replay.json
-    python bench/llm_replay.py --experiments 24 --budget 5 --blind --out /tmp/blind.json
+    python bench/llm_replay.py --experiments 24 --out docs/bench/llm_replay.json
+    python bench/llm_replay.py --experiments 24 --blind --out /tmp/blind.json
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -68,6 +69,7 @@ from trainer import LocalExecutor  # noqa: E402
 ANSWERS = REPO / "bench" / "llm_replay_answers.json"
 MODEL = "replay-mini"
 PRICE = (0.40, 1.60)  # USD per million tokens, prompt and completion (gpt-4.1-mini's list price)
+MAX_USD = 1.0  # the run's LLM cap: a safety net should the recorded ideas run out (each try then fails)
 REPAIR = "Your answer could not be used"
 NOTEBOOK = "Rewrite the notebook"
 _FENCE = re.compile(r"```python\n(.*?)\n```", re.DOTALL)
@@ -198,7 +200,7 @@ def _tried(prompt: str) -> str:
 def make_workspace(root: Path, url: str, budget: float, islands: int, insights_every: int):
     ws = init_workspace(root, run="replay", profile="tiny", islands=islands, budget=budget)
     llm = {"model": MODEL, "base_url": url, "tokenizer": "approx", "insights_every": insights_every,
-           "timeout": 30.0, "backoff": 0.01, "prices": {MODEL: list(PRICE)}}  # fmt: skip
+           "timeout": 30.0, "backoff": 0.01, "prices": {MODEL: list(PRICE)}, "max_usd": MAX_USD}  # fmt: skip
     search = (
         '\n[search]\noperators = ["llm_mutation", "llm_crossover"]\nbaseline_seeds = 2\nmax_seeds = 2\n'
         "proposers = 1\nahead = 1\n"
@@ -241,6 +243,8 @@ def figures(ws, store: Store, run: str, wall: float, served: list[dict[str, Any]
         v: sum(1 for c in calls if getattr(c, attr) == v) for v in sorted({getattr(c, attr) for c in calls})
     }
     crossovers = [i for i in children if i.operator == "llm_crossover"]
+    runs = store.evaluations(run=run)
+    steps = [e.metrics["num_steps"] for e in runs if e.ok and isinstance(e.metrics.get("num_steps"), int)]
     return {
         "experiments": sum(1 for i in children if i.status.value in ("evaluated", "failed")),
         "llm_children": len(children),
@@ -270,6 +274,9 @@ def figures(ws, store: Store, run: str, wall: float, served: list[dict[str, Any]
         "prompt_tokens": sum(c.prompt_tokens for c in calls),
         "completion_tokens": sum(c.completion_tokens for c in calls),
         "notes_versions": len(store.insight_versions(run)),
+        "device_runs": len(runs),
+        "median_steps": statistics.median(steps) if steps else None,
+        "runs_over_budget": sum(1 for e in runs if "over the budget" in e.reason),
         "noise_floor": store.noise_floor(depth, run),
         "wall_seconds": round(wall, 1),
         "served": served,
@@ -295,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with LocalExecutor.cpu(args.slots) as executor:
             engine = Engine(ws, config, executor)
             try:
-                engine.run(install_signals=False)
+                reason = engine.run(install_signals=False)
             finally:
                 engine.close()
     finally:
@@ -304,6 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:
         out = figures(ws, store, "replay", wall, replayer.served)
     out.update(
+        stop_reason=reason.value,
         date=dt.date.today().isoformat(),
         machine=f"{platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
         python=platform.python_version(),
@@ -339,7 +347,9 @@ def _rule(head: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiments", type=int, default=24, help="children to train (default 24)")
-    p.add_argument("--budget", type=float, default=5.0, help="seconds of training per run (default 5)")
+    p.add_argument(
+        "--budget", type=float, default=10.0, help="seconds of training per run (default 10, the profile's)"
+    )
     p.add_argument("--islands", type=int, default=2)
     p.add_argument("--slots", type=int, default=1, help="CPU slots training at once (default 1)")
     p.add_argument("--seed", type=int, default=0)
