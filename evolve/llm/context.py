@@ -228,7 +228,7 @@ def setting(ctx: ProposalContext, parent: Parent | None = None) -> str:
         device = device or p.device
     except Exception:  # an unknown profile name: say what is known
         shape = ""
-    where = f"{gpu} ({device})" if gpu else device or "an unknown device"
+    where = f"{gpu} ({device})" if gpu and gpu != device else device or "an unknown device"
     line = (
         f"Every experiment trains at depth {depth} for {budget:g} s on {where}, profile {profile_name}{shape}, "
         f"then val_bpb is measured on a fixed validation set."
@@ -249,7 +249,8 @@ def _device(ctx: ProposalContext, parent: Parent | None) -> tuple[str, str]:
     for e in reversed(evals):
         if e.device or e.gpu_name:
             kind = "cpu" if e.device.startswith("cpu") or not e.gpu_name else "cuda"
-            return (e.device if e.device.startswith(("cpu", "cuda")) else kind), e.gpu_name
+            gpu = "" if kind == "cpu" else e.gpu_name
+            return (e.device if e.device.startswith(("cpu", "cuda")) else kind), gpu
     return "", ""
 
 
