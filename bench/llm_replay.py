@@ -260,6 +260,8 @@ def figures(ws, store: Store, run: str, wall: float, served: list[dict[str, Any]
         "share_repaired": round(sum(1 for c in answered if c.outcome == "repaired") / len(answered), 3)
         if answered else None,
         "calls_by_purpose": by("purpose"),
+        "unusable_by_purpose": {p: sum(1 for c in answered if c.purpose == p and c.outcome == "unusable")
+                                for p in sorted({c.purpose for c in answered})},
         "calls_by_outcome": by("outcome"),
         "children_by_status": {s: sum(1 for i in children if i.status.value == s)
                                for s in sorted({i.status.value for i in children})},
