@@ -26,7 +26,9 @@ Reported, from the store after the run:
   prices given (a model the size of gpt-4.1-mini by default), tokens counted as bytes / 3.
 
     python bench/llm_replay.py --experiments 24 --out docs/bench/llm_replay.json
-    python bench/llm_replay.py --experiments 24 --blind --out /tmp/blind.json
+    python bench/llm_replay.py --experiments 24 --blind --out docs/bench/llm_replay.json
+
+The JSON file keeps the latest run of each mode (with the tried children, and blind).
 """
 
 from __future__ import annotations
@@ -346,6 +348,22 @@ def _rule(head: str) -> str:
     return "|" + "---|" * (head.count("|") - 1)
 
 
+def save(path: Path, result: Mapping[str, Any]) -> None:
+    """Write `result` into the JSON file at `path` ({"runs": [...]}), replacing the run of the same
+    prompt mode (blind or not), so one file holds the latest run of each."""
+    runs: list[Mapping[str, Any]] = []
+    if path.exists():
+        try:
+            runs = list(json.loads(path.read_text()).get("runs", []))
+        except (ValueError, AttributeError):
+            runs = []
+    runs = [r for r in runs if r.get("settings", {}).get("blind") != result["settings"]["blind"]]
+    runs.append(result)
+    runs.sort(key=lambda r: bool(r["settings"]["blind"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiments", type=int, default=24, help="children to train (default 24)")
@@ -362,8 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     result = run(args)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        save(args.out, result)
     print(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k != "served"}, indent=2))
     return 0
