@@ -53,7 +53,7 @@ weight = 6
 
 class Researcher:
     """The scripted LLM: a mutation raises HEAD_LR or INIT_STD of the parent in the prompt; a
-    crossover raises BETA1 of the draft. Every answer applies and makes new code."""
+    crossover lowers BETA1 of the draft. Every answer applies and makes new code."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -65,9 +65,13 @@ class Researcher:
             n = self.calls
         user = body["messages"][-1]["content"]
         if "## The draft child" in user:
-            knob, text, factor = "BETA1", user.split("## The draft child", 1)[1], 1.0 + 0.01 * n
-        else:
-            knob, text, factor = ("HEAD_LR", "INIT_STD")[n % 2], user.split("## train.py of", 1)[1], 3.0
+            knob, text, factor = "BETA1", user.split("## The draft child", 1)[1], 1.0 - 0.01 * n
+        else:  # a new value every time: never code already tried (that would be sent back for repair)
+            knob, text, factor = (
+                ("HEAD_LR", "INIT_STD")[n % 2],
+                user.split("## train.py of", 1)[1],
+                3.0 + 0.01 * n,
+            )
         match = re.search(rf"^{knob} = ([0-9.e-]+).*$", text, re.MULTILINE)
         assert match, f"no {knob} line in the prompt"
         new = f"{knob} = {min(0.99, float(match.group(1)) * factor):.4g}"

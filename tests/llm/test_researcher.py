@@ -45,7 +45,8 @@ class Researcher:
                 text = user.split("## The draft child", 1)[1]
             else:
                 self.mutations += 1
-                knob, factor, n = KNOBS[self.mutations % len(KNOBS)], 3.0, self.mutations
+                n = self.mutations  # a new value every time: never code already tried
+                knob, factor = KNOBS[n % len(KNOBS)], 3.0 + 0.01 * n
                 text = user.split("## train.py of", 1)[1]
         match = re.search(rf"^{knob} = ([0-9.e-]+).*$", text, re.MULTILINE)
         assert match, f"no {knob} line in the prompt"
