@@ -30,7 +30,9 @@ from .records import (
     Evaluation,
     Event,
     Individual,
+    Insight,
     LineageKind,
+    LLMCall,
     Purpose,
     Ranked,
     Run,
@@ -38,10 +40,11 @@ from .records import (
     _evaluation,
     _individual,
 )
+from .store_llm import LLMRecords
 
 __all__ = [
-    "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "LineageKind",
-    "Purpose", "Ranked", "Run", "Status", "Store",
+    "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "Insight",
+    "LLMCall", "LineageKind", "Purpose", "Ranked", "Run", "Status", "Store",
 ]  # fmt: skip
 
 BUSY_TIMEOUT_MS = 30_000
@@ -66,7 +69,7 @@ _OPERATOR_STATS = """
     GROUP BY i.operator ORDER BY i.operator"""
 
 
-class Store:
+class Store(LLMRecords):
     """The SQLite store. Safe to share between threads; open it once per process.
 
     >>> store = Store(workspace / ".evolve" / "evolve.db")
@@ -546,7 +549,7 @@ class Store:
             for r in rows
         }
 
-    # --- events, LLM calls, insights ---
+    # --- events (LLM calls and meta-insights: see LLMRecords) ---
 
     def add_event(self, kind: str, payload: Mapping[str, Any] | None = None, run: str | None = None) -> int:
         with self.transaction() as conn:
@@ -579,73 +582,6 @@ class Store:
             Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"]))
             for r in self._query(sql, params)
         ]
-
-    def add_llm_call(
-        self,
-        *,
-        model: str,
-        ok: bool,
-        operator: str = "",
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        cost: float = 0.0,
-        latency: float = 0.0,
-        error: str = "",
-        run: str | None = None,
-        individual: str | None = None,
-    ) -> int:
-        """Record one LLM call; returns its row id (for `assign_llm_calls` once the child exists)."""
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO llm_calls (time, run, model, operator, prompt_tokens, completion_tokens,"
-                " cost, latency, ok, error, individual) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), run, model, operator, prompt_tokens, completion_tokens, cost, latency,
-                 int(ok), error, individual),
-            )  # fmt: skip
-            return int(cur.lastrowid or 0)
-
-    def assign_llm_calls(self, call_ids: Sequence[int], individual: str) -> None:
-        """Name the individual that the calls `call_ids` (made while proposing it) were for."""
-        if not call_ids:
-            return
-        with self.transaction() as conn:
-            conn.executemany(
-                "UPDATE llm_calls SET individual = ? WHERE id = ?", [(individual, i) for i in call_ids]
-            )
-
-    def llm_calls(self, *, run: str | None = None, individual: str | None = None) -> list[dict[str, Any]]:
-        """LLM calls oldest first, of one run and/or made for one individual, as plain dicts."""
-        where, params = [], []
-        for col, value in (("run", run), ("individual", individual)):
-            if value is not None:
-                where.append(f"{col} = ?")
-                params.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        rows = self._query(f"SELECT * FROM llm_calls{clause} ORDER BY id", params)
-        return [{**dict(r), "ok": bool(r["ok"])} for r in rows]
-
-    def llm_spend(self, run: str | None = None) -> dict[str, float]:
-        """Totals over LLM calls: calls, failures, tokens, cost and mean latency."""
-        sql = (
-            "SELECT COUNT(*) AS calls, COALESCE(SUM(1 - ok), 0) AS failures,"
-            " COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
-            " COALESCE(AVG(latency), 0) AS mean_latency FROM llm_calls"
-        )
-        row = self._query(sql + (" WHERE run = ?" if run else ""), (run,) if run else ())[0]
-        return {k: row[k] for k in row.keys()}
-
-    def add_insight(self, text: str, run: str | None = None) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO meta_insights (time, run, text) VALUES (?, ?, ?)", (time.time(), run, text)
-            )
-
-    def insights(self, run: str | None = None, limit: int = 20) -> list[str]:
-        """The most recent insights, oldest of them first."""
-        sql = "SELECT text FROM meta_insights" + (" WHERE run = ?" if run else "")
-        rows = self._query(sql + " ORDER BY id DESC LIMIT ?", ((run,) if run else ()) + (limit,))
-        return [r[0] for r in reversed(rows)]
 
     # --- housekeeping ---
 

@@ -276,8 +276,8 @@ def test_events_llm_calls_insights_and_disk_use(store, tmp_path):
     failed = store.add_llm_call(model="gpt", ok=False, error="429", latency=4.0, run="r1")
     store.assign_llm_calls([failed], "base")
     (mine,) = store.llm_calls(individual="base")
-    assert mine["id"] == failed and mine["ok"] is False and mine["error"] == "429" and mine["model"] == "gpt"
-    assert [c["ok"] for c in store.llm_calls(run="r1")] == [True, False] and store.llm_calls(run="r2") == []
+    assert mine.id == failed and mine.ok is False and mine.error == "429" and mine.model == "gpt"
+    assert [c.ok for c in store.llm_calls(run="r1")] == [True, False] and store.llm_calls(run="r2") == []
     spend = store.llm_spend("r1")
     assert spend["calls"] == 2 and spend["failures"] == 1 and spend["prompt_tokens"] == 100
     assert spend["cost"] == pytest.approx(0.01) and spend["mean_latency"] == pytest.approx(3.0)
@@ -383,3 +383,30 @@ def test_a_second_process_reads_consistent_snapshots_while_a_run_writes(store, d
         assert writer.wait(timeout=60) == 0
     assert seen == sorted(seen) and seen[-1] == n
     assert any(0 < k < n for k in seen), "the reader never ran while the writer was writing"
+
+
+def test_notes_of_an_older_store_become_versions_and_llm_calls_gain_outcomes(db):
+    old = Store(db, migrations=tuple(m for m in MIGRATIONS if m.version < 20))
+    old.add_run("r1", strategy="population", profile="tiny")
+    conn = old._conn()
+    for run, text in (("r1", "first"), (None, "elsewhere"), ("r1", "second")):
+        conn.execute("INSERT INTO meta_insights (time, run, text) VALUES (0, ?, ?)", (run, text))
+    conn.execute("INSERT INTO llm_calls (time, run, model, ok) VALUES (0, 'r1', 'm1', 1)")
+    old.close()
+    new = Store(db)
+    assert new.applied == [20, 21]
+    assert [(v.version, v.text) for v in new.insight_versions("r1")] == [(1, "first"), (2, "second")]
+    assert new.add_insight("third", run="r1", items=[{"kind": "helped", "text": "x", "cites": []}]) == 3
+    (latest,) = new.insight_versions("r1", limit=1)
+    assert (
+        latest.text == "third" and latest.items[0]["kind"] == "helped" and new.insights("r1")[-1] == "third"
+    )
+    (call,) = new.llm_calls("r1")
+    assert (call.purpose, call.outcome) == ("", "") and new.llm_text(call.id) is None  # not recorded then
+    kept = new.add_llm_call(model="m1", ok=True, run="r1", purpose="repair", prompt=[{"role": "user", "content": "hi"}],
+                            answer="DESCRIPTION: x")  # fmt: skip
+    new.settle_llm_call(kept, "unusable", "no SEARCH/REPLACE blocks found")
+    assert new.llm_text(kept) == ([{"role": "user", "content": "hi"}], "DESCRIPTION: x")
+    assert new.llm_spend("r1")["unusable"] == 1
+    with pytest.raises(ValueError):
+        new.settle_llm_call(kept, "fine")

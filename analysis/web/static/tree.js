@@ -171,8 +171,14 @@
     out.push(el("h3", {}, "LLM"));
     const llm = d.llm;
     if (llm.calls.length) {
-      out.push(table(["time", "model", "tokens in / out", "cost", "latency", "result"], llm.calls.map((c) => [
-        fmt.time(c.time), c.model, `${c.prompt_tokens} / ${c.completion_tokens}`, fmt.usd(c.cost), `${fmt.num(c.latency, 1)} s`, c.ok ? "ok" : `failed: ${c.error}`]), "llm"));
+      out.push(table(["time", "model", "for", "tokens in / out", "cost", "latency", "result"], llm.calls.map((c) => [
+        fmt.time(c.time), c.model, c.purpose || "–", `${c.prompt_tokens} / ${c.completion_tokens}`, fmt.usd(c.cost), `${fmt.num(c.latency, 1)} s`,
+        c.ok ? (c.outcome ? `${c.outcome}${c.why ? ": " + c.why : ""}` : "ok") : `failed: ${c.error}`]), "llm"));
+      llm.calls.filter((c) => c.messages).forEach((c) => {
+        const prompt = c.messages.map((m) => `[${m.role}]\n${m.content}`).join("\n\n");
+        out.push(el("details", {}, el("summary", {}, `prompt and answer of call ${c.id} (${c.purpose || "call"})`),
+          el("pre", { class: "log" }, prompt), el("pre", { class: "log" }, c.answer || "(no answer)")));
+      });
     } else {
       out.push(el("p", { class: "note" }, `No LLM call was made for this individual (${d.operator}).`));
     }
@@ -181,7 +187,6 @@
       out.push(el("p", { class: "note" }, "What the proposal recorded (the LLM's rationale, when it gave one):"),
         el("pre", { class: "notes" }, notes.map(([k, v]) => `${k}: ${typeof v === "string" ? v : JSON.stringify(v)}`).join("\n")));
     }
-    if (llm.calls.length) out.push(el("p", { class: "note" }, "The store keeps each call's model, tokens, cost and latency; it does not keep the prompt's text."));
     return out;
   }
 
