@@ -58,7 +58,9 @@ def individual(view: WebView, run: str, ind_id: str) -> dict[str, Any]:
         calls = []
         for call in store.llm_calls(individual=ind_id):
             text = store.llm_text(call.id)  # the prompt's messages and the answer, when kept
-            calls.append({**asdict(call), "messages": text[0] if text else None, "answer": text[1] if text else None})
+            calls.append(
+                {**asdict(call), "messages": text[0] if text else None, "answer": text[1] if text else None}
+            )
         proposed = [e for e in store.events(run, kind="proposed") if e.payload.get("id") == ind_id]
     evs = []
     for e in evaluations:

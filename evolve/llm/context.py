@@ -220,17 +220,20 @@ def setting(ctx: ProposalContext, parent: Parent | None = None) -> str:
     budget = float(saved.get("budget") or ctx.settings.budget)
     depth = int(saved.get("depth") or ctx.depth)
     device, gpu = _device(ctx, parent)
+    unit = "seconds"
     try:
         from prepare.profiles import get_profile
 
         p = get_profile(profile_name)
         shape = f" (sequence {p.seq_len}, vocabulary {p.vocab_size})"
         device = device or p.device
+        unit = p.budget_unit
     except Exception:  # an unknown profile name: say what is known
         shape = ""
     where = f"{gpu} ({device})" if gpu and gpu != device else device or "an unknown device"
+    amount = f"{budget:g} s" if unit == "seconds" else f"{budget:,.0f} training tokens"
     line = (
-        f"Every experiment trains at depth {depth} for {budget:g} s on {where}, profile {profile_name}{shape}, "
+        f"Every experiment trains at depth {depth} for {amount} on {where}, profile {profile_name}{shape}, "
         f"then val_bpb is measured on a fixed validation set."
     )
     if device.startswith("cpu"):

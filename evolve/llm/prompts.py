@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 NO_CHANGES = "NO CHANGES"
 SYSTEM_INTRO = (
     "You are an ML researcher in an evolutionary search over a language model's training script. "
-    "Each proposal of yours is trained for a fixed time budget and scored by val_bpb (lower is "
+    "Each proposal of yours is trained for a fixed budget and scored by val_bpb (lower is "
     "better); the best become parents of later proposals. The human's research instructions "
     "(program.md) follow; they decide what is allowed and how to answer.\n\n"
 )

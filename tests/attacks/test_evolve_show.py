@@ -48,7 +48,9 @@ def test_each_attack_is_invalid_or_refused_and_evolve_show_says_why(tmp_path, us
     attacks = {a.name: a for a in ATTACKS}
     values = {"STORE": str(ws.state_dir), "DATA": str(use_tiny_data), "PREPARE": "/nonexistent"}
     with LocalExecutor.cpu(2) as executor:
-        engine = Engine(ws, EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=len(CHOSEN))), executor)
+        engine = Engine(
+            ws, EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=len(CHOSEN))), executor
+        )
         engine.start()
         base = engine.repo.get("g0000")
         ids = {}

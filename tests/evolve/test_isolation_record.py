@@ -26,7 +26,9 @@ def test_isolation_and_the_budget_unit_are_stored_and_status_warns_when_a_score_
         store.add_run("iso", strategy="population", profile="tiny", settings={"islands": 1, "depth": 2})
         store.add_individual(id="g0000", run="iso", commit=ws.repo().baseline().commit, operator="baseline",
                              description="baseline")  # fmt: skip
-        store.record_evaluation(Evaluation.from_result("g0000", _result("bubblewrap 0.8.0"), purpose=Purpose.BASELINE))
+        store.record_evaluation(
+            Evaluation.from_result("g0000", _result("bubblewrap 0.8.0"), purpose=Purpose.BASELINE)
+        )
     quiet = runner.invoke(main, ["status", "-w", str(ws.root)])
     assert quiet.exit_code == 0, quiet.output
     assert "without isolation" not in quiet.output
