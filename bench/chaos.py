@@ -88,14 +88,14 @@ def chaos_train_py(folder: Path) -> Path:
     """The bigram train.py with the scratch file (see SCRATCH), written into `folder`."""
     text = BIGRAM.read_text()
     text = text.replace("cfg = prepare.run_config()\n", SCRATCH, 1).replace(
-        "import time\n", "import time\nfrom pathlib import Path\n", 1
+        "import prepare\n", "from pathlib import Path\n\nimport prepare\n", 1
     )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.py").write_text(text)
     return folder / "train.py"
 
 
-def make_workspace(root: Path, train_py: Path | None = None, budget: float = 3.0) -> Workspace:
+def make_workspace(root: Path, train_py: Path | None = None, budget: float = 81920) -> Workspace:
     """A fresh workspace for the tiny profile whose evolve.toml (committed) holds the search settings."""
     train_py = train_py or chaos_train_py(root.with_name(root.name + "-src"))
     ws = init_workspace(root, run=RUN, profile="tiny", islands=2, budget=budget, train_py=train_py)
@@ -176,7 +176,7 @@ def dirty(path: Path) -> str:
 
 def leftover_runs(ws: Workspace) -> list[int]:
     """Training processes (tagged by the trainer) still working in this workspace's pool."""
-    return pool_runs(ws.root / POOL_DIR)
+    return pool_runs(ws.root / POOL_DIR, ws.state_dir / "logs")
 
 
 def optuna_running(ws: Workspace, uncommitted: bool = False) -> int:

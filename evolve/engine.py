@@ -202,7 +202,9 @@ class Engine:
                 "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
             )
         baseline = self.repo.ensure_baseline()
-        leftovers = kill_leftover_runs(self.ws.root / POOL_DIR)  # a SIGKILLed session's runs
+        leftovers = kill_leftover_runs(
+            self.ws.root / POOL_DIR, self.ws.state_dir / "logs"
+        )  # a SIGKILLed session's runs
         if leftovers:
             self.event("leftover_runs_killed", pids=leftovers)
         self.pool = WorktreePool(self.repo, self.executor.slots, start=baseline.commit)

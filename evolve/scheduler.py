@@ -438,14 +438,15 @@ def kill_training_children() -> list[int]:
     return killed
 
 
-def kill_leftover_runs(pool_dir: Path, wait: float = 10.0) -> list[int]:
-    """SIGKILL training runs that a killed `evolve run` left working in this workspace's pool.
+def kill_leftover_runs(pool_dir: Path, logs_dir: Path | None = None, wait: float = 10.0) -> list[int]:
+    """SIGKILL training runs that a killed `evolve run` left working in this workspace.
 
-    A controller killed with SIGKILL cannot take its runs with it: they go on, holding a device
-    (and its memory) and writing into a worktree the next session reuses. On resume, every
-    process the trainer tagged whose working directory is a slot of the pool (`<pool_dir>/<n>`;
-    validation worktrees are named otherwise) is killed with its process group, and waited for."""
-    killed = pool_runs(pool_dir)
+    A controller killed with SIGKILL cannot always take its runs with it: a sandboxed run dies
+    with it (bubblewrap's --die-with-parent), but one run without isolation goes on, holding a
+    device (and its memory) and writing into folders the next session reuses. On resume, every
+    process the trainer tagged that works in one of this workspace's engine runs (see `pool_runs`)
+    is killed with its process group, and waited for. `evolve validate`'s runs are left alone."""
+    killed = pool_runs(pool_dir, logs_dir)
     for pid in killed:
         try:
             group = os.getpgid(pid)
@@ -460,10 +461,25 @@ def kill_leftover_runs(pool_dir: Path, wait: float = 10.0) -> list[int]:
     return killed
 
 
-def pool_runs(pool_dir: Path) -> list[int]:
-    """Processes (other than us) that the trainer tagged and whose working directory is in a slot
-    of the pool (`<pool_dir>/<n>`, or below it), sorted."""
+def _engine_run_folder(cwd: Path, pool: Path, logs: Path | None) -> bool:
+    """True for a slot of the pool (`<pool>/<n>` or below) and for the copy an engine run trains
+    in (`<logs>/<individual>/<purpose>-s<seed>-<session>/run-<hex>/...`, not a validation's)."""
+    if cwd.is_relative_to(pool):
+        rel = cwd.relative_to(pool).parts
+        return bool(rel) and rel[0].isdigit()
+    if logs is not None and cwd.is_relative_to(logs):
+        rel = cwd.relative_to(logs).parts
+        return len(rel) >= 3 and not rel[1].startswith("validation-") and rel[2].startswith("run-")
+    return False
+
+
+def pool_runs(pool_dir: Path, logs_dir: Path | None = None) -> list[int]:
+    """Processes (other than us) that the trainer tagged and whose working directory is one of the
+    engine's: a slot of the pool, or (with `logs_dir`, the workspace's `.evolve/logs`) the copy of
+    a worktree that a run trains in. Sorted. A sandboxed run's outer bubblewrap process is found
+    this way (the processes inside see other paths); killing its group ends the sandbox."""
     base = pool_dir.resolve()
+    logs = logs_dir.resolve() if logs_dir is not None else None
     tag = f"{TAG_VAR}=".encode()
     me = os.getpid()
     found = []
@@ -475,8 +491,7 @@ def pool_runs(pool_dir: Path) -> list[int]:
             environ = Path("/proc", entry, "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        rel = cwd.relative_to(base).parts if cwd.is_relative_to(base) else ()
-        if rel and rel[0].isdigit() and any(item.startswith(tag) for item in environ):
+        if _engine_run_folder(cwd, base, logs) and any(item.startswith(tag) for item in environ):
             found.append(int(entry))
     return sorted(found)
 

@@ -4,10 +4,11 @@
         --seq-len T --eval-tokens N --device cpu|cuda --result-fd FD [--wait]
 
 The trainer starts it (in a sandbox of its own that sees the validation split, the artifact and
-the device, and nothing of the training run's) as soon as the graph arrives, so importing torch
-and checking the graph overlap the training. With `--wait` it then waits for a line `go` on stdin
-(the weights are there and the training process is gone), loads the weights, scores the model
-with `prepare.metric.evaluate_bpb` and writes one JSON object to the result descriptor:
+the device, and nothing of the training run's) when the run starts, so importing torch overlaps
+the training run's own start-up. With `--wait` it then waits for a line `graph` on stdin (the
+graph has arrived) and checks the graph while the run trains, then for a line `go` (the weights
+are there and the training process is stopped), loads the weights, scores the model with
+`prepare.metric.evaluate_bpb` and writes one JSON object to the result descriptor:
 `{"status": "ok", "val_bpb": ..., ...}`, or `{"status": "invalid" | "crash" | "oom", "reason": ...}`.
 """
 
@@ -32,6 +33,8 @@ def _run(args) -> dict:
     from .artifact import ArtifactError, load
     from .metric import evaluate_bpb
 
+    if args.wait and sys.stdin.readline().strip() != "graph":
+        return {"status": "aborted", "reason": "the trainer called the evaluation off"}
     started = time.monotonic()
     with open(args.graph, "rb") as f:
         graph = f.read()

@@ -82,18 +82,29 @@ class Policy:
     secret: tuple[str, ...] = ()
     hidden: tuple[str, ...] = ()  # the harness's folders: neither read nor written, wherever they are
 
+    def _depth(self, path: str, roots: tuple[str, ...]) -> int:
+        return max((len(r) for r in roots if _under(path, (r,))), default=-1)
+
+    def hides(self, path: str) -> bool:
+        """The harness's, unless a more specific root of the run holds it (without namespaces a
+        run's own copy of its worktree lives in the harness's log folder)."""
+        depth = self._depth(path, self.hidden)
+        return depth >= 0 and depth > max(self._depth(path, self.writable), self._depth(path, self.readable))
+
     def allows(self, path: str) -> bool:
         """A write is allowed where the most specific root holding the path is a writable one
         (prepare under the run's /tmp, say, stays read-only)."""
-        if _under(path, self.hidden):
+        if self.hides(path):
             return False
-        best = lambda roots: max((len(r) for r in roots if _under(path, (r,))), default=-1)  # noqa: E731
-        return best(self.writable) >= 0 and best(self.writable) >= best(self.readable)
+        writable = self._depth(path, self.writable)
+        return writable >= 0 and writable >= self._depth(path, self.readable)
 
     def may_read(self, path: str) -> bool:
-        if path in self.secret or _under(path, self.hidden):
+        if path in self.secret or self.hides(path):
             return False
-        return path == "/" or _under(path, self.readable) or _under(path, self.writable)
+        roots = (*self.readable, *self.writable)
+        # a folder above one of the run's roots shows names only (the run's own, in a sandbox)
+        return path == "/" or _under(path, roots) or any(_under(root, (path,)) for root in roots)
 
 
 def _python_roots() -> list[str]:
@@ -132,7 +143,7 @@ class _Hook:
     def check(self, path: str | None) -> None:
         if path is None or self.policy.allows(path):
             return
-        if _under(path, self.policy.hidden):
+        if self.policy.hides(path):
             self.deny(f"write {path}: {HARNESS}")
         self.deny(
             f"write {path}: train.py may write only in its worktree, its temp dir and the compile cache"
@@ -141,7 +152,7 @@ class _Hook:
     def check_read(self, path: str | None) -> None:
         if path is None or self.policy.may_read(path):
             return
-        if _under(path, self.policy.hidden):
+        if self.policy.hides(path):
             self.deny(f"read {path}: {HARNESS}")
         self.deny(
             f"read {path}: it is not the run's (the run sees its worktree, its Python and the tokenizer)"
@@ -169,7 +180,10 @@ class _Hook:
         if event == "open":
             path, mode, flags = args
             writes = bool((flags or 0) & _WRITE_FLAGS) or any(c in (mode or "") for c in "wax+")
-            (self.check if writes else self.check_read)(self.resolve(path))
+            resolved = self.resolve(path)
+            if not writes and _import_marker(path, resolved):
+                return  # zipimport trying a marker of sys.path (the open fails: nothing is there)
+            (self.check if writes else self.check_read)(resolved)
         elif event in ("os.listdir", "os.scandir"):
             # absolute paths only: the import system lists sys.path entries, some of which are
             # markers, not folders (an editable install's path hook); a relative path is under
@@ -189,6 +203,17 @@ class _Hook:
             for i in _WRITES[event]:
                 if i < len(args):
                     self.check(self.resolve(args[i], dir_fd))
+
+
+def _import_marker(path, resolved: str | None) -> bool:
+    """A relative entry of sys.path that names nothing (an editable install's path hook, say)."""
+    return (
+        isinstance(path, str)
+        and not os.path.isabs(path)
+        and path in sys.path
+        and resolved is not None
+        and not os.path.lexists(resolved)
+    )
 
 
 _ACTIVE: _Hook | None = None

@@ -1,4 +1,5 @@
-"""The evaluator process: started when the graph arrives, told to go once the training process is gone.
+"""The evaluator process: started with the run, shown the graph when it arrives, told to go once
+the training process is stopped (its imports and its check of the graph overlap the run).
 
 It runs `prepare.evaluate` with the trainer's own Python and prepare (never the run's PYTHONPATH),
 in a sandbox of its own that holds the prepared data with its validation split, the artifact
@@ -21,6 +22,7 @@ import prepare
 
 from .env import scrubbed
 from .isolation import Sandbox, library_paths
+from .process import dies_with_parent
 
 LAUNCH = "import prepare.evaluate as e; e.main()"
 
@@ -30,7 +32,7 @@ def _own_prepare_root() -> str:
 
 
 class Evaluator:
-    """One evaluation. `start` as early as the graph exists; `go` when the weights are in."""
+    """One evaluation. `start` with the run, `graph` when the graph is in, `go` when the weights are."""
 
     def __init__(
         self,
@@ -53,6 +55,8 @@ class Evaluator:
         self.proc: subprocess.Popen | None = None
         self._read_fd: int | None = None
         self.started_at: float | None = None
+        self.graph_sent = False
+        self.go_at: float | None = None
 
     def _env(self) -> dict[str, str]:
         env = scrubbed(self.parent_env)
@@ -101,19 +105,34 @@ class Evaluator:
         self.tmp.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, cwd=self.tmp, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                dies_with_parent(cmd), cwd=self.tmp, env=env, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                 pass_fds=(write_fd,), start_new_session=True,
             )  # fmt: skip
         os.close(write_fd)
         self._read_fd = read_fd
         self.started_at = time.monotonic()
 
+    def _tell(self, line: bytes) -> None:
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        except OSError:  # it is gone: its answer (or none) says why
+            pass
+
+    def graph(self) -> None:
+        """The graph is in the artifact folder: check it now, while the run trains."""
+        self.start()
+        if not self.graph_sent:
+            self.graph_sent = True
+            self._tell(b"graph\n")
+
     def go(self, limit: float) -> dict:
         """Let it score; its answer, or a crash / timeout document when it gave none in `limit` s."""
-        self.start()
+        self.graph()
         assert self.proc is not None and self._read_fd is not None
+        self.go_at = time.monotonic()
+        self._tell(b"go\n")
         try:
-            self.proc.stdin.write(b"go\n")
             self.proc.stdin.close()
         except OSError:
             pass
@@ -128,13 +147,10 @@ class Evaluator:
         if self.proc is None:
             return
         try:
-            self.proc.stdin.close()  # EOF instead of "go": it stops without scoring
+            self.proc.stdin.close()
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._kill()
+        self._kill()  # nothing of it is wanted (and it may still be importing torch)
         if self._read_fd is not None:
             os.close(self._read_fd)
             self._read_fd = None

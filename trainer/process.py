@@ -6,6 +6,12 @@ the group is killed too. torchrun starts its workers in sessions of their own, s
 also tagged through an environment variable and swept from /proc by that tag, and so is any
 process that still holds the run's output pipe (one that started a new session with a cleared
 environment). A process that leaves all three is out of reach (docs/SECURITY.md).
+
+The child also dies with the controller: it is started through a few lines of Python that ask
+the kernel for SIGKILL when its parent goes (PR_SET_PDEATHSIG, kept across exec) and then exec
+the command. A sandboxed run's bubblewrap takes the processes inside along (--die-with-parent); a
+run without isolation loses its main process at once, and what that left behind in a session of
+its own is killed by the next session (evolve.scheduler.kill_leftover_runs).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +28,23 @@ from pathlib import Path
 
 TAG_VAR = "EVOLVE_RUN_TAG"
 TAIL_BYTES = 256 * 1024  # kept in memory whatever the log cap, so the real end is always seen
+# argv: controller pid, command...; SIGKILL (9) on the parent's death (PR_SET_PDEATHSIG is 1), then exec
+_DIE_WITH_PARENT = """import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0) != 0:
+    sys.exit("[trainer] prctl(PR_SET_PDEATHSIG) failed: " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    print(f"[trainer] cannot start {sys.argv[2]}: {exc}", flush=True)
+    os._exit(127)
+"""
+
+
+def dies_with_parent(cmd: Sequence[str]) -> list[str]:
+    """`cmd` behind the launcher that makes it die with this process (see the module's doc)."""
+    return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd]
 
 
 @dataclass(frozen=True)
@@ -190,7 +214,7 @@ def supervise(
         sink = _Sink(log, log_limit)
         start = time.monotonic()
         proc = subprocess.Popen(
-            list(cmd),
+            dies_with_parent(cmd),
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,

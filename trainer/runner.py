@@ -46,7 +46,9 @@ from .result import RunResult, Status
 
 LOG_LIMIT = 50 * 2**20  # bytes of log kept per run; the rest is drained and dropped
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL at the deadline
-EXIT_GRACE = 30.0  # seconds a run may take to exit once it has handed over its weights
+# Seconds a run may go on once its weights are in; then it is stopped, no fault. Nothing it does
+# after the handover counts, and the interpreter's (and CUDA's) teardown alone takes seconds.
+EXIT_GRACE = 1.0
 WORKTREE_LIMIT = 256 * 2**20  # bytes of worktree files copied into a run
 INSIDE = Path("/evolve")  # where a sandboxed run sees its own folders
 
@@ -428,8 +430,8 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
 
     def poll() -> str | None:
         led = server.ledger
-        if led.graph_at is not None and evaluator.proc is None:
-            evaluator.start()  # from this thread, which outlives the run (a death signal follows it)
+        if led.graph_at is not None and not evaluator.graph_sent:
+            evaluator.graph()
         reason = server.tick()
         if reason is None and led.weights_at is not None and time.monotonic() - led.weights_at > exit_grace:
             return "exit"  # it handed over its model and did not exit: stopped, no fault
@@ -443,19 +445,22 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
         f"profile {prof.name}, devices {','.join(devs)}, isolation {provenance['isolation']}, "
         f"compile cache {'warm' if warm else 'cold'}\n"
     )
+    launched = time.monotonic()
     try:
+        evaluator.start()  # from this thread, which outlives the run (a death signal follows it)
         outcome = supervise(
             cmd, cwd=run.work, env=env, limit=limit, log_path=log_path, tag=secrets.token_hex(8),
             log_limit=log_limit, grace=grace, poll=poll,
         )  # fmt: skip
+    except BaseException:
+        evaluator.abort()
+        raise
     finally:
         server.close()
     if run.isolated and outcome.returncode is not None and 128 < outcome.returncode <= 128 + 64:
         # bubblewrap reports a child killed by signal N as exit code 128 + N
         outcome = dataclasses.replace(outcome, returncode=128 - outcome.returncode)
     led = server.ledger
-    if led.graph_at is not None and evaluator.proc is None:
-        evaluator.start()
     tampering = ""
     if package_hash(child_prepare) != prepare_before:
         tampering = f"the prepare package at {child_prepare} changed during the run"
@@ -465,6 +470,7 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
         and not led.problems
         and (outcome.returncode == 0 or outcome.stopped == "exit")
     )
+    exited = time.monotonic()
     if handed_over and not tampering:
         score = evaluator.go(limit=startup + 60 * (1 + prof.eval_tokens / 2**20))
     else:
@@ -475,17 +481,27 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
     train_end = log_path.stat().st_size
     _append_eval_log(log_path)
     with open(log_path, "a") as log:
+        ended = (
+            f"stopped {exit_grace:g} s after its handover"
+            if outcome.stopped == "exit"
+            else f"exit code {outcome.returncode}"
+        )
         log.write(
-            f"\n[trainer] exit code {outcome.returncode} after {outcome.wall_seconds:.1f} s: "
-            f"{verdict.status.value} ({verdict.reason})\n"
+            f"\n[trainer] {ended}, {outcome.wall_seconds:.1f} s in: {verdict.status.value} ({verdict.reason})\n"
         )
         if verdict.status is Status.OK:
             log.write(
                 "[trainer] ---\n" + "".join(f"[trainer] {k}: {v}\n" for k, v in verdict.metrics.items())
             )
+    timeline = _timeline(launched, led, exited, evaluator.go_at if score is not None else None)
+    with open(log_path, "a") as log:
+        log.write(
+            "[trainer] timeline (s from launch): " + ", ".join(f"{k} {v}" for k, v in timeline.items()) + "\n"
+        )
     extra = {
         "output_bytes": outcome.output_bytes,
         "compile_cache": "warm" if warm else "cold",
+        "timeline": timeline,
         **verdict.extra,
     }
     if outcome.truncated:
@@ -503,6 +519,18 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
         extra=extra,
         **provenance,
     )
+
+
+def _timeline(launched: float, led, exited: float, eval_started: float | None) -> dict[str, float]:
+    """Where a run's wall clock went, in seconds from its launch: the first batch (the start-up:
+    imports, the model, the warm-up), the graph, the weights, the training process's end, the
+    evaluator told to go and its answer (the end)."""
+    marks = {"first_batch": led.window_start, "graph": led.graph_at, "weights": led.weights_at,
+             "exit": exited, "go": eval_started}  # fmt: skip
+    out = {k: round(v - launched, 2) for k, v in marks.items() if v is not None}
+    if eval_started is not None:
+        out["scored"] = round(time.monotonic() - launched, 2)
+    return out
 
 
 def _log_after(log_path: Path, offset: int) -> str:

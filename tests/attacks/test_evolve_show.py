@@ -37,12 +37,10 @@ CHOSEN = (
 
 
 def test_each_attack_is_invalid_or_refused_and_evolve_show_says_why(tmp_path, use_tiny_data):
-    source = rewrite_hyperparams(BASELINE.read_text(), FAST)
-    ws = init_workspace(tmp_path / "ws", run="atk", profile="tiny", islands=1, budget=4096, train_py=None)
-    (ws.root / "train.py").write_text(source)
-    repo = ws.repo()
-    repo.git("commit", "-q", "-am", "the baseline with small CPU steps")
-    repo.git("branch", "-f", "evo/atk/g0000", "HEAD")
+    fast = tmp_path / "fast" / "train.py"  # the baseline with small CPU steps
+    fast.parent.mkdir()
+    fast.write_text(rewrite_hyperparams(BASELINE.read_text(), FAST))
+    ws = init_workspace(tmp_path / "ws", run="atk", profile="tiny", islands=1, budget=4096, train_py=fast)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write('\n[search]\nbaseline_seeds = 1\noperators = ["optuna_tweak"]\n')
     attacks = {a.name: a for a in ATTACKS}

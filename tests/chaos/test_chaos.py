@@ -41,6 +41,15 @@ import prepare
 cfg = prepare.run_config()
 time.sleep(120)
 """
+# ... and one that also leaves a process of its own behind, in a session of its own.
+DETACHING_TRAIN = """
+import subprocess, sys, time
+import prepare
+
+cfg = prepare.run_config()
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+time.sleep(120)
+"""
 
 
 def _kill_group(pid: int) -> None:
@@ -124,30 +133,64 @@ def test_the_checks_catch_every_kind_of_damage_a_crash_could_leave(tmp_path, tin
     assert "children trained, 5 asked for" in problems
 
 
-def test_a_resume_kills_the_training_runs_a_sigkilled_controller_left_behind(
+def _start_controller(tmp_path, tiny_data, train: str, isolation: str):
+    script = tmp_path / "slow_train.py"
+    script.write_text(train)
+    ws = chaos.make_workspace(tmp_path / "ws", train_py=script)
+    env = {**chaos.controller_env(tmp_path / "home", tiny_data), "EVOLVE_ISOLATION": isolation}
+    controller = subprocess.Popen(
+        chaos.controller_cmd(ws, 1, 1), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    return ws, controller
+
+
+def _wait_for_runs(ws, controller, at_least: int = 1) -> list[int]:
+    deadline = time.time() + 120
+    runs: list[int] = []
+    while len(runs) < at_least and time.time() < deadline and controller.poll() is None:
+        time.sleep(0.2)
+        runs = chaos.leftover_runs(ws)
+    assert len(runs) >= at_least, f"the baseline's run never started: {runs}"
+    time.sleep(1.0)  # past the trainer's own set-up: the run is training now
+    return chaos.leftover_runs(ws)
+
+
+@pytest.mark.parametrize("isolation", ["bwrap", "none"])
+def test_a_training_run_dies_with_its_sigkilled_controller(tmp_path, tiny_data, isolation):
+    ws, controller = _start_controller(tmp_path, tiny_data, SLOW_TRAIN, isolation)
+    runs: list[int] = []
+    try:
+        runs = _wait_for_runs(ws, controller)
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(30)
+        deadline = time.time() + 10
+        while chaos.leftover_runs(ws) and time.time() < deadline:
+            time.sleep(0.1)
+        assert chaos.leftover_runs(ws) == []  # nothing kept training (or holding a device)
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+        for pid in runs:
+            _kill_group(pid)
+
+
+def test_a_resume_kills_what_a_run_left_behind_when_its_controller_was_sigkilled(
     tmp_path, tiny_data, monkeypatch
 ):
-    slow = tmp_path / "slow_train.py"
-    slow.write_text(SLOW_TRAIN)
-    ws = chaos.make_workspace(tmp_path / "ws", train_py=slow)
-    env = chaos.controller_env(tmp_path / "home", tiny_data)
-    cmd = chaos.controller_cmd(ws, 1, 1)
-    controller = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    # Without isolation, a process the run started in a session of its own outlives the run's
+    # main process (which dies with the controller); the next session finds it and kills it.
+    ws, controller = _start_controller(tmp_path, tiny_data, DETACHING_TRAIN, "none")
     leftovers: list[int] = []
     try:
-        deadline = time.time() + 120
-        while not leftovers and time.time() < deadline and controller.poll() is None:
-            time.sleep(0.2)
-            leftovers = chaos.leftover_runs(ws)
-        assert leftovers, "the baseline's run never started"
-        time.sleep(1.0)  # past the trainer's own set-up: the run is training now
+        _wait_for_runs(ws, controller, at_least=2)
         controller.send_signal(signal.SIGKILL)
         controller.wait(30)
         time.sleep(0.5)
         leftovers = chaos.leftover_runs(ws)
-        assert leftovers  # the run outlives its controller ...
+        assert len(leftovers) == 1  # the detached one outlives its controller ...
 
         monkeypatch.setenv("EVOLVE_DATA", str(tiny_data))
+        monkeypatch.setenv("EVOLVE_ISOLATION", "none")
         with LocalExecutor.cpu(1) as executor:
             engine = Engine(ws, EngineConfig.from_workspace(ws), executor)
             engine.setup()  # ... until the next session starts: then it is killed, and waited for

@@ -52,7 +52,7 @@ weight = 6
 
 
 class Researcher:
-    """The scripted LLM: a mutation raises HEAD_LR or INIT_STD of the parent in the prompt; a
+    """The scripted LLM: a mutation raises HEAD_LR, INIT_STD or EMB_LR of the parent in the prompt; a
     crossover lowers BETA1 of the draft. Every answer applies and makes new code."""
 
     def __init__(self) -> None:
@@ -67,8 +67,8 @@ class Researcher:
         if "## The draft child" in user:
             knob, text, factor = "BETA1", user.split("## The draft child", 1)[1], 1.0 - 0.01 * n
         else:  # a new value every time: never code already tried (that would be sent back for repair)
-            knob, text, factor = (
-                ("HEAD_LR", "INIT_STD")[n % 2],
+            knob, text, factor = (  # three knobs in turn: two children rarely retune the same one
+                ("HEAD_LR", "INIT_STD", "EMB_LR")[n % 3],
                 user.split("## train.py of", 1)[1],
                 3.0 + 0.01 * n,
             )

@@ -90,7 +90,8 @@ def test_non_applying_twice_is_a_failed_proposal_that_quotes_the_closest_lines(r
     with pytest.raises(OperatorError, match="no usable answer after a repair round"):
         mutation.propose(run.context("g0000"))
     repair = llm_server.bodies()[1]["messages"][-1]["content"]
-    assert "SEARCH matches nowhere" in repair and f"53 | {WARMDOWN}" in repair
+    line = run.repo.read(run.repo.baseline()).splitlines().index(WARMDOWN) + 1
+    assert "SEARCH matches nowhere" in repair and f"{line} | {WARMDOWN}" in repair
     assert branches(run) == ["g0000"]  # nothing committed
     assert len(calls(run)) == 2
     outcomes = [(c.purpose, c.outcome) for c in run.store.llm_calls("t")]

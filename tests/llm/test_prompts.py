@@ -61,7 +61,10 @@ def test_the_mutation_prompt_has_everything_a_researcher_needs(run, family):
     assert run.repo.read(parent).strip() in user  # the parent's whole train.py
     assert f"The parent: {parent.id}" in user and "val_bpb 1.280000" in user
     # the run's setting and the parent's training summary
-    assert "trains at depth 2 for 10 s on cpu, profile tiny (sequence 256, vocabulary 1024)" in user
+    assert (
+        "trains at depth 2 for 65,536 training tokens on cpu, profile tiny (sequence 256, vocabulary 1024)"
+        in user
+    )
     assert "Only the CPU code path of train.py runs" in user
     assert "Its training (one run): steps 120, tokens/s 49,150, MFU 0.0%, peak memory 0 MiB" in user
     # where the run stands, the noise floor and the rule promotion applies (twice the floor)
@@ -108,7 +111,7 @@ def test_a_tight_budget_drops_context_in_a_pinned_order_and_never_the_essentials
             context(run, parent, elite), run.context(parent.id).parents[0], budget, approx_tokens
         )
         user = prompt.messages[1]["content"]
-        for essential in (run.repo.read(parent).strip(), "trains at depth 2 for 10 s on cpu", "Its training",
+        for essential in (run.repo.read(parent).strip(), "trains at depth 2 for 65,536 training tokens on cpu", "Its training",
                           "How a child is judged", "Propose ONE change"):  # fmt: skip
             assert essential in user, (budget, essential)
         present = [t for t in DROP_ORDER if t in user]
