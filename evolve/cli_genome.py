@@ -14,6 +14,8 @@ from genome.settings import STRATEGIES
 
 from .errors import EvolveError
 
+STATE_DB = Path(".evolve") / "evolve.db"
+
 # The engine provides `resolve_champion(workspace_root) -> id` (and optionally
 # `lineage_scores(workspace_root, ids) -> {id: val_bpb}`) in this module once it has a store.
 CHAMPION_MODULE = "evolve.champion"
@@ -32,6 +34,17 @@ def _champion_hooks(root: Path) -> tuple[Callable[[], str] | None, Callable[[lis
         (lambda: resolve(root)) if resolve else None,
         (lambda ids: scores(root, ids)) if scores else None,
     )
+
+
+def _highest_id(directory: Path) -> int:
+    """The highest id the workspace's store has recorded (-1 without a store): never handed out again."""
+    db = Path(directory).expanduser().resolve() / STATE_DB
+    if not db.is_file():
+        return -1
+    from .store import Store
+
+    with Store(db, readonly=True) as store:
+        return store.highest_id()
 
 
 @click.command("init")
@@ -72,6 +85,7 @@ def init_cmd(directory, run_name, profile, source, strategy, islands, budget, de
             budget=budget,
             depth=depth,
             train_py=train_py,
+            reserved=_highest_id(directory),
         )
         baseline = ws.repo().baseline()
     except GenomeError as exc:

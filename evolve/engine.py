@@ -117,6 +117,7 @@ class Engine:
         self.session: Session | None = None
         self.operators: dict[str, Operator] = {}
         self.pool: WorktreePool | None = None
+        self.baseline_id = BASELINE_ID  # the run's own, once `setup` has read it from git
         self._proposals = 0
         self._experiments = 0
         self._tried: set[str] = set()  # operators drawn at least once in this run
@@ -201,7 +202,10 @@ class Engine:
             raise EvolveError(
                 "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
             )
+        # Ids are never reused: not those the store holds, even where a branch was deleted by hand.
+        self.repo.reserve(self.store.highest_id())
         baseline = self.repo.ensure_baseline()
+        self.baseline_id = baseline.id
         leftovers = kill_leftover_runs(self.ws.root / POOL_DIR)  # a SIGKILLed session's runs
         if leftovers:
             self.event("leftover_runs_killed", pids=leftovers)
@@ -209,9 +213,10 @@ class Engine:
         requeued = self.store.requeue_in_flight(self.run_name)
         if requeued:
             self.event("resume", requeued=requeued)
-        if self.store.get(BASELINE_ID) is None:
+        row = self.store.get(baseline.id)
+        if row is None:
             self.store.add_individual(
-                id=BASELINE_ID,
+                id=baseline.id,
                 run=self.run_name,
                 commit=baseline.commit,
                 branch=baseline.branch,
@@ -219,6 +224,13 @@ class Engine:
                 description=baseline.description,
                 status=Status.QUEUED,
                 code_hash=self._code_hash(baseline.commit),
+                origin=baseline.origin,
+            )
+        elif row.run != self.run_name:  # a workspace made before ids were unique across runs
+            raise EvolveError(
+                f"generation 0 of run {self.run_name!r} is {baseline.branch}, but {baseline.id} is run "
+                f"{row.run!r}'s; delete the branch (git branch -D {baseline.branch}) and run "
+                f"`evolve init --run {self.run_name}` again"
             )
         self._proposals = len(self.store.events(self.run_name, kind="proposed")) + len(
             self.store.events(self.run_name, kind=PROPOSAL_FAILED)
@@ -256,7 +268,9 @@ class Engine:
         return ind
 
     def _baseline_ok(self) -> int:
-        return sum(1 for e in self.store.evaluations(BASELINE_ID) if e.ok and e.depth == self.config.depth)
+        return sum(
+            1 for e in self.store.evaluations(self.baseline_id) if e.ok and e.depth == self.config.depth
+        )
 
     def evaluate_baseline(self) -> None:
         """Run the baseline's missing seeds in parallel, then accept it (its mean is the first best).
@@ -264,15 +278,15 @@ class Engine:
         A stop request lets the runs in flight finish and be recorded; an abandon drops them."""
         assert self.scheduler is not None and self.session is not None
         pending = self.policy.baseline_pending(self._baseline_ok())
-        attempts = len(self.store.evaluations(BASELINE_ID))
+        attempts = len(self.store.evaluations(self.baseline_id))
         while pending > 0 and not self.scheduler.stopping.is_set():
             if attempts >= 2 * self.config.baseline_seeds + 2:
-                last = self.store.evaluations(BASELINE_ID)[-1]
+                last = self.store.evaluations(self.baseline_id)[-1]
                 raise EvolveError(
                     f"the baseline keeps failing ({last.status}: {last.reason}); see {last.log_path} and fix train.py"
                 )
-            base = self._mark_running(BASELINE_ID)
-            seeds = self._next_seeds(BASELINE_ID, min(pending, self.executor.slots))
+            base = self._mark_running(self.baseline_id)
+            seeds = self._next_seeds(self.baseline_id, min(pending, self.executor.slots))
             running = [
                 (seed, *self._submit(slot, base, seed, Purpose.BASELINE)) for slot, seed in enumerate(seeds)
             ]
@@ -287,16 +301,16 @@ class Engine:
                 self.session.save()
                 attempts += 1
             pending = self.policy.baseline_pending(self._baseline_ok())
-        base = self.store.get(BASELINE_ID)
+        base = self.store.get(self.baseline_id)
         assert base is not None
         if pending == 0 and base.status in (Status.QUEUED, Status.RUNNING):
             # requeued by a resume after its last seed had landed: nothing left to run
-            self._mark_running(BASELINE_ID)
-            self.store.set_status(BASELINE_ID, Status.EVALUATED)
+            self._mark_running(self.baseline_id)
+            self.store.set_status(self.baseline_id, Status.EVALUATED)
         if pending == 0 and base.decision is None:
-            score = self.store.scores(self.config.depth, self.run_name).get(BASELINE_ID)
-            self.store.set_decision(BASELINE_ID, "accept")
-            self.event("decision", id=BASELINE_ID, action="accept", reason=f"baseline {score}",
+            score = self.store.scores(self.config.depth, self.run_name).get(self.baseline_id)
+            self.store.set_decision(self.baseline_id, "accept")
+            self.event("decision", id=self.baseline_id, action="accept", reason=f"baseline {score}",
                        mean=score.mean if score else None)  # fmt: skip
 
     # --- device runs ----------------------------------------------------------------------------
@@ -338,6 +352,11 @@ class Engine:
         data = result.to_dict()
         data["log_path"] = compress_log(result.log_path)
         evaluation = Evaluation.from_result(ind.id, data, purpose=purpose)
+        if not evaluation.commit:  # the trainer could not tell: the worktree held what we checked out
+            evaluation = replace(evaluation, commit=ind.commit)
+        elif evaluation.commit != ind.commit:  # a score is only ever the individual's own commit's
+            evaluation = replace(evaluation, status="invalid", val_bpb=None,
+                                 reason=f"the trainer ran {evaluation.commit[:10]}, not {ind.id}'s {ind.commit[:10]}")  # fmt: skip
         outcome = None
         with self._change():
             self.store.record_evaluation(evaluation)

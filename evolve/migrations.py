@@ -199,11 +199,20 @@ def _v4_llm_call_individual(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX llm_calls_individual ON llm_calls(individual)")
 
 
+def _v15_provenance(conn: sqlite3.Connection) -> None:
+    # `origin`: for a run's baseline, the individual of an earlier run whose exported code it
+    # starts from (the lineage goes back across runs). `commit_sha` of an evaluation: the commit
+    # the trainer actually ran, so a score is never read as another commit's.
+    conn.execute("ALTER TABLE individuals ADD COLUMN origin TEXT")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN commit_sha TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
+    Migration(15, "a baseline's origin; the commit of each evaluation", _v15_provenance),
 )
 
 

@@ -23,6 +23,7 @@ from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
 from .promotion import Score, pooled_std
 from .records import (
+    _COLUMN_NAMES,
     _EVALUATION_COLUMNS,
     _TRANSITIONS,
     SEARCH_PURPOSES,
@@ -226,6 +227,7 @@ class Store:
         kind: LineageKind | str | None = None,
         guard_reason: str | None = None,
         priority: int = 0,
+        origin: str | None = None,
     ) -> Individual:
         """Insert an individual and its lineage edges together.
 
@@ -246,14 +248,20 @@ class Store:
                     ).fetchone()
                     generation = 1 + (row[0] or 0)
             now = time.time()
+            taken = self.get(id)
+            if taken is not None:  # ids are never reused, whatever run asks
+                raise EvolveError(
+                    f"id {id} is taken: run {taken.run!r} recorded it at commit {taken.commit[:10]}; "
+                    f"`evolve doctor` checks the branches against the store"
+                )
             conn.execute(
                 "INSERT INTO individuals (id, run, commit_sha, branch, parents, operator, description,"
                 " island, generation, status, priority, code_hash, created, guard_reason,"
-                " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " finished, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     id, run, commit, branch, json.dumps(list(parents)), operator, description,
                     island, generation, status.value, priority, code_hash, now, guard_reason,
-                    now if status.is_finished() else None,
+                    now if status.is_finished() else None, origin or None,
                 ),
             )  # fmt: skip
             conn.executemany(
@@ -263,6 +271,13 @@ class Store:
             individual = self.get(id)
         assert individual is not None
         return individual
+
+    def highest_id(self) -> int:
+        """The highest id number the store has ever recorded (-1 when empty)."""
+        row = self._query(
+            "SELECT MAX(CAST(SUBSTR(id, 2) AS INTEGER)) FROM individuals WHERE id GLOB 'g[0-9][0-9][0-9][0-9]*'"
+        )[0]
+        return -1 if row[0] is None else int(row[0])
 
     def get(self, individual_id: str) -> Individual | None:
         rows = self._query("SELECT * FROM individuals WHERE id = ?", (individual_id,))
@@ -401,7 +416,7 @@ class Store:
         else failed; a validation run leaves its status alone."""
         e = evaluation
         with self.transaction() as conn:
-            row = {name: getattr(e, name) for name in _EVALUATION_COLUMNS}
+            row = {_COLUMN_NAMES.get(name, name): getattr(e, name) for name in _EVALUATION_COLUMNS}
             row.update(
                 purpose=Purpose(e.purpose).value,
                 metrics=json.dumps(e.metrics, sort_keys=True, default=str),
