@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import prepare
+from genome.errors import GenomeError
 from genome.guard import check
 from genome.record import BASELINE_ID
 from genome.workspace import Workspace
@@ -67,6 +68,7 @@ from .scheduler import (
     workspace_lock,
 )
 from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
+from .storefile import Backups
 
 DB_FILE = "evolve.db"
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
@@ -107,7 +109,16 @@ class Engine:
             raise EvolveError(
                 f"{exc} (run `evolve prepare --profile {config.profile} --source {config.source}` first)"
             ) from None
-        self.store = Store(workspace.state_dir / DB_FILE)
+        db = workspace.state_dir / DB_FILE
+        if not db.exists() and not Backups(db).list() and len(self.repo.own_ids()) > 1:
+            raise EvolveError(
+                f"the store {db} is missing, but git holds {len(self.repo.own_ids())} individuals of run "
+                f"{self.run_name!r}: `evolve doctor --repair` re-adopts them (a new store is never "
+                f"started over an evolution)"
+            )
+        self.store = Store(db)
+        self.backups = Backups(db, keep=config.backups_kept)
+        self._last_backup = 0.0
         self.policy = PromotionPolicy(config.baseline_seeds, config.max_seeds, config.margin)
         self.weights = OperatorWeights()
         self.on_event = on_event
@@ -436,8 +447,12 @@ class Engine:
 
     def _tell(self, outcome: Outcome) -> None:
         op = self.operators.get(outcome.child.operator)
-        if op is not None:
+        if op is None:
+            return
+        try:
             op.on_outcome(outcome)
+        except Exception as exc:  # the operator's own state (e.g. optuna.db on a full disk)
+            self.event("outcome_not_told", id=outcome.child.id, operator=op.name, error=str(exc)[:300])
 
     def _decide_undecided(self) -> None:
         """Children evaluated but never decided (only possible with an older engine): decide now."""
@@ -625,8 +640,16 @@ class Engine:
         )
         self.session = Session(self.store, self.run_name, devices)
         c = self.config
+        self.backup("session start")
+
+        def tick() -> None:  # the scheduler's main loop, about every half second
+            if time.time() - self._last_backup >= c.backup_minutes * 60:
+                self.backup(f"every {c.backup_minutes:g} minutes")
+            if on_tick is not None:
+                on_tick()
+
         self.scheduler = Scheduler(self, self.session, stop=c.stop, ahead=c.ahead, proposers=c.proposers,
-                                   on_tick=on_tick)  # fmt: skip
+                                   on_tick=tick)  # fmt: skip
         self.scheduler.on_abandon = self.executor.abandon
         self.event("session_start", session=self.session.id, devices=list(devices), pid=os.getpid())
         if install_signals:
@@ -641,18 +664,46 @@ class Engine:
             self._adopt_orphans()
             self._decide_undecided()
 
+    def backup(self, reason: str) -> None:
+        """An online backup of the store (see evolve.storefile); a failure is an event, not a stop."""
+        self._last_backup = time.time()
+        try:
+            path = self.backups.make(reason)
+        except EvolveError as exc:
+            try:
+                self.event("backup_failed", reason=reason, error=str(exc))
+            except EvolveError:
+                pass  # the store itself is failing: the next write stops the run with the cause
+            return
+        self.event("backup", reason=reason, path=str(path), bytes=path.stat().st_size)
+
     def finish(self, reason: StopReason) -> None:
-        """After the steady state: what was in flight goes back to the queue; operators close."""
-        self.store.requeue_in_flight(self.run_name)
+        """After the steady state: what was in flight goes back to the queue; operators close; a
+        backup. When the run stops on an error (a full disk), what cannot be done now is left
+        for the next `evolve run`, and the first error is the one reported."""
+        failures: list[Exception] = []
+
+        def attempt(step: Callable[[], Any]) -> None:
+            try:
+                step()
+            except (EvolveError, GenomeError) as exc:
+                failures.append(exc)
+
+        attempt(lambda: self.store.requeue_in_flight(self.run_name))
         if self.session is not None:
-            self.event("session_end", session=self.session.id, reason=reason.value)
+            session = self.session.id
+            attempt(lambda: self.event("session_end", session=session, reason=reason.value))
         if self.scheduler is not None:
             self.scheduler.restore_signals(self._signals)
             self._signals = {}
         for op in self.operators.values():
-            op.close()
+            attempt(op.close)
         if self.pool is not None and reason is not StopReason.ABANDONED:
-            self.pool.close()
+            attempt(self.pool.close)
+        if self.session is not None:
+            self.backup("session end")
+        if failures and reason is not StopReason.ERROR:
+            raise failures[0]
 
     def run(self, on_tick: Callable[[], None] | None = None, install_signals: bool = True) -> StopReason:
         """Resume or start the run and evolve until a stop condition; returns why it stopped."""

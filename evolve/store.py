@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import storefile
 from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
 from .promotion import Score, pooled_std
@@ -69,56 +70,94 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        if readonly:
-            if not self.path.exists():
-                raise EvolveError(f"no store at {self.path}: run `evolve run` in this workspace first")
-            known = max((m.version for m in migrations), default=0)
-            found = applied_versions(self._conn())
-            if found and max(found) > known:
-                raise EvolveError(
-                    f"this store has schema version {max(found)}, newer than this autoevolve knows "
-                    f"({known}): upgrade autoevolve"
-                )
-            self.applied: list[int] = []
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            # WAL is a property of the file: set once, it lets readers work beside the writer.
-            conn.execute("PRAGMA journal_mode=WAL")
-            self.applied = migrate(conn, migrations)
+        self.applied: list[int] = []
+        try:
+            self._open_reader(migrations) if readonly else self._open_writer(migrations)
+        except sqlite3.Error as exc:
+            self.close()
+            raise storefile.describe(exc, self.path, doing="opening it") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_reader(self, migrations: Sequence[Migration]) -> None:
+        if not self.path.exists():
+            raise EvolveError(f"no store at {self.path}: run `evolve run` in this workspace first")
+        problem = storefile.header_problem(self.path)
+        if problem is not None:
+            raise storefile.refusal(self.path, problem, foreign=problem == "not an SQLite database")
+        conn = self._conn()
+        foreign = storefile.schema_problem(conn)
+        if foreign is not None:
+            raise storefile.refusal(self.path, foreign, foreign=True)
+        known = max((m.version for m in migrations), default=0)
+        found = applied_versions(conn)
+        if found and max(found) > known:
+            raise EvolveError(
+                f"this store has schema version {max(found)}, newer than this autoevolve knows "
+                f"({known}): upgrade autoevolve"
+            )
+
+    def _open_writer(self, migrations: Sequence[Migration]) -> None:
+        # Never write over what is there unless it passes every check; never start afresh
+        # where backups say an evolution was.
+        backups = storefile.Backups(self.path)
+        if self.path.exists() and (self.path.stat().st_size > 0 or backups.list()):
+            found = storefile.file_problem(self.path, full=True)
+            if found is not None:
+                raise storefile.refusal(self.path, *found)
+        elif not self.path.exists() and (good := backups.newest_good()) is not None:
+            raise storefile.missing(self.path, good)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        # WAL is a property of the file: set once, it lets readers work beside the writer.
+        conn.execute("PRAGMA journal_mode=WAL")
+        done = applied_versions(conn)
+        if done and any(m.version not in done for m in migrations):
+            backups.make("before the schema upgrade")  # a failed upgrade must not cost the data
+        self.applied = migrate(conn, migrations)
 
     # --- connections and transactions ---
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self.readonly:
-                conn = sqlite3.connect(
-                    self.path.resolve().as_uri() + "?mode=ro",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-            else:
-                # Each thread uses only its own connection; the flag lets close() end them all.
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            if not self.readonly:
-                # Durable against a killed process (not power loss), and much faster than FULL.
-                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise storefile.describe(exc, self.path, doing="opening it") from None
             self._local.conn = conn
             self._local.depth = 0
             with self._lock:
                 self._connections.append(conn)
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = sqlite3.connect(
+                self.path.resolve().as_uri() + "?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            # Each thread uses only its own connection; the flag lets close() end them all.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if not self.readonly:
+            # Durable against a killed process (not power loss), and much faster than FULL.
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic change: commits at the end, rolls everything back on any exception.
 
-        Nested calls on the same thread join the outermost transaction."""
+        Nested calls on the same thread join the outermost transaction. A sqlite3 error that
+        means the store cannot be used now (full disk, read-only, locked, damaged) comes out as
+        a one-line `StoreError`; nothing of the change is left behind."""
         conn = self._conn()
         if self._local.depth:
             self._local.depth += 1
@@ -128,17 +167,30 @@ class Store:
                 self._local.depth -= 1
             return
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
-        conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
+        self._execute(conn, "BEGIN" if self.readonly else "BEGIN IMMEDIATE")
         self._local.depth = 1
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            self._execute(conn, "COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
             raise
-        else:
-            conn.execute("COMMIT")
         finally:
             self._local.depth = 0
+
+    def _execute(self, conn: sqlite3.Connection, sql: str) -> None:
+        try:
+            conn.execute(sql)
+        except sqlite3.Error as exc:
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
+            raise
 
     def close(self) -> None:
         """Close every thread's connection (the store is unusable afterwards)."""
@@ -155,7 +207,12 @@ class Store:
         self.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, params).fetchall()
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
+            raise
 
     def schema_version(self) -> int:
         return max(applied_versions(self._conn()), default=0)
@@ -635,3 +692,9 @@ class Store:
                 log_bytes += p.stat().st_size
                 files += 1
         return DiskUse(db, log_bytes, files)
+
+
+def _unusable(exc: BaseException) -> bool:
+    """A sqlite3 error about the store's state (full, read-only, locked, damaged), not a constraint
+    or a programming error, which stay what they are."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError

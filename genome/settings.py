@@ -21,6 +21,7 @@ packages, which read them with `read_settings`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -60,6 +61,7 @@ class Settings:
     llm: dict[str, Any] = field(default_factory=lambda: dict(LLM_DEFAULTS))
 
     def __post_init__(self) -> None:
+        self._check_types()
         check_run_name(self.name)
         if self.profile not in PROFILES:
             raise GenomeError(
@@ -87,6 +89,25 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise GenomeError(f"evolve.toml: [run] {message}")
+
+    def _check_types(self) -> None:
+        """A value of the wrong type is an error, never rounded (`depth = 2.5`) or read as a
+        number (`budget = true` would be 1 s)."""
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        checks = (
+            ("name", isinstance(self.name, str), "a string"),
+            ("profile", isinstance(self.profile, str), "a string"),
+            ("source", isinstance(self.source, str), "a string"),
+            ("strategy", isinstance(self.strategy, str), "a string"),
+            ("islands", whole(self.islands), "a whole number"),
+            ("budget", number(self.budget), "a number of seconds"),
+            ("depth", whole(self.depth), "a whole number"),
+            ("mutable", isinstance(self.mutable, (list, tuple)), "a list of files"),
+        )
+        for key, ok, what in checks:
+            if not ok:
+                raise GenomeError(f"evolve.toml: [run] {key} must be {what}, not {getattr(self, key)!r}")
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with the given (non-None) values; a new profile brings its own defaults."""
@@ -186,9 +207,9 @@ def load_settings(path: Path) -> Settings:
     known = {"name", "profile", "source", "strategy", "islands", "budget", "depth", "mutable"}
     unknown = sorted(set(run) - known)
     if unknown:
-        raise GenomeError(
-            f"{path}: unknown key(s) in [run]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+        raise GenomeError(f"{path}: unknown key {unknown[0]!r} in [run]; {hint}")
     llm = data.get("llm", {})
     if not isinstance(llm, dict):
         raise GenomeError(f"{path}: [llm] must be a table")

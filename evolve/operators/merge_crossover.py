@@ -40,6 +40,7 @@ def related(ctx: ProposalContext, a: Parent, b: Parent) -> bool:
 @register(MERGE_OPERATOR)
 class MergeCrossover(Operator):
     name = MERGE_OPERATOR
+    OPTIONS: frozenset[str] = frozenset()  # no options of its own (only the engine's weight)
     arity = 2
 
     def __init__(self, setup: OperatorSetup) -> None:

@@ -108,6 +108,7 @@ class OptunaTweak(Operator):
 
     name = NAME
     arity = 1
+    OPTIONS = frozenset({"include", "exclude", "max_changes", "startup_trials"})  # evolve.toml's keys
 
     def __init__(self, setup: OperatorSetup) -> None:
         import optuna

@@ -14,6 +14,7 @@ import pytest
 from evolve.errors import EvolveError
 from evolve.migrations import MIGRATIONS, Migration
 from evolve.store import Evaluation, Purpose, Status, Store
+from evolve.storefile import StoreError
 
 
 def ev(ind: str, seed: int, bpb: float | None, status: str = "ok", purpose: str = "search", depth: int = 4):
@@ -301,7 +302,7 @@ def test_readonly_store_reads_but_cannot_write(store, db, tmp_path):
     store.record_evaluation(ev("base", 0, 1.0))
     ro = Store(db, readonly=True)
     assert ro.scores(4, "r1")["base"].mean == 1.0
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(StoreError, match="read-only"):
         ro.add_event("x")
     with pytest.raises(EvolveError, match="no store"):
         Store(tmp_path / "nowhere" / "evolve.db", readonly=True)
