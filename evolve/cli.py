@@ -66,6 +66,9 @@ def _register() -> None:
     from .cli_validate import validate_cmd
 
     main.add_command(validate_cmd)
+    from .cli_doctor import doctor_cmd
+
+    main.add_command(doctor_cmd)
     # --- end of subcommands ---
 
 

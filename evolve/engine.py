@@ -34,7 +34,6 @@ from typing import Any
 
 import prepare
 from genome.errors import GenomeError
-from genome.guard import check
 from genome.record import BASELINE_ID
 from genome.workspace import Workspace
 from genome.worktrees import POOL_DIR, WorktreePool
@@ -42,9 +41,10 @@ from prepare.errors import PrepareError
 from prepare.profiles import dataset_dir, get_profile
 from trainer import Executor, Job, RunResult, TrainerError
 
+from .agreement import refuse_disagreement
 from .engine_config import EngineConfig
 from .errors import EvolveError
-from .novelty import tree_hash
+from .novelty import admit, code_hash
 from .operators.base import (
     Operator,
     OperatorSetup,
@@ -74,7 +74,6 @@ DB_FILE = "evolve.db"
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
 # baseline share seeds, so a child's first run is compared with the same data order
 REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
-_FINISHED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -176,15 +175,19 @@ class Engine:
             )
             return
         changed = [
-            f"{k} {run.settings.get(k)!r} -> {v!r}" for k, v in identity.items() if run.settings.get(k) != v
+            f"{k} {run.settings.get(k)!r} -> {v!r}"
+            for k, v in identity.items()
+            if k in run.settings and run.settings[k] != v
         ]
         if changed:
             raise EvolveError(
                 f"run {self.run_name!r} was started with other settings ({'; '.join(changed)}); "
                 f"resume it with its own, or start a new run: evolve init {self.ws.root} --run NEWNAME"
             )
-        if any(run.settings.get(k) != v for k, v in latest.items()):
-            self.store.update_run_settings(self.run_name, **latest)
+        # A run `evolve doctor --repair` rebuilt from git has no identity yet: this session's is it.
+        missing = {k: v for k, v in {**identity, "source": c.source}.items() if k not in run.settings}
+        if missing or any(run.settings.get(k) != v for k, v in latest.items()):
+            self.store.update_run_settings(self.run_name, **missing, **latest)
 
     def setup(self) -> None:
         """Everything before the scheduler: run row, operators, resume, baseline, population."""
@@ -213,6 +216,8 @@ class Engine:
             raise EvolveError(
                 "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
             )
+        # A branch deleted or moved by hand: its score would be read as another commit's. Refuse.
+        refuse_disagreement(self.store, self.ws.root, self.run_name)
         # Ids are never reused: not those the store holds, even where a branch was deleted by hand.
         self.repo.reserve(self.store.highest_id())
         baseline = self.repo.ensure_baseline()
@@ -465,11 +470,7 @@ class Engine:
 
     # --- proposals ----------------------------------------------------------------------------------
     def _code_hash(self, commit: str) -> str:
-        files = {}
-        for path in self.mutable:
-            data = self.repo.read_exact(commit, path)
-            files[path] = data.decode(errors="replace") if data is not None else ""
-        return tree_hash(files)
+        return code_hash(self.repo, commit, self.mutable)
 
     def _parent(self, member_id: str, scores: Mapping[str, Score]) -> Parent:
         ind = self.store.get(member_id)
@@ -571,19 +572,15 @@ class Engine:
     ) -> bool:
         """Novelty check, static guard, then the queue (or a rejected row). True when queued."""
         genome = proposal.genome
-        code_hash = self._code_hash(genome.commit)
         # Its own lock: two proposals of the same code must not both pass the novelty check.
         with self._intake_lock:
-            duplicate = self.store.find_by_code_hash(code_hash, self.run_name, statuses=_FINISHED)
-            status, reason = Status.QUEUED, None
-            if duplicate is not None:
-                status, reason = Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)"
-            else:
-                first = self.store.get(genome.parents[0])
-                parent_commit = first.commit if first else self.repo.get(genome.parents[0]).commit
-                verdict = check(self.repo, parent_commit, genome.commit, self.mutable)
-                if not verdict.ok:
-                    status, reason = Status.REJECTED, verdict.reason
+            admission = admit(self.store, self.repo, self.run_name, genome, self.mutable)
+            status, reason, code_hash, duplicate = (
+                admission.status,
+                admission.reason,
+                admission.code_hash,
+                admission.duplicate,
+            )
             with self._change():
                 ind = self.store.add_individual(
                     id=genome.id,

@@ -1,7 +1,9 @@
 """Novelty: a hash of code that ignores comments, docstrings and formatting.
 
 A child whose normalized code equals one already evaluated is not trained again (the store looks
-it up with `Store.find_by_code_hash`). Normalizing goes through the AST: comments and layout never
+it up with `Store.find_by_code_hash`); `admit` is the whole intake rule, novelty then the static
+guard, that the engine applies to every proposal and `evolve doctor --repair` to every child it
+re-adopts from git. Normalizing goes through the AST: comments and layout never
 reach it, docstrings are dropped, and `ast.dump` without positions is the canonical form. Two
 sources hash equal exactly when they parse to the same tree, so any change to code differs.
 """
@@ -11,9 +13,17 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from genome import pyast
+
+if TYPE_CHECKING:
+    from genome.record import Genome
+    from genome.repo import GenomeRepo
+
+    from .store import Individual, Status, Store
 
 _HAS_BODY = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -76,3 +86,42 @@ def similarity(a: str, b: str) -> float:
     if not left and not right:
         return 1.0
     return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
+
+
+def code_hash(repo: GenomeRepo, commit: str, mutable: Sequence[str]) -> str:
+    """The normalized hash of a commit's mutable files (a missing file hashes as empty)."""
+    files = {}
+    for path in mutable:
+        data = repo.read_exact(commit, path)
+        files[path] = data.decode(errors="replace") if data is not None else ""
+    return tree_hash(files)
+
+
+@dataclass(frozen=True)
+class Admission:
+    status: Status  # queued (to be trained) or rejected
+    reason: str | None  # why it was rejected
+    code_hash: str
+    duplicate: Individual | None  # the evaluated individual with the same code
+
+
+def admit(store: Store, repo: GenomeRepo, run: str, genome: Genome, mutable: Sequence[str]) -> Admission:
+    """Novelty (same normalized code as one queued, run or evaluated in `run`), then the guard."""
+    from genome.guard import check
+
+    from .store import Status
+
+    digest = code_hash(repo, genome.commit, mutable)
+    finished = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
+    duplicate = store.find_by_code_hash(digest, run, statuses=finished)
+    if duplicate is not None:
+        return Admission(
+            Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)", digest, duplicate
+        )
+    if genome.parents:
+        first = store.get(genome.parents[0])
+        parent_commit = first.commit if first else repo.get(genome.parents[0]).commit
+        verdict = check(repo, parent_commit, genome.commit, mutable)
+        if not verdict.ok:
+            return Admission(Status.REJECTED, verdict.reason, digest, None)
+    return Admission(Status.QUEUED, None, digest, None)
