@@ -77,8 +77,12 @@ def locate(path: str | Path) -> Source:
 def read_snapshot(db: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection holding one read transaction: every query sees the same state."""
     from evolve.migrations import MIGRATIONS, applied_versions
+    from evolve.storefile import connect_readonly
 
-    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn = connect_readonly(db, isolation_level=None)  # also in a read-only workspace
+    except sqlite3.Error as exc:
+        raise AnalysisError(f"cannot read {db} ({exc})") from None
     try:
         conn.execute("PRAGMA busy_timeout=30000")
         try:

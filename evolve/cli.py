@@ -29,7 +29,9 @@ class _Group(click.Group):
             if exc.errno not in ENVIRONMENT_ERRNOS:
                 raise
             where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"error: {exc.strerror}{where}; fix that and run the command again", err=True)
+            text = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                    errno.EROFS: "a read-only file system"}.get(exc.errno, exc.strerror)  # fmt: skip
+            click.echo(f"error: {text}{where}; fix that and run the command again", err=True)
             sys.exit(1)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from .agreement import LOST_EVENT, Mismatch, compare
 from .migrations import MIGRATIONS, applied_versions
 from .novelty import admit
 from .store import LineageKind, Status, Store
-from .storefile import Backups, file_problem
+from .storefile import Backups, connect_readonly, file_problem
 
 DB_FILE = "evolve.db"
 DAMAGED_DIR = "damaged"
@@ -90,7 +89,7 @@ def _store_findings(db: Path, backups: Backups) -> tuple[list[Finding], bool]:
             else "--repair moves it aside and rebuilds from git"
         )
         return [Finding("error", "store", f"{db} {what} ({problem})", fix)], False
-    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+    conn = connect_readonly(db)
     try:
         version = max(applied_versions(conn), default=0)
     finally:

@@ -20,9 +20,11 @@ the operator's share of the draws, 0 to leave it out); flags of `evolve run` ove
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -68,12 +70,13 @@ from .scheduler import (
     workspace_lock,
 )
 from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
-from .storefile import Backups
+from .storefile import Backups, os_problem
 
 DB_FILE = "evolve.db"
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
 # baseline share seeds, so a child's first run is compared with the same data order
 REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
+FULL_DISK_BYTES = 1 << 20  # below this much free space, a failed run is blamed on the disk, not the child
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -361,10 +364,21 @@ class Engine:
             return future.result()
         except TrainerError as exc:
             raise EvolveError(f"the trainer refused a run: {exc}") from None
+        except OSError as exc:  # the trainer could not write its log: the disk, not the child
+            problem = os_problem(exc, self.ws.state_dir)
+            if problem is None:
+                raise
+            raise problem from None
 
     def _record(
         self, ind: Individual, result: RunResult, seed: int, purpose: Purpose, started: float
     ) -> EvalReport:
+        if not result.ok and shutil.disk_usage(self.ws.state_dir).free < FULL_DISK_BYTES:
+            # A run that failed while the disk is full says nothing of the child: not recorded,
+            # it stays running and is run again once there is room.
+            raise os_problem(
+                OSError(errno.ENOSPC, "no space left", str(self.ws.state_dir)), self.ws.state_dir
+            )
         data = result.to_dict()
         data["log_path"] = compress_log(result.log_path)
         evaluation = Evaluation.from_result(ind.id, data, purpose=purpose)

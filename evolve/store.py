@@ -134,12 +134,7 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
-            conn = sqlite3.connect(
-                self.path.resolve().as_uri() + "?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = storefile.connect_readonly(self.path, isolation_level=None, check_same_thread=False)
         else:
             # Each thread uses only its own connection; the flag lets close() end them all.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -20,6 +20,7 @@ that cannot be opened, a damaged file.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -42,6 +43,27 @@ class StoreDamaged(StoreError):
     """The file is damaged or is not an autoevolve store: refused, and left as it is."""
 
 
+# --- reading -------------------------------------------------------------------------------------
+
+
+def connect_readonly(path: Path, **kwargs) -> sqlite3.Connection:
+    """A read-only connection that also works in a read-only folder.
+
+    A WAL database normally needs its `-shm` file created beside it, even to read. Where the
+    folder cannot be written (a read-only mount) and no `-wal` holds changes yet to be merged
+    (a cleanly stopped run leaves none), the file is opened as immutable, which needs nothing."""
+    uri = path.resolve().as_uri()
+    try:
+        conn = sqlite3.connect(uri + "?mode=ro", uri=True, **kwargs)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        return conn
+    except sqlite3.OperationalError:
+        wal = Path(f"{path}-wal")
+        if os.access(path.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+            raise
+    return sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, **kwargs)
+
+
 # --- checks ---------------------------------------------------------------------------------------
 
 
@@ -60,8 +82,12 @@ def header_problem(path: Path) -> str | None:
     page_size = int.from_bytes(head[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(head[28:32], "big")
-    # The page count is only trusted when the header says it is current (SQLite 3.7.0+ writes both).
-    if head[92:96] == head[24:28] and pages and size < pages * page_size:
+    # The page count is only trusted when the header says it is current (SQLite 3.7.0+ writes
+    # both), and when no write-ahead log holds pages still to be copied in: a checkpoint cut
+    # short (a full disk) leaves the file shorter than its header, and the log whole.
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    if not pending and head[92:96] == head[24:28] and pages and size < pages * page_size:
         return f"truncated: {size} bytes of the {pages * page_size} its header counts"
     return None
 
@@ -99,9 +125,9 @@ def file_problem(path: Path, full: bool = True) -> tuple[str, bool] | None:
     if problem is not None:
         return problem, problem == "not an SQLite database"
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        conn = connect_readonly(path, isolation_level=None)
     except sqlite3.Error as exc:
-        return str(exc), False
+        return str(exc), "not a database" in str(exc)
     try:
         try:
             foreign = schema_problem(conn)
@@ -241,3 +267,17 @@ def describe(exc: sqlite3.Error, path: Path, doing: str = "") -> StoreError:
     if name.startswith("SQLITE_IOERR") or "disk i/o" in low:
         return StoreError(f"the disk failed under {path}{where} ({text}); check the device, then run again")
     return StoreError(f"the store {path} failed{where}: {text}")
+
+
+def os_problem(exc: OSError, where: Path) -> StoreError | None:
+    """A full disk or a read-only folder met outside the store (a log, a worktree) as one line;
+    None for any other OSError (a bug stays a bug)."""
+    what = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(
+            f"no space left on the disk of {where}{what}; nothing was half-written: free some space, "
+            f"then run the command again (`evolve run` resumes)"
+        )
+    if exc.errno == errno.EROFS:
+        return StoreError(f"{where} is read-only{what}; make the workspace writable to run")
+    return None

@@ -132,3 +132,13 @@ def test_runs_are_separate_namespaces_with_ids_unique_across_them(repo, workspac
     assert [g.id for g in repo.genomes()] == ["g0000", "g0003"]
     with pytest.raises(GenomeError, match="not usable in a branch name"):
         GenomeRepo(workspace.root, "bad/run")
+
+
+def test_an_id_is_never_handed_out_twice_even_after_its_branch_is_deleted(repo, workspace):
+    gone = repo.apply_edit(repo.baseline(), lr_edit("4e-3"))
+    git(workspace.root, "branch", "-D", gone.branch)  # the highest id: the branches no longer say it was used
+    fresh = GenomeRepo(workspace.root, "t1")  # a new process: only git and .evolve/last-id remember
+    assert fresh.apply_edit(fresh.baseline(), lr_edit("5e-3")).id == "g0002"
+    fresh.reserve(41)  # e.g. the store's highest id
+    assert fresh.apply_edit(fresh.baseline(), lr_edit("6e-3")).id == "g0042"
+    assert (workspace.root / ".evolve" / "last-id").read_text().strip() == "42"
