@@ -138,12 +138,18 @@ class Engine:
         self._exhausted_lock = threading.Lock()  # not the engine lock: the scheduler asks under its own
         self._signals: dict = {}
         self._intake_lock = threading.Lock()
+        self._attempts = 0  # decisions, refusals and failed proposals seen (operators' credits)
+        self._credit_cache: tuple[int, dict] | None = None
         self._thread = threading.local()  # events of the change in progress on this thread
 
     # --- events ---------------------------------------------------------------------------------
     def event(self, kind: str, **payload: Any) -> None:
         """Record an event; show it (on_event) now, or after the change it belongs to commits."""
         self.store.add_event(kind, payload, run=self.run_name)
+        if kind in ("decision", PROPOSAL_FAILED) or (
+            kind == "proposed" and payload.get("status") == "rejected"
+        ):
+            self._attempts += 1  # an operator's credit may have changed
         pending = getattr(self._thread, "pending", None)
         if pending is not None:
             pending.append((kind, payload))
@@ -503,6 +509,20 @@ class Engine:
                        llm_usd=round(float(self.store.llm_spend(self.run_name)["cost"]), 6))  # fmt: skip
         return names
 
+    def _credits(self) -> dict:
+        """The operators' credits, read again from the store once 2% more attempts were seen
+        (at once while there are fewer than 50): exact early on, and at 10,000 children not one
+        pass over the whole run per proposal."""
+        cached = self._credit_cache
+        if cached is not None:
+            at, credits = cached
+            total = sum(c.attempts for c in credits.values())
+            if self._attempts - at < max(1, total // 50):
+                return credits
+        credits = credits_from_store(self.store, self.run_name)
+        self._credit_cache = (self._attempts, credits)
+        return credits
+
     def _draw(self, names: list[str], credits: Mapping[str, Any], rng: random.Random) -> str:
         name = self.weights.draw(names, credits, rng, self.config.weights)
         if name in self._tried:
@@ -518,7 +538,7 @@ class Engine:
     def _context(self, rng: random.Random, calls: list[int]) -> tuple[Operator, ProposalContext] | None:
         """Draw an operator and its parents (under the engine lock); its LLM calls' ids go to `calls`."""
         assert self.strategy is not None
-        credits = credits_from_store(self.store, self.run_name)
+        credits = self._credits()
         names = self._usable()
         if not names:
             return None

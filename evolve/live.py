@@ -206,7 +206,7 @@ def snapshot(
     disk = store.disk_use()
     extra = _tree_bytes(state_dir) - disk.db_bytes - disk.log_bytes if state_dir is not None else 0
     lines = []
-    for ev in store.events(run)[-200:]:
+    for ev in store.events(run, last=200):
         text = event_text(ev.kind, ev.payload)
         if text:
             lines.append(time.strftime("%H:%M:%S ", time.localtime(ev.time)) + text)

@@ -22,7 +22,7 @@ from typing import Any
 from . import storefile
 from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
-from .promotion import Score, pooled_std
+from .promotion import Score
 from .records import (
     _COLUMN_NAMES,
     _EVALUATION_COLUMNS,
@@ -40,6 +40,7 @@ from .records import (
     _evaluation,
     _individual,
 )
+from .tally import Tally
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "LineageKind",
@@ -70,6 +71,7 @@ class Store:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._tally = Tally()  # scores read incrementally (evolve.tally)
         self.applied: list[int] = []
         try:
             self._open_reader(migrations) if readonly else self._open_writer(migrations)
@@ -168,6 +170,7 @@ class Store:
             yield conn
             self._execute(conn, "COMMIT")
         except BaseException as exc:
+            self._tally.clear()  # it may have read rows of this change, which never landed
             if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
                 try:
                     conn.execute("ROLLBACK")
@@ -530,30 +533,17 @@ class Store:
         purposes: Iterable[Purpose | str] = SEARCH_PURPOSES,
     ) -> dict[str, list[float]]:
         """val_bpb of every ok evaluation at `depth`, per individual, in recording order."""
-        purposes = [Purpose(p).value for p in purposes]
-        sql = (
-            "SELECT e.individual, e.val_bpb FROM evaluations e JOIN individuals i ON i.id = e.individual"
-            f" WHERE e.status = 'ok' AND e.val_bpb IS NOT NULL AND e.depth = ?"
-            f" AND e.purpose IN ({','.join('?' * len(purposes))})"
-        )
-        params: list[Any] = [depth, *purposes]
-        if run is not None:
-            sql += " AND i.run = ?"
-            params.append(run)
-        out: dict[str, list[float]] = {}
-        for r in self._query(sql + " ORDER BY e.id", params):
-            out.setdefault(r[0], []).append(r[1])
-        return out
+        return self._tally.values(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def scores(
         self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
     ) -> dict[str, Score]:
         """Mean, spread and count of the ok evaluations at `depth`, per individual."""
-        return {ind: Score.of(vals) for ind, vals in self.values(depth, run, purposes).items()}
+        return self._tally.scores(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def noise_floor(self, depth: int, run: str | None = None) -> float | None:
         """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
-        return pooled_std(self.values(depth, run).values())
+        return self._tally.noise_floor(self._query, depth, run, [p.value for p in SEARCH_PURPOSES])
 
     def leaderboard(
         self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False
@@ -596,8 +586,10 @@ class Store:
         kind: str | None = None,
         after_id: int = 0,
         limit: int | None = None,
+        last: int | None = None,
     ) -> list[Event]:
-        """Events oldest first; `after_id` lets a live view read only what is new."""
+        """Events oldest first; `after_id` lets a live view read only what is new, `last` keeps
+        only the newest ones (read as such: a long run has many)."""
         where, params = ["id > ?"], [after_id]
         if run is not None:
             where.append("run = ?")
@@ -605,13 +597,13 @@ class Store:
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
-        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [
-            Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"]))
-            for r in self._query(sql, params)
-        ]
+        order = "id DESC" if last is not None else "id"
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY {order}"
+        if limit is not None or last is not None:
+            sql += f" LIMIT {int(last if last is not None else limit)}"
+        rows = self._query(sql, params)
+        events = [Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"])) for r in rows]
+        return events[::-1] if last is not None else events
 
     def add_llm_call(
         self,
