@@ -131,3 +131,31 @@ def test_refusals_are_evolve_errors_with_one_line(ws):
     with pytest.raises(EvolveError) as info:
         Store(db, readonly=True)
     assert "\n" not in str(info.value) and "no backup" in str(info.value)
+
+
+def test_a_run_backs_up_every_n_minutes_and_at_the_end_keeping_the_last_k(tmp_path, use_tiny_data):
+    from evolve.engine import Engine, EngineConfig
+    from evolve.scheduler import StopConditions
+    from genome.settings import SETTINGS_FILE
+    from trainer import LocalExecutor
+
+    bigram = Path(__file__).parent / "data" / "train_bigram.py"
+    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=3.0, train_py=bigram)
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write('\n[search]\nbaseline_seeds = 1\nmax_seeds = 1\noperators = ["optuna_tweak"]\n'
+                "\n[store]\nbackup_minutes = 0.02\nbackups_kept = 3\n")  # fmt: skip
+    config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=3))
+    assert (config.backup_minutes, config.backups_kept) == (0.02, 3)
+    with LocalExecutor.cpu(2) as executor:
+        engine = Engine(ws, config, executor)
+        engine.run(install_signals=False)
+        reasons = [e.payload["reason"] for e in engine.store.events("r", kind="backup")]
+        engine.close()
+    assert reasons[0] == "session start" and reasons[-1] == "session end"
+    assert reasons.count("every 0.02 minutes") >= 1  # 1.2 s apart, in a run of several seconds
+    kept = Backups(ws.state_dir / "evolve.db").list()
+    assert len(kept) == 3
+    with Store(kept[-1], readonly=True) as last:  # the end's copy holds every individual
+        assert len(last.individuals("r")) == len(
+            Store(ws.state_dir / "evolve.db", readonly=True).individuals("r")
+        )
