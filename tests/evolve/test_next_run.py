@@ -82,8 +82,12 @@ def test_ids_are_unique_across_the_runs_of_a_workspace(three_runs):
     branches = dict(line.split() for line in out.decode().splitlines())
     ids = [b.rsplit("/", 1)[1] for b in branches]
     assert len(ids) == len(set(ids)) == len(everyone)
-    # every individual's row names its own branch and commit
+    # every individual's row names its own branch and commit, and every score the commit it trained
     assert {i.branch: i.commit for i in everyone} == branches
+    with Store(root / ".evolve" / "evolve.db", readonly=True) as store:
+        evaluations = store.evaluations()
+    assert evaluations and all(e.commit == store_commit for e, store_commit in
+                               ((e, next(i.commit for i in everyone if i.id == e.individual)) for e in evaluations))  # fmt: skip
 
 
 def test_the_lineage_shows_every_run_and_the_champions_ancestry_across_runs(three_runs):

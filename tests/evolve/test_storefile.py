@@ -102,8 +102,9 @@ def test_a_missing_store_with_backups_is_refused_not_started_afresh(ws):
     db.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    code, out = _cli("run", "--gpus", "cpu", ws=ws)
-    assert code == 1 and out.count("\n") == 1 and "missing" in out and str(good) in out, out
+    for command in (["run", "--gpus", "cpu"], ["top"], ["status"]):
+        code, out = _cli(*command, ws=ws)
+        assert code == 1 and out.count("\n") == 1 and "missing" in out and str(good) in out, out
     assert not db.exists()
 
 
