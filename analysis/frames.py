@@ -81,8 +81,10 @@ def read_snapshot(db: Path) -> Iterator[sqlite3.Connection]:
 
     try:
         conn = connect_readonly(db, isolation_level=None)  # also in a read-only workspace
-    except sqlite3.Error as exc:
+    except sqlite3.OperationalError as exc:
         raise AnalysisError(f"cannot read {db} ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise AnalysisError(f"{db} is not an autoevolve store ({exc})") from None
     try:
         conn.execute("PRAGMA busy_timeout=30000")
         try:
