@@ -87,6 +87,7 @@ def read_snapshot(db: Path) -> Iterator[sqlite3.Connection]:
         raise AnalysisError(f"{db} is not an autoevolve store ({exc})") from None
     try:
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
         try:
             found = applied_versions(conn)
         except sqlite3.DatabaseError as exc:

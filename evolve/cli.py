@@ -46,6 +46,7 @@ def main():
       evolve init runs/exp1           a workspace: git repo with train.py and program.md
       evolve run --hours 48           the evolution (Ctrl-C stops, `evolve run` resumes)
       evolve status                   population, elites, duty cycle
+      evolve serve                    the same, live in a browser (http://127.0.0.1:8765/)
     """
 
 
@@ -71,6 +72,9 @@ def _register() -> None:
     from .cli_doctor import doctor_cmd
 
     main.add_command(doctor_cmd)
+    from .cli_serve import serve_cmd
+
+    main.add_command(serve_cmd)
     # --- end of subcommands ---
 
 

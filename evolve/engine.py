@@ -58,6 +58,7 @@ from .operators.base import (
     make_operator,
 )
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
+from .pairs import Family, choose_parents
 from .population import MIGRATION_EVENT, Member, Strategy, from_store
 from .promotion import Action, PromotionPolicy, Score, decide
 from .scheduler import (
@@ -528,12 +529,21 @@ class Engine:
         if name in self._tried:
             # Every operator gets an early try: the first time one not yet tried could propose,
             # it takes the drawn one's place (the draw stays, so the run's random stream does too).
-            assert self.strategy is not None
-            pairs = self.config.strategy != "ratchet" and len(self.strategy) >= 2
-            fresh = [n for n in names if n not in self._tried and (pairs or self.operators[n].arity == 1)]
+            # A crossover's early try waits for two members that are not ancestor and descendant.
+            fresh = [n for n in names if n not in self._tried]
+            if any(self.operators[n].arity >= 2 for n in fresh) and not self._pairs_exist():
+                fresh = [n for n in fresh if self.operators[n].arity == 1]
             if fresh:
                 name = max(fresh, key=lambda n: (self.config.weight(n), n))
         return name
+
+    def _pairs_exist(self) -> bool:
+        """True when two members of the population could be crossed (neither descends from the other)."""
+        assert self.strategy is not None
+        if self.config.strategy == "ratchet" or len(self.strategy) < 2:
+            return False
+        family = Family.of(self.store, self.run_name)
+        return family.unrelated_pair([m.id for m in self.strategy.members()]) is not None
 
     def _context(self, rng: random.Random, calls: list[int]) -> tuple[Operator, ProposalContext] | None:
         """Draw an operator and its parents (under the engine lock); its LLM calls' ids go to `calls`."""
@@ -544,16 +554,20 @@ class Engine:
             return None
         op = self.operators[self._draw(names, credits, rng)]
         members: tuple[Member, ...]
+        partners: list[Member] = []
         if op.arity >= 2:
             pair = self.strategy.select_pair()
-            if pair is None:  # fewer than two members yet: a one-parent operator instead
+            family = Family.of(self.store, self.run_name)
+            crossable = choose_parents(family, self.strategy.members(), pair) if pair else None
+            if crossable is None:  # no two members that can be crossed: a one-parent operator instead
                 singles = [n for n in names if self.operators[n].arity == 1]
                 if not singles:
                     return None
                 op = self.operators[self._draw(singles, credits, rng)]
                 members = (self.strategy.select_parent(),)
             else:
-                members = tuple(sorted(pair, key=lambda m: (m.score, m.id)))
+                first, second, partners = crossable
+                members = (first, second)
         else:
             members = (self.strategy.select_parent(),)
         island = members[0].island
@@ -561,6 +575,15 @@ class Engine:
         elite_ids = [m.id for m in self.strategy.elites(self.config.elites, island=island if
                      self.config.strategy == "population" else None)]  # fmt: skip
         elite_ids += [m.id for m in self.strategy.elites(self.config.elites) if m.id not in elite_ids]
+        floor = self.store.noise_floor(self.config.depth, self.run_name)
+        name = op.name
+
+        def report(**kw: Any) -> int:
+            call = self.store.add_llm_call(run=self.run_name, operator=name, **kw)
+            if kw.get("purpose") != "insights":  # the run's notes, not this child's
+                calls.append(call)
+            return call
+
         ctx = ProposalContext(
             repo=self.repo,
             store=self.store,
@@ -570,11 +593,12 @@ class Engine:
             island=island,
             depth=self.config.depth,
             rng=rng,
-            noise_floor=self.store.noise_floor(self.config.depth, self.run_name),
+            noise_floor=floor,
             elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
-            report_llm=lambda **kw: calls.append(
-                self.store.add_llm_call(run=self.run_name, operator=op.name, **kw)
-            ),
+            report_llm=report,
+            settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
+            partners=tuple(self._parent(m.id, scores) for m in partners),
+            acceptance=self.policy.describe(floor),
         )
         self._tried.add(op.name)
         return op, ctx
@@ -630,7 +654,7 @@ class Engine:
                     kind=proposal.kind,
                     guard_reason=reason,
                 )
-                # Calls of the proposal (meta-insights it triggered included) count for its child.
+                # Calls of the proposal count for its child (not the meta-insights it triggered).
                 self.store.assign_llm_calls(calls or (), genome.id)
                 self.event("proposed", id=genome.id, operator=genome.operator, parents=list(genome.parents),
                            status=status.value, reason=reason or "", description=genome.description,

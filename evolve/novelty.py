@@ -1,9 +1,11 @@
 """Novelty: a hash of code that ignores comments, docstrings and formatting.
 
-A child whose normalized code equals one already evaluated is not trained again (the store looks
-it up with `Store.find_by_code_hash`); `admit` is the whole intake rule, novelty then the static
-guard, that the engine applies to every proposal and `evolve doctor --repair` to every child it
-re-adopts from git. Normalizing goes through the AST: comments and layout never
+A child whose normalized code equals one already tried (queued, running, evaluated or failed) is
+not trained again: `twin` finds that one, for the intake and for the operators, which ask before
+they commit (`tried_as`), so an LLM can be told to change its answer instead. `admit` is the whole
+intake rule, novelty then the static guard, that the engine applies to every proposal and `evolve
+doctor --repair` to every child it re-adopts from git. Normalizing goes through the AST: comments
+and layout never
 reach it, docstrings are dropped, and `ast.dump` without positions is the canonical form. Two
 sources hash equal exactly when they parse to the same tree, so any change to code differs.
 """
@@ -19,11 +21,15 @@ from typing import TYPE_CHECKING
 
 from genome import pyast
 
+from .records import Status
+
 if TYPE_CHECKING:
     from genome.record import Genome
     from genome.repo import GenomeRepo
 
-    from .store import Individual, Status, Store
+    from .store import Individual, Store
+
+TRIED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)  # code that counts as tried
 
 _HAS_BODY = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -88,6 +94,16 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
 
 
+def twin(store: Store, run: str, code_hash: str) -> Individual | None:
+    """The individual of `run` already tried with this normalized code, if any."""
+    return store.find_by_code_hash(code_hash, run, statuses=TRIED)
+
+
+def tried_as(store: Store, run: str, files: Mapping[str, str]) -> Individual | None:
+    """The individual already tried with exactly this code (all mutable files, normalized)."""
+    return twin(store, run, tree_hash(files))
+
+
 def code_hash(repo: GenomeRepo, commit: str, mutable: Sequence[str]) -> str:
     """The normalized hash of a commit's mutable files (a missing file hashes as empty)."""
     files = {}
@@ -102,18 +118,15 @@ class Admission:
     status: Status  # queued (to be trained) or rejected
     reason: str | None  # why it was rejected
     code_hash: str
-    duplicate: Individual | None  # the evaluated individual with the same code
+    duplicate: Individual | None  # the individual already tried with the same code
 
 
 def admit(store: Store, repo: GenomeRepo, run: str, genome: Genome, mutable: Sequence[str]) -> Admission:
-    """Novelty (same normalized code as one queued, run or evaluated in `run`), then the guard."""
+    """Novelty (the same normalized code as one already tried in `run`: `twin`), then the guard."""
     from genome.guard import check
 
-    from .store import Status
-
     digest = code_hash(repo, genome.commit, mutable)
-    finished = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
-    duplicate = store.find_by_code_hash(digest, run, statuses=finished)
+    duplicate = twin(store, run, digest)
     if duplicate is not None:
         return Admission(
             Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)", digest, duplicate

@@ -113,6 +113,23 @@ def decide(
     return Decision(Action.REJECT, f"{child} does not beat its {what} {reference}")
 
 
+def describe_rule(floor: float | None, *, max_seeds: int = 3, margin: float = 2.0) -> str:
+    """`decide`'s rule in words, with this run's numbers: what the LLM prompts tell a researcher.
+
+    Keep it next to `decide` and change both together: it is the only description of the rule."""
+    if floor:
+        bar = f"{margin:g} x the noise floor ({margin:g} x {floor:.4f} = {margin * floor:.4f} val_bpb now)"
+    else:
+        bar = f"{margin:g} x the noise floor (not measured yet, so any win counts as clear for now)"
+    return (
+        "A child is trained on one seed first and compared with its parent (for a crossover, the "
+        "better of its two parents). If its val_bpb is not below the parent's, it is rejected at once. "
+        f"If it is lower by at least {bar}, it is accepted after that one seed, unless it would become "
+        f"the best of the run. A narrower win, and every would-be best, is trained on more seeds (up "
+        f"to {max_seeds} in all) and accepted only if its mean stays below the parent's."
+    )
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     """The promotion settings of a run (`--baseline-seeds`, max seeds per child, margin in floors)."""
@@ -131,3 +148,7 @@ class PromotionPolicy:
 
     def decide(self, child: Score, parent: Score | None, best: Score | None, floor: float | None) -> Decision:
         return decide(child, parent, best, floor, max_seeds=self.max_seeds, margin=self.margin)
+
+    def describe(self, floor: float | None) -> str:
+        """The rule in words (see `describe_rule`)."""
+        return describe_rule(floor, max_seeds=self.max_seeds, margin=self.margin)
