@@ -16,7 +16,7 @@ from genome.workspace import init_workspace, open_workspace
 
 @pytest.fixture
 def ws(tmp_path):
-    return init_workspace(tmp_path / "ws", run="r", profile="tiny", budget=3.0)
+    return init_workspace(tmp_path / "ws", run="r", profile="tiny", budget=81920)
 
 
 def _with(ws, text: str):

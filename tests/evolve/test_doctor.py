@@ -47,7 +47,7 @@ def run_more(ws: Path, n: int, env: dict[str, str]) -> subprocess.CompletedProce
 def evolved(tmp_path_factory, tiny_data):
     """A real run of 3 children, left stopped; each test works on its own copy."""
     root = tmp_path_factory.mktemp("doctor")
-    ws = init_workspace(root / "ws", run="r", profile="tiny", islands=1, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(root / "ws", run="r", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)

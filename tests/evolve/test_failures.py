@@ -78,7 +78,7 @@ def _env(home: Path, data: Path) -> dict[str, str]:
 
 
 def _workspace(where: Path):
-    ws = init_workspace(where, run="r", profile="tiny", islands=1, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(where, run="r", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)

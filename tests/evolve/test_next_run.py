@@ -40,7 +40,7 @@ def _evolve(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
 def three_runs(tmp_path_factory, tiny_data):
     """r1 from the bigram train.py; r2 from r1's exported champion; r3 from r2's."""
     root = tmp_path_factory.mktemp("next-run")
-    ws = init_workspace(root / "ws", run="r1", profile="tiny", islands=1, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(root / "ws", run="r1", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)

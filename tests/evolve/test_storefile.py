@@ -35,7 +35,7 @@ def _filled(ws, run: str = "r") -> Path:
 
 @pytest.fixture
 def ws(tmp_path, use_tiny_data):
-    return init_workspace(tmp_path / "ws", run="r", profile="tiny", budget=3.0)
+    return init_workspace(tmp_path / "ws", run="r", profile="tiny", budget=81920)
 
 
 def _cli(*args: str, ws) -> tuple[int, str]:
@@ -141,7 +141,7 @@ def test_a_run_backs_up_every_n_minutes_and_at_the_end_keeping_the_last_k(tmp_pa
     from trainer import LocalExecutor
 
     bigram = Path(__file__).parent / "data" / "train_bigram.py"
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=3.0, train_py=bigram)
+    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=81920, train_py=bigram)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write('\n[search]\nbaseline_seeds = 1\nmax_seeds = 1\noperators = ["optuna_tweak"]\n'
                 "\n[store]\nbackup_minutes = 0.02\nbackups_kept = 3\n")  # fmt: skip
