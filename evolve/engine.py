@@ -599,6 +599,7 @@ class Engine:
             settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
             partners=tuple(self._parent(m.id, scores) for m in partners),
             acceptance=self.policy.describe(floor),
+            baseline=self.baseline_id,
         )
         self._tried.add(op.name)
         return op, ctx
