@@ -101,7 +101,7 @@ class EngineConfig:
         problems = [
             (self.strategy in ("population", "ratchet"), "strategy must be population or ratchet"),
             (self.islands >= 1, "islands must be >= 1"),
-            (self.budget > 0, "budget must be > 0 seconds"),
+            (self.budget > 0, "budget must be > 0"),
             (self.depth >= 1, "depth must be >= 1"),
             (self.baseline_seeds >= 1, "baseline seeds must be >= 1"),
             (self.max_seeds >= 1, "max seeds must be >= 1"),

@@ -6,7 +6,7 @@
     source = "climbmix"     # the prepared data source
     strategy = "population" # "population" (islands) or "ratchet" (autoresearch: keep if better)
     islands = 4             # islands of the population strategy
-    budget = 300.0          # seconds of training per experiment
+    budget = 300.0          # training per experiment, in the profile's unit (h100: seconds)
     depth = 12              # model depth during the search
     mutable = ["train.py"]  # the files a child may change (the static guard enforces it)
 
@@ -79,7 +79,7 @@ class Settings:
             )
         checks = (
             (isinstance(self.islands, int) and self.islands >= 1, "islands must be an integer >= 1"),
-            (self.budget > 0, "budget must be > 0 seconds"),
+            (self.budget > 0, "budget must be > 0"),
             (self.depth >= 1, "depth must be >= 1"),
             (
                 bool(self.mutable) and all(isinstance(m, str) and m for m in self.mutable),
@@ -92,7 +92,7 @@ class Settings:
 
     def _check_types(self) -> None:
         """A value of the wrong type is an error, never rounded (`depth = 2.5`) or read as a
-        number (`budget = true` would be 1 s)."""
+        number (`budget = true` would be a budget of 1)."""
         number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
         whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
         checks = (
@@ -101,7 +101,7 @@ class Settings:
             ("source", isinstance(self.source, str), "a string"),
             ("strategy", isinstance(self.strategy, str), "a string"),
             ("islands", whole(self.islands), "a whole number"),
-            ("budget", number(self.budget), "a number of seconds"),
+            ("budget", number(self.budget), "a number (seconds or tokens, as the profile counts)"),
             ("depth", whole(self.depth), "a whole number"),
             ("mutable", isinstance(self.mutable, (list, tuple)), "a list of files"),
         )
@@ -163,7 +163,7 @@ _COMMENTS = {
     "source": "the prepared data source (`evolve prepare --source`)",
     "strategy": "population (islands) or ratchet (autoresearch: keep if better)",
     "islands": "islands of the population strategy",
-    "budget": "seconds of training per experiment",
+    "budget": "training per experiment, in the profile's unit (seconds or tokens)",
     "depth": "model depth during the search (`evolve validate` checks transfer deeper)",
     "mutable": "files a child may change; the static guard rejects changes elsewhere",
     "api_key_env": "the NAME of the variable holding the key, never the key itself",

@@ -61,7 +61,10 @@ def test_typos_and_wrong_types_in_evolve_toml_are_errors(ws, text, message):
     ("line", "message"),
     [
         ("depth = 2.5", "[run] depth must be a whole number, not 2.5"),
-        ("budget = true", "[run] budget must be a number of seconds, not True"),
+        (
+            "budget = true",
+            "[run] budget must be a number (seconds or tokens, as the profile counts), not True",
+        ),
         ("islands = true", "[run] islands must be a whole number, not True"),
         ('depth = "12"', "[run] depth must be a whole number, not '12'"),
         ("dpeth = 3", "unknown key 'dpeth' in [run]; did you mean depth?"),
