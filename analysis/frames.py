@@ -7,6 +7,11 @@ and joined in pandas, so 100,000 individuals take well under two seconds.
 
 Scores are means over the ok evaluations at the run's search depth; validation runs (purpose
 `validation`, at another depth) fill the `validation_*` columns and the transfer `verdict`.
+
+Every run of the workspace is in one frame (the `run` column); ids are unique across runs. A
+run started from an exported champion has, in its baseline's `origin` column, the earlier run's
+individual it came from: `ancestry` and `descendants` follow that link, so the champion of the
+third run traces back to the first run's baseline.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ TRANSFER_MARGIN = 2.0
 VERDICTS = ("transfers", "does not transfer", "inconclusive")
 
 LINEAGE_COLUMNS = (
-    "id", "run", "commit", "branch", "parents", "parent", "kind", "operator", "island", "generation",
+    "id", "run", "commit", "branch", "parents", "parent", "kind", "origin", "operator", "island", "generation",
     "status", "decision", "created", "started", "finished", "depth", "val_bpb_mean", "val_bpb_std",
     "val_bpb_n", "delta_parent", "delta_baseline", "validation_depth", "validation_bpb_mean",
     "validation_bpb_n", "validation_delta_baseline", "verdict", "description", "guard_reason",
@@ -72,8 +77,14 @@ def locate(path: str | Path) -> Source:
 def read_snapshot(db: Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection holding one read transaction: every query sees the same state."""
     from evolve.migrations import MIGRATIONS, applied_versions
+    from evolve.storefile import connect_readonly
 
-    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn = connect_readonly(db, isolation_level=None)  # also in a read-only workspace
+    except sqlite3.OperationalError as exc:
+        raise AnalysisError(f"cannot read {db} ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise AnalysisError(f"{db} is not an autoevolve store ({exc})") from None
     try:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
@@ -165,11 +176,12 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     # at 100,000 individuals, string joins in pandas would cost more than the whole budget.
     runs = _runs(conn, run)
     where, params = ("WHERE i.run = ?", (run,)) if run is not None else ("", ())
+    origin = "origin" if "origin" in _columns(conn, "individuals") else "NULL AS origin"  # older stores
     df = _read(
         conn,
         'SELECT i.rowid AS _rowid, id, run, commit_sha AS "commit", branch, operator, island, generation,'
-        " status, decision, created, started, finished, description, guard_reason FROM individuals i"
-        f" {where} ORDER BY created, i.rowid",
+        f" status, decision, created, started, finished, description, guard_reason, {origin}"
+        f" FROM individuals i {where} ORDER BY created, i.rowid",
         params,
     )
     n_rows = len(df)
@@ -364,14 +376,32 @@ def _row_of(df: pd.DataFrame, individual: str) -> int:
 
 
 def _order(df: pd.DataFrame, keep: set[str]) -> pd.DataFrame:
+    """The rows of `keep`, run by run (in the order the runs started), oldest generation first."""
+    run_rank = {name: rank for rank, name in enumerate(dict.fromkeys(df["run"]))}
     out = df[df["id"].isin(keep)]
-    return out.sort_values(["generation", "created", "id"], kind="stable")
+    out = out.assign(_run=out["run"].map(run_rank)).sort_values(
+        ["_run", "generation", "created", "id"], kind="stable"
+    )
+    return out.drop(columns="_run")
+
+
+def _links(df: pd.DataFrame) -> pd.Series:
+    """Per row, the ids it descends from: its parents, and for a run's baseline its `origin`."""
+    if "origin" not in df:
+        return df["parents"]
+    origins = df["origin"].to_numpy(dtype=object)
+    return pd.Series(
+        [(*p, o) if isinstance(o, str) and o else p for p, o in zip(df["parents"], origins, strict=True)],
+        index=df.index,
+        dtype=object,
+    )
 
 
 def ancestry(df: pd.DataFrame, individual: str, include_self: bool = True) -> pd.DataFrame:
-    """Every ancestor of `individual` (through both parents of a crossover), oldest generation first."""
+    """Every ancestor of `individual` (through both parents of a crossover, and back across runs
+    through a baseline's `origin`), run by run, oldest generation first."""
     _row_of(df, individual)
-    parents = dict(zip(df["id"], df["parents"], strict=True))
+    parents = dict(zip(df["id"], _links(df), strict=True))
     seen: set[str] = set()
     todo = [individual]
     while todo:
@@ -385,9 +415,12 @@ def ancestry(df: pd.DataFrame, individual: str, include_self: bool = True) -> pd
 
 
 def descendants(df: pd.DataFrame, individual: str, include_self: bool = False) -> pd.DataFrame:
-    """Every descendant of `individual` (children, their children, ...), oldest generation first."""
+    """Every descendant of `individual` (children, their children, ..., and the later runs that
+    started from one of them), run by run, oldest generation first."""
     _row_of(df, individual)
-    edges = df[["id", "parents"]].explode("parents").dropna(subset=["parents"])
+    edges = (
+        pd.DataFrame({"id": df["id"], "parents": _links(df)}).explode("parents").dropna(subset=["parents"])
+    )
     edges = edges.sort_values("parents", kind="stable")
     parent_keys = edges["parents"].to_numpy().astype(str)
     child_ids = edges["id"].to_numpy()

@@ -71,6 +71,7 @@ def lineage_from_git(root: Path, run: str | None = None) -> pd.DataFrame:
                 {
                     "id": g.id, "run": g.run, "commit": g.commit, "branch": g.branch, "parents": g.parents,
                     "parent": g.parents[0] if g.parents else None, "kind": _kind(g.operator, g.parents),
+                    "origin": g.origin or None,
                     "operator": g.operator, "generation": generation[g.id], "description": g.description,
                 }
             )  # fmt: skip
@@ -80,6 +81,8 @@ def lineage_from_git(root: Path, run: str | None = None) -> pd.DataFrame:
     for col in LINEAGE_COLUMNS:
         if col not in df:
             df[col] = np.nan
-    df = df[list(LINEAGE_COLUMNS)].astype({"status": object, "decision": object, "verdict": object})
+    df = df[list(LINEAGE_COLUMNS)].astype(
+        {"status": object, "decision": object, "verdict": object, "origin": object}
+    )
     df.attrs.update(source="git", db=None, root=str(root), search_depth={}, noise_floor={}, runs={})
     return df.reset_index(drop=True)

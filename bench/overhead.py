@@ -45,7 +45,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when installed
 
-import evolve.engine as engine_module  # noqa: E402
+import evolve.novelty as novelty_module  # noqa: E402
+import genome.guard as guard_module  # noqa: E402
 from evolve.engine import Engine, EngineConfig  # noqa: E402
 from evolve.scheduler import StopConditions, session_rows  # noqa: E402
 from genome.hyperparams import parse_hyperparams  # noqa: E402
@@ -151,13 +152,14 @@ class Timers:
 
 def instrument(engine: Engine, timers: Timers) -> Callable[[], None]:
     """Time the engine's parts; returns a function that undoes the module-level patch."""
-    engine._code_hash = timers.wrap("novelty", engine._code_hash)
     engine._intake = timers.wrap("intake", engine._intake)
     engine.claim = timers.wrap("claim", engine.claim)
     engine._record = timers.wrap("record", engine._record)
     engine.propose = timers.wrap("propose", engine.propose)
-    original_check = engine_module.check
-    engine_module.check = timers.wrap("guard", original_check)
+    # The intake rule (evolve.novelty.admit) looks both up in their modules at each call.
+    original_hash, original_check = novelty_module.code_hash, guard_module.check
+    novelty_module.code_hash = timers.wrap("novelty", original_hash)
+    guard_module.check = timers.wrap("guard", original_check)
     original_setup = engine.setup
 
     def setup() -> None:  # operators and the pool exist only after setup
@@ -168,7 +170,11 @@ def instrument(engine: Engine, timers: Timers) -> Callable[[], None]:
         engine.pool.checkout = timers.wrap("checkout", engine.pool.checkout)
 
     engine.setup = setup
-    return lambda: setattr(engine_module, "check", original_check)
+
+    def undo() -> None:
+        novelty_module.code_hash, guard_module.check = original_hash, original_check
+
+    return undo
 
 
 @dataclass(frozen=True)

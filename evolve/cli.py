@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -12,6 +13,7 @@ from trainer.errors import TrainerError
 from .errors import EvolveError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (EvolveError, PrepareError, TrainerError)
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})
 
 
 class _Group(click.Group):
@@ -22,6 +24,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except USER_ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:  # the machine's state, not a bug: a full disk, a read-only folder
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            text = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                    errno.EROFS: "a read-only file system"}.get(exc.errno, exc.strerror)  # fmt: skip
+            click.echo(f"error: {text}{where}; fix that and run the command again", err=True)
             sys.exit(1)
 
 
@@ -59,6 +69,9 @@ def _register() -> None:
     from .cli_validate import validate_cmd
 
     main.add_command(validate_cmd)
+    from .cli_doctor import doctor_cmd
+
+    main.add_command(doctor_cmd)
     from .cli_serve import serve_cmd
 
     main.add_command(serve_cmd)

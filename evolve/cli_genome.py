@@ -8,11 +8,13 @@ from pathlib import Path
 
 import click
 
-from genome import GenomeError, GenomeRepo, export, init_workspace, open_workspace
+from genome import GenomeError, GenomeRepo, export, init_workspace, open_workspace, resolve_genome_id
 from genome.repo import git_process
 from genome.settings import STRATEGIES
 
 from .errors import EvolveError
+
+STATE_DB = Path(".evolve") / "evolve.db"
 
 # The engine provides `resolve_champion(workspace_root) -> id` (and optionally
 # `lineage_scores(workspace_root, ids) -> {id: val_bpb}`) in this module once it has a store.
@@ -32,6 +34,29 @@ def _champion_hooks(root: Path) -> tuple[Callable[[], str] | None, Callable[[lis
         (lambda: resolve(root)) if resolve else None,
         (lambda ids: scores(root, ids)) if scores else None,
     )
+
+
+def _highest_id(directory: Path) -> int:
+    """The highest id the workspace's store has recorded (-1 without a store): never handed out again."""
+    db = Path(directory).expanduser().resolve() / STATE_DB
+    if not db.is_file():
+        return -1
+    from .store import Store
+
+    with Store(db, readonly=True) as store:
+        return store.highest_id()
+
+
+def _check_branch(root: Path, genome_id: str) -> None:
+    """Refuse to export an individual whose branch is not the commit the store scored."""
+    db = root / STATE_DB
+    if not db.is_file():
+        return  # git alone: nothing to compare with
+    from .agreement import check_export
+    from .store import Store
+
+    with Store(db, readonly=True) as store:
+        check_export(store, root, genome_id)
 
 
 @click.command("init")
@@ -72,6 +97,7 @@ def init_cmd(directory, run_name, profile, source, strategy, islands, budget, de
             budget=budget,
             depth=depth,
             train_py=train_py,
+            reserved=_highest_id(directory),
         )
         baseline = ws.repo().baseline()
     except GenomeError as exc:
@@ -115,11 +141,13 @@ def export_cmd(genome_id, branch, base, run_name, workspace):
             head = git_process(ws.root, "symbolic-ref", "--quiet", "--short", "HEAD").stdout.decode().strip()
             base = head or "main"
         champion, scores_hook = _champion_hooks(ws.root)
+        genome_id = resolve_genome_id(genome_id, champion)
+        _check_branch(ws.root, genome_id)
         scores = None
         if scores_hook is not None:
             ids = [g.id for g in repo.genomes()]
             scores = scores_hook(ids)
-        result = export(repo, genome_id, branch, base=base, scores=scores, champion=champion)
+        result = export(repo, genome_id, branch, base=base, scores=scores)
     except GenomeError as exc:
         raise EvolveError(str(exc)) from None
     click.echo(f"{result.branch}: {result.commit[:10]} = {result.genome.id}'s train.py on top of {base}")

@@ -19,6 +19,7 @@ from genome.workspace import Workspace
 from prepare.errors import PrepareError
 from prepare.profiles import PROFILES, get_profile
 
+from . import storefile
 from .cli_validate import latest_transfer, transfer_summary, transfer_table
 from .engine import DB_FILE, Engine, EngineConfig
 from .errors import EvolveError
@@ -26,6 +27,7 @@ from .live import Device, LiveView, render, snapshot
 from .llm.config import apply_flags, parse_model_flags
 from .scheduler import StopConditions, StopReason, read_log
 from .store import Store
+from .storefile import Backups
 
 _WORKSPACE = click.option(
     "--workspace",
@@ -46,6 +48,9 @@ def _workspace(path: Path) -> Workspace:
 def _store(ws: Workspace) -> Store:
     db = ws.state_dir / DB_FILE
     if not db.exists():
+        good = Backups(db).newest_good()
+        if good is not None:  # it was there: say so, rather than "no evolution yet"
+            raise storefile.missing(db, good)
         raise EvolveError(f"no evolution in {ws.root} yet; start one with `evolve run`")
     return Store(db, readonly=True)
 

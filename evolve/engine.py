@@ -20,9 +20,11 @@ the operator's share of the draws, 0 to leave it out); flags of `evolve run` ove
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import prepare
-from genome.guard import check
+from genome.errors import GenomeError
 from genome.record import BASELINE_ID
 from genome.workspace import Workspace
 from genome.worktrees import POOL_DIR, WorktreePool
@@ -41,9 +43,10 @@ from prepare.errors import PrepareError
 from prepare.profiles import dataset_dir, get_profile
 from trainer import Executor, Job, RunResult, TrainerError
 
+from .agreement import refuse_disagreement
 from .engine_config import EngineConfig
 from .errors import EvolveError
-from .novelty import tree_hash, twin
+from .novelty import admit, code_hash
 from .operators.base import (
     Operator,
     OperatorSetup,
@@ -68,11 +71,13 @@ from .scheduler import (
     workspace_lock,
 )
 from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
+from .storefile import Backups, os_problem
 
 DB_FILE = "evolve.db"
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
 # baseline share seeds, so a child's first run is compared with the same data order
 REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
+FULL_DISK_BYTES = 1 << 20  # below this much free space, a failed run is blamed on the disk, not the child
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -107,7 +112,16 @@ class Engine:
             raise EvolveError(
                 f"{exc} (run `evolve prepare --profile {config.profile} --source {config.source}` first)"
             ) from None
-        self.store = Store(workspace.state_dir / DB_FILE)
+        db = workspace.state_dir / DB_FILE
+        if not db.exists() and not Backups(db).list() and len(self.repo.own_ids()) > 1:
+            raise EvolveError(
+                f"the store {db} is missing, but git holds {len(self.repo.own_ids())} individuals of run "
+                f"{self.run_name!r}: `evolve doctor --repair` re-adopts them (a new store is never "
+                f"started over an evolution)"
+            )
+        self.store = Store(db)
+        self.backups = Backups(db, keep=config.backups_kept)
+        self._last_backup = 0.0
         self.policy = PromotionPolicy(config.baseline_seeds, config.max_seeds, config.margin)
         self.weights = OperatorWeights()
         self.on_event = on_event
@@ -117,6 +131,7 @@ class Engine:
         self.session: Session | None = None
         self.operators: dict[str, Operator] = {}
         self.pool: WorktreePool | None = None
+        self.baseline_id = BASELINE_ID  # the run's own, once `setup` has read it from git
         self._proposals = 0
         self._experiments = 0
         self._tried: set[str] = set()  # operators drawn at least once in this run
@@ -124,12 +139,18 @@ class Engine:
         self._exhausted_lock = threading.Lock()  # not the engine lock: the scheduler asks under its own
         self._signals: dict = {}
         self._intake_lock = threading.Lock()
+        self._attempts = 0  # decisions, refusals and failed proposals seen (operators' credits)
+        self._credit_cache: tuple[int, dict] | None = None
         self._thread = threading.local()  # events of the change in progress on this thread
 
     # --- events ---------------------------------------------------------------------------------
     def event(self, kind: str, **payload: Any) -> None:
         """Record an event; show it (on_event) now, or after the change it belongs to commits."""
         self.store.add_event(kind, payload, run=self.run_name)
+        if kind in ("decision", PROPOSAL_FAILED) or (
+            kind == "proposed" and payload.get("status") == "rejected"
+        ):
+            self._attempts += 1  # an operator's credit may have changed
         pending = getattr(self._thread, "pending", None)
         if pending is not None:
             pending.append((kind, payload))
@@ -164,15 +185,19 @@ class Engine:
             )
             return
         changed = [
-            f"{k} {run.settings.get(k)!r} -> {v!r}" for k, v in identity.items() if run.settings.get(k) != v
+            f"{k} {run.settings.get(k)!r} -> {v!r}"
+            for k, v in identity.items()
+            if k in run.settings and run.settings[k] != v
         ]
         if changed:
             raise EvolveError(
                 f"run {self.run_name!r} was started with other settings ({'; '.join(changed)}); "
                 f"resume it with its own, or start a new run: evolve init {self.ws.root} --run NEWNAME"
             )
-        if any(run.settings.get(k) != v for k, v in latest.items()):
-            self.store.update_run_settings(self.run_name, **latest)
+        # A run `evolve doctor --repair` rebuilt from git has no identity yet: this session's is it.
+        missing = {k: v for k, v in {**identity, "source": c.source}.items() if k not in run.settings}
+        if missing or any(run.settings.get(k) != v for k, v in latest.items()):
+            self.store.update_run_settings(self.run_name, **missing, **latest)
 
     def setup(self) -> None:
         """Everything before the scheduler: run row, operators, resume, baseline, population."""
@@ -201,19 +226,24 @@ class Engine:
             raise EvolveError(
                 "no operator could be built; see `evolve status` and evolve.toml's [search] operators"
             )
+        # A branch deleted or moved by hand: its score would be read as another commit's. Refuse.
+        refuse_disagreement(self.store, self.ws.root, self.run_name)
+        # Ids are never reused: not those the store holds, even where a branch was deleted by hand.
+        self.repo.reserve(self.store.highest_id())
         baseline = self.repo.ensure_baseline()
-        leftovers = kill_leftover_runs(
-            self.ws.root / POOL_DIR, self.ws.state_dir / "logs"
-        )  # a SIGKILLed session's runs
+        self.baseline_id = baseline.id
+        # a SIGKILLed session's runs
+        leftovers = kill_leftover_runs(self.ws.root / POOL_DIR, self.ws.state_dir / "logs")
         if leftovers:
             self.event("leftover_runs_killed", pids=leftovers)
         self.pool = WorktreePool(self.repo, self.executor.slots, start=baseline.commit)
         requeued = self.store.requeue_in_flight(self.run_name)
         if requeued:
             self.event("resume", requeued=requeued)
-        if self.store.get(BASELINE_ID) is None:
+        row = self.store.get(baseline.id)
+        if row is None:
             self.store.add_individual(
-                id=BASELINE_ID,
+                id=baseline.id,
                 run=self.run_name,
                 commit=baseline.commit,
                 branch=baseline.branch,
@@ -221,6 +251,13 @@ class Engine:
                 description=baseline.description,
                 status=Status.QUEUED,
                 code_hash=self._code_hash(baseline.commit),
+                origin=baseline.origin,
+            )
+        elif row.run != self.run_name:  # a workspace made before ids were unique across runs
+            raise EvolveError(
+                f"generation 0 of run {self.run_name!r} is {baseline.branch}, but {baseline.id} is run "
+                f"{row.run!r}'s; delete the branch (git branch -D {baseline.branch}) and run "
+                f"`evolve init --run {self.run_name}` again"
             )
         self._proposals = len(self.store.events(self.run_name, kind="proposed")) + len(
             self.store.events(self.run_name, kind=PROPOSAL_FAILED)
@@ -258,7 +295,9 @@ class Engine:
         return ind
 
     def _baseline_ok(self) -> int:
-        return sum(1 for e in self.store.evaluations(BASELINE_ID) if e.ok and e.depth == self.config.depth)
+        return sum(
+            1 for e in self.store.evaluations(self.baseline_id) if e.ok and e.depth == self.config.depth
+        )
 
     def evaluate_baseline(self) -> None:
         """Run the baseline's missing seeds in parallel, then accept it (its mean is the first best).
@@ -266,15 +305,15 @@ class Engine:
         A stop request lets the runs in flight finish and be recorded; an abandon drops them."""
         assert self.scheduler is not None and self.session is not None
         pending = self.policy.baseline_pending(self._baseline_ok())
-        attempts = len(self.store.evaluations(BASELINE_ID))
+        attempts = len(self.store.evaluations(self.baseline_id))
         while pending > 0 and not self.scheduler.stopping.is_set():
             if attempts >= 2 * self.config.baseline_seeds + 2:
-                last = self.store.evaluations(BASELINE_ID)[-1]
+                last = self.store.evaluations(self.baseline_id)[-1]
                 raise EvolveError(
                     f"the baseline keeps failing ({last.status}: {last.reason}); see {last.log_path} and fix train.py"
                 )
-            base = self._mark_running(BASELINE_ID)
-            seeds = self._next_seeds(BASELINE_ID, min(pending, self.executor.slots))
+            base = self._mark_running(self.baseline_id)
+            seeds = self._next_seeds(self.baseline_id, min(pending, self.executor.slots))
             running = [
                 (seed, *self._submit(slot, base, seed, Purpose.BASELINE)) for slot, seed in enumerate(seeds)
             ]
@@ -289,16 +328,16 @@ class Engine:
                 self.session.save()
                 attempts += 1
             pending = self.policy.baseline_pending(self._baseline_ok())
-        base = self.store.get(BASELINE_ID)
+        base = self.store.get(self.baseline_id)
         assert base is not None
         if pending == 0 and base.status in (Status.QUEUED, Status.RUNNING):
             # requeued by a resume after its last seed had landed: nothing left to run
-            self._mark_running(BASELINE_ID)
-            self.store.set_status(BASELINE_ID, Status.EVALUATED)
+            self._mark_running(self.baseline_id)
+            self.store.set_status(self.baseline_id, Status.EVALUATED)
         if pending == 0 and base.decision is None:
-            score = self.store.scores(self.config.depth, self.run_name).get(BASELINE_ID)
-            self.store.set_decision(BASELINE_ID, "accept")
-            self.event("decision", id=BASELINE_ID, action="accept", reason=f"baseline {score}",
+            score = self.store.scores(self.config.depth, self.run_name).get(self.baseline_id)
+            self.store.set_decision(self.baseline_id, "accept")
+            self.event("decision", id=self.baseline_id, action="accept", reason=f"baseline {score}",
                        mean=score.mean if score else None)  # fmt: skip
 
     # --- device runs ----------------------------------------------------------------------------
@@ -333,13 +372,29 @@ class Engine:
             return future.result()
         except TrainerError as exc:
             raise EvolveError(f"the trainer refused a run: {exc}") from None
+        except OSError as exc:  # the trainer could not write its log: the disk, not the child
+            problem = os_problem(exc, self.ws.state_dir)
+            if problem is None:
+                raise
+            raise problem from None
 
     def _record(
         self, ind: Individual, result: RunResult, seed: int, purpose: Purpose, started: float
     ) -> EvalReport:
+        if not result.ok and shutil.disk_usage(self.ws.state_dir).free < FULL_DISK_BYTES:
+            # A run that failed while the disk is full says nothing of the child: not recorded,
+            # it stays running and is run again once there is room.
+            raise os_problem(
+                OSError(errno.ENOSPC, "no space left", str(self.ws.state_dir)), self.ws.state_dir
+            )
         data = result.to_dict()
         data["log_path"] = compress_log(result.log_path)
         evaluation = Evaluation.from_result(ind.id, data, purpose=purpose)
+        if not evaluation.commit:  # the trainer could not tell: the worktree held what we checked out
+            evaluation = replace(evaluation, commit=ind.commit)
+        elif evaluation.commit != ind.commit:  # a score is only ever the individual's own commit's
+            evaluation = replace(evaluation, status="invalid", val_bpb=None,
+                                 reason=f"the trainer ran {evaluation.commit[:10]}, not {ind.id}'s {ind.commit[:10]}")  # fmt: skip
         outcome = None
         with self._change():
             self.store.record_evaluation(evaluation)
@@ -419,8 +474,12 @@ class Engine:
 
     def _tell(self, outcome: Outcome) -> None:
         op = self.operators.get(outcome.child.operator)
-        if op is not None:
+        if op is None:
+            return
+        try:
             op.on_outcome(outcome)
+        except Exception as exc:  # the operator's own state (e.g. optuna.db on a full disk)
+            self.event("outcome_not_told", id=outcome.child.id, operator=op.name, error=str(exc)[:300])
 
     def _decide_undecided(self) -> None:
         """Children evaluated but never decided (only possible with an older engine): decide now."""
@@ -433,11 +492,7 @@ class Engine:
 
     # --- proposals ----------------------------------------------------------------------------------
     def _code_hash(self, commit: str) -> str:
-        files = {}
-        for path in self.mutable:
-            data = self.repo.read_exact(commit, path)
-            files[path] = data.decode(errors="replace") if data is not None else ""
-        return tree_hash(files)
+        return code_hash(self.repo, commit, self.mutable)
 
     def _parent(self, member_id: str, scores: Mapping[str, Score]) -> Parent:
         ind = self.store.get(member_id)
@@ -455,6 +510,20 @@ class Engine:
             self.event("operator_exhausted", operator=name, remaining=names,
                        llm_usd=round(float(self.store.llm_spend(self.run_name)["cost"]), 6))  # fmt: skip
         return names
+
+    def _credits(self) -> dict:
+        """The operators' credits, read again from the store once 2% more attempts were seen
+        (at once while there are fewer than 50): exact early on, and at 10,000 children not one
+        pass over the whole run per proposal."""
+        cached = self._credit_cache
+        if cached is not None:
+            at, credits = cached
+            total = sum(c.attempts for c in credits.values())
+            if self._attempts - at < max(1, total // 50):
+                return credits
+        credits = credits_from_store(self.store, self.run_name)
+        self._credit_cache = (self._attempts, credits)
+        return credits
 
     def _draw(self, names: list[str], credits: Mapping[str, Any], rng: random.Random) -> str:
         name = self.weights.draw(names, credits, rng, self.config.weights)
@@ -480,7 +549,7 @@ class Engine:
     def _context(self, rng: random.Random, calls: list[int]) -> tuple[Operator, ProposalContext] | None:
         """Draw an operator and its parents (under the engine lock); its LLM calls' ids go to `calls`."""
         assert self.strategy is not None
-        credits = credits_from_store(self.store, self.run_name)
+        credits = self._credits()
         names = self._usable()
         if not names:
             return None
@@ -531,6 +600,7 @@ class Engine:
             settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
             partners=tuple(self._parent(m.id, scores) for m in partners),
             acceptance=self.policy.describe(floor),
+            baseline=self.baseline_id,
         )
         self._tried.add(op.name)
         return op, ctx
@@ -562,19 +632,15 @@ class Engine:
     ) -> bool:
         """Novelty check, static guard, then the queue (or a rejected row). True when queued."""
         genome = proposal.genome
-        code_hash = self._code_hash(genome.commit)
         # Its own lock: two proposals of the same code must not both pass the novelty check.
         with self._intake_lock:
-            duplicate = twin(self.store, self.run_name, code_hash)
-            status, reason = Status.QUEUED, None
-            if duplicate is not None:
-                status, reason = Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)"
-            else:
-                first = self.store.get(genome.parents[0])
-                parent_commit = first.commit if first else self.repo.get(genome.parents[0]).commit
-                verdict = check(self.repo, parent_commit, genome.commit, self.mutable)
-                if not verdict.ok:
-                    status, reason = Status.REJECTED, verdict.reason
+            admission = admit(self.store, self.repo, self.run_name, genome, self.mutable)
+            status, reason, code_hash, duplicate = (
+                admission.status,
+                admission.reason,
+                admission.code_hash,
+                admission.duplicate,
+            )
             with self._change():
                 ind = self.store.add_individual(
                     id=genome.id,
@@ -631,8 +697,16 @@ class Engine:
         )
         self.session = Session(self.store, self.run_name, devices)
         c = self.config
+        self.backup("session start")
+
+        def tick() -> None:  # the scheduler's main loop, about every half second
+            if time.time() - self._last_backup >= c.backup_minutes * 60:
+                self.backup(f"every {c.backup_minutes:g} minutes")
+            if on_tick is not None:
+                on_tick()
+
         self.scheduler = Scheduler(self, self.session, stop=c.stop, ahead=c.ahead, proposers=c.proposers,
-                                   on_tick=on_tick)  # fmt: skip
+                                   on_tick=tick)  # fmt: skip
         self.scheduler.on_abandon = self.executor.abandon
         self.event("session_start", session=self.session.id, devices=list(devices), pid=os.getpid())
         if install_signals:
@@ -647,18 +721,46 @@ class Engine:
             self._adopt_orphans()
             self._decide_undecided()
 
+    def backup(self, reason: str) -> None:
+        """An online backup of the store (see evolve.storefile); a failure is an event, not a stop."""
+        self._last_backup = time.time()
+        try:
+            path = self.backups.make(reason)
+        except EvolveError as exc:
+            try:
+                self.event("backup_failed", reason=reason, error=str(exc))
+            except EvolveError:
+                pass  # the store itself is failing: the next write stops the run with the cause
+            return
+        self.event("backup", reason=reason, path=str(path), bytes=path.stat().st_size)
+
     def finish(self, reason: StopReason) -> None:
-        """After the steady state: what was in flight goes back to the queue; operators close."""
-        self.store.requeue_in_flight(self.run_name)
+        """After the steady state: what was in flight goes back to the queue; operators close; a
+        backup. When the run stops on an error (a full disk), what cannot be done now is left
+        for the next `evolve run`, and the first error is the one reported."""
+        failures: list[Exception] = []
+
+        def attempt(step: Callable[[], Any]) -> None:
+            try:
+                step()
+            except (EvolveError, GenomeError) as exc:
+                failures.append(exc)
+
+        attempt(lambda: self.store.requeue_in_flight(self.run_name))
         if self.session is not None:
-            self.event("session_end", session=self.session.id, reason=reason.value)
+            session = self.session.id
+            attempt(lambda: self.event("session_end", session=session, reason=reason.value))
         if self.scheduler is not None:
             self.scheduler.restore_signals(self._signals)
             self._signals = {}
         for op in self.operators.values():
-            op.close()
+            attempt(op.close)
         if self.pool is not None and reason is not StopReason.ABANDONED:
-            self.pool.close()
+            attempt(self.pool.close)
+        if self.session is not None:
+            self.backup("session end")
+        if failures and reason is not StopReason.ERROR:
+            raise failures[0]
 
     def run(self, on_tick: Callable[[], None] | None = None, install_signals: bool = True) -> StopReason:
         """Resume or start the run and evolve until a stop condition; returns why it stopped."""

@@ -6,6 +6,7 @@ the flags of `evolve run`; `evolve.engine` re-exports it.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -13,8 +14,12 @@ from typing import Any
 from genome.settings import SETTINGS_FILE, read_settings
 from genome.workspace import Workspace
 
+from .config_check import check_keys, check_tables, check_values, operator_options
 from .errors import EvolveError
+from .llm.config import KNOWN_KEYS as LLM_KEYS
 from .scheduler import StopConditions
+
+STORE_KEYS = ("backup_minutes", "backups_kept")  # the [store] table
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class EngineConfig:
     proposers: int = 2  # proposal threads
     elites: int = 8  # elites shown to an operator
     allowance: float | None = None  # extra seconds per run beyond the budget (profile's default)
+    backup_minutes: float = 30.0  # [store]: an online backup of the store this often, and at the end
+    backups_kept: int = 5  # [store]: the newest backups kept
     stop: StopConditions = field(default_factory=StopConditions)
     operator_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -48,7 +55,9 @@ class EngineConfig:
         if profile is not None and profile != settings.profile:
             settings = settings.with_changes(profile=profile)
         data = read_settings(workspace.root / SETTINGS_FILE)
+        check_tables(data, operator_options())
         search = dict(data.get("search") or {})
+        store = dict(data.get("store") or {})
         known = {f.name for f in fields(cls)} - {
             "profile",
             "budget",
@@ -56,12 +65,14 @@ class EngineConfig:
             "source",
             "stop",
             "operator_options",
+            *STORE_KEYS,
         }
-        unknown = sorted(set(search) - known)
-        if unknown:
-            raise EvolveError(
-                f"evolve.toml: unknown key(s) in [search]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        check_keys("search", search, known)
+        check_keys("store", store, STORE_KEYS)
+        check_keys("llm", dict(data.get("llm") or {}), LLM_KEYS)  # its values: evolve.llm.config
+        hints = typing.get_type_hints(cls)
+        check_values("search", search, hints)
+        check_values("store", store, hints)
         values: dict[str, Any] = dict(
             profile=settings.profile,
             budget=settings.budget,
@@ -74,6 +85,7 @@ class EngineConfig:
             },
         )
         values.update(search)
+        values.update(store)
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values.get("operators"), (list, str)):
             ops = values["operators"]
@@ -89,10 +101,12 @@ class EngineConfig:
         problems = [
             (self.strategy in ("population", "ratchet"), "strategy must be population or ratchet"),
             (self.islands >= 1, "islands must be >= 1"),
-            (self.budget > 0, "budget must be > 0 seconds"),
+            (self.budget > 0, "budget must be > 0"),
             (self.depth >= 1, "depth must be >= 1"),
             (self.baseline_seeds >= 1, "baseline seeds must be >= 1"),
             (self.max_seeds >= 1, "max seeds must be >= 1"),
+            (self.backup_minutes > 0, "[store] backup_minutes must be > 0"),
+            (self.backups_kept >= 1, "[store] backups_kept must be >= 1"),
         ]
         for ok, message in problems:
             if not ok:

@@ -27,6 +27,8 @@ from .promotion import Score
 from .scheduler import DutySummary, active_session, duty_summary
 from .store import Status, Store
 
+SNAPSHOT_SHARE = 20  # the live view's snapshots take at most 1/20 of the controller's time
+
 
 @dataclass(frozen=True)
 class Device:
@@ -208,7 +210,7 @@ def snapshot(
     disk = store.disk_use()
     extra = _tree_bytes(state_dir) - disk.db_bytes - disk.log_bytes if state_dir is not None else 0
     lines = []
-    for ev in store.events(run)[-200:]:
+    for ev in store.events(run, last=200):
         text = event_text(ev.kind, ev.payload)
         if text:
             lines.append(time.strftime("%H:%M:%S ", time.localtime(ev.time)) + text)
@@ -375,6 +377,7 @@ class LiveView:
         self.terminal = self.console.is_terminal
         self._live: Live | None = None
         self._last = 0.0
+        self._cost = 0.0  # seconds the last snapshot took
         self._lock = threading.Lock()
 
     def __enter__(self) -> LiveView:
@@ -395,13 +398,17 @@ class LiveView:
         """Called by the run's main loop every half second."""
         now = time.time()
         period = self.refresh if self.terminal else self.interval
-        if not force and now - self._last < period:
+        # A snapshot reads the whole run: at many thousand children it takes a while, so it is
+        # taken at most 1/SNAPSHOT_SHARE of the time, whatever the refresh asked for.
+        if not force and now - self._last < max(period, SNAPSHOT_SHARE * self._cost):
             return
         self._last = now
         try:
             snap = self.source()
         except LookupError:
             return  # the run row does not exist yet
+        finally:
+            self._cost = time.time() - now
         with self._lock:
             if self._live is not None:
                 self._live.update(render(snap))

@@ -206,6 +206,14 @@ def _v5_isolation_and_budget_unit(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE evaluations ADD COLUMN budget_unit TEXT NOT NULL DEFAULT 'seconds'")
 
 
+def _v15_provenance(conn: sqlite3.Connection) -> None:
+    # `origin`: for a run's baseline, the individual of an earlier run whose exported code it
+    # starts from (the lineage goes back across runs). `commit_sha` of an evaluation: the commit
+    # the trainer actually ran, so a score is never read as another commit's.
+    conn.execute("ALTER TABLE individuals ADD COLUMN origin TEXT")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN commit_sha TEXT")
+
+
 def _v20_insight_versions(conn: sqlite3.Connection) -> None:
     # Meta-insights are versions of one notebook: each row replaces the one before (prompts show
     # the newest), with the structured bullets that passed the check (`items`, JSON), the ones that
@@ -247,6 +255,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
     Migration(5, "evaluations: isolation and budget unit", _v5_isolation_and_budget_unit),
+    Migration(15, "a baseline's origin; the commit of each evaluation", _v15_provenance),
     Migration(20, "meta_insights: versions with checked items", _v20_insight_versions),
     Migration(21, "llm_calls: purpose, outcome and the texts", _v21_llm_call_outcomes),
 )

@@ -1,8 +1,11 @@
 """Novelty: a hash of code that ignores comments, docstrings and formatting.
 
 A child whose normalized code equals one already tried (queued, running, evaluated or failed) is
-not trained again: `twin` finds that one, for the engine's intake and for the operators, which
-ask before they commit (`tried_as`), so an LLM can be told to change its answer instead. Normalizing goes through the AST: comments and layout never
+not trained again: `twin` finds that one, for the intake and for the operators, which ask before
+they commit (`tried_as`), so an LLM can be told to change its answer instead. `admit` is the whole
+intake rule, novelty then the static guard, that the engine applies to every proposal and `evolve
+doctor --repair` to every child it re-adopts from git. Normalizing goes through the AST: comments
+and layout never
 reach it, docstrings are dropped, and `ast.dump` without positions is the canonical form. Two
 sources hash equal exactly when they parse to the same tree, so any change to code differs.
 """
@@ -12,7 +15,8 @@ from __future__ import annotations
 import ast
 import difflib
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from genome import pyast
@@ -20,6 +24,9 @@ from genome import pyast
 from .records import Status
 
 if TYPE_CHECKING:
+    from genome.record import Genome
+    from genome.repo import GenomeRepo
+
     from .store import Individual, Store
 
 TRIED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)  # code that counts as tried
@@ -95,3 +102,39 @@ def twin(store: Store, run: str, code_hash: str) -> Individual | None:
 def tried_as(store: Store, run: str, files: Mapping[str, str]) -> Individual | None:
     """The individual already tried with exactly this code (all mutable files, normalized)."""
     return twin(store, run, tree_hash(files))
+
+
+def code_hash(repo: GenomeRepo, commit: str, mutable: Sequence[str]) -> str:
+    """The normalized hash of a commit's mutable files (a missing file hashes as empty)."""
+    files = {}
+    for path in mutable:
+        data = repo.read_exact(commit, path)
+        files[path] = data.decode(errors="replace") if data is not None else ""
+    return tree_hash(files)
+
+
+@dataclass(frozen=True)
+class Admission:
+    status: Status  # queued (to be trained) or rejected
+    reason: str | None  # why it was rejected
+    code_hash: str
+    duplicate: Individual | None  # the individual already tried with the same code
+
+
+def admit(store: Store, repo: GenomeRepo, run: str, genome: Genome, mutable: Sequence[str]) -> Admission:
+    """Novelty (the same normalized code as one already tried in `run`: `twin`), then the guard."""
+    from genome.guard import check
+
+    digest = code_hash(repo, genome.commit, mutable)
+    duplicate = twin(store, run, digest)
+    if duplicate is not None:
+        return Admission(
+            Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)", digest, duplicate
+        )
+    if genome.parents:
+        first = store.get(genome.parents[0])
+        parent_commit = first.commit if first else repo.get(genome.parents[0]).commit
+        verdict = check(repo, parent_commit, genome.commit, mutable)
+        if not verdict.ok:
+            return Admission(Status.REJECTED, verdict.reason, digest, None)
+    return Admission(Status.QUEUED, None, digest, None)

@@ -87,6 +87,7 @@ class Individual:
     started: float | None
     finished: float | None
     guard_reason: str | None
+    origin: str | None = None  # a baseline's: the earlier run's individual its code was exported from
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Evaluation:
     log_path: str | None = None
     error_tail: str = ""
     reason: str = ""
+    commit: str = ""  # the commit the trainer ran ("" in stores older than the column)
     created: float | None = None
     isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), "none" when it was not
     budget_unit: str = "seconds"  # what `budget` counts: "seconds" or "tokens"
@@ -157,13 +159,16 @@ class Evaluation:
             log_path=None if result.get("log_path") is None else str(result["log_path"]),
             error_tail=text("error_tail"),
             reason=text("reason"),
+            commit=text("commit"),
             isolation=text("isolation"),
             budget_unit=text("budget_unit") or "seconds",
         )
 
 
-# The evaluations table has one column per field; `id` is assigned by SQLite.
+# The evaluations table has one column per field (`commit` is `commit_sha`, as for individuals);
+# `id` is assigned by SQLite.
 _EVALUATION_COLUMNS = tuple(f.name for f in fields(Evaluation) if f.name != "id")
+_COLUMN_NAMES = {"commit": "commit_sha"}
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,7 @@ def _evaluation(r: sqlite3.Row) -> Evaluation:
     row = dict(r)
     row["purpose"] = Purpose(row["purpose"])
     row["metrics"] = json.loads(row["metrics"])
+    row["commit"] = row.pop("commit_sha", None) or ""
     return Evaluation(**row)
 
 

@@ -295,9 +295,9 @@ class Scheduler:
                     self._active -= 1
                     self.slots[slot] = SlotState()
                     self.session.add(report)
-                    if report.recorded:
-                        self.session.save()
                     self.cond.notify_all()
+                if report.recorded:
+                    self._save()
             target = self.conditions.target_bpb
             if target is not None and self.search.target_reached(target):
                 self.request_stop(StopReason.TARGET)  # before this worker claims the next one
@@ -335,6 +335,14 @@ class Scheduler:
             with self.cond:
                 self._proposers_alive -= 1
                 self.cond.notify_all()
+
+    def _save(self, ended: bool = False, reason: str = "") -> None:
+        """Write the session's counters; a store that fails (a full disk) stops the run cleanly."""
+        try:
+            with self.cond:
+                self.session.save(ended=ended, reason=reason)
+        except EvolveError as exc:
+            self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         with self.cond:
@@ -388,8 +396,7 @@ class Scheduler:
             while any(t.is_alive() for t in threads):
                 self._check_conditions()
                 if time.time() - saved >= SAVE_EVERY:
-                    with self.cond:
-                        self.session.save()
+                    self._save()
                     saved = time.time()
                 if self.on_tick is not None:
                     self.on_tick()
@@ -402,8 +409,7 @@ class Scheduler:
             self._fail(exc)
         finally:
             self.restore_signals(previous)
-            with self.cond:
-                self.session.save(ended=True, reason=(self.reason or StopReason.DONE).value)
+            self._save(ended=True, reason=(self.reason or StopReason.DONE).value)
         if self.on_tick is not None:
             self.on_tick()
         if self.error is not None:
@@ -509,9 +515,15 @@ def session_rows(store: Store, run: str) -> list[dict]:
 @contextmanager
 def workspace_lock(state_dir: Path) -> Iterator[None]:
     """Only one `evolve run` per workspace: a second one would claim the same queue."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "run.lock"
-    with open(path, "a+") as handle:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - held for the whole run, closed below
+    except OSError as exc:
+        raise EvolveError(
+            f"cannot take the run lock {path}: {exc.strerror} (is the workspace read-only or its disk full?)"
+        ) from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -520,10 +532,13 @@ def workspace_lock(state_dir: Path) -> Iterator[None]:
             raise EvolveError(
                 f"another `evolve run` (pid {pid}) is using {state_dir.parent}; stop it first (Ctrl-C)"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError:
+            pass  # the pid is only a hint for the message above; the lock is what counts
         try:
             yield
         finally:
@@ -540,8 +555,14 @@ def compress_log(path: str | None) -> str | None:
         cut = len(data) - LOG_HEAD - LOG_TAIL
         data = data[:LOG_HEAD] + f"\n[evolve] ... {cut} bytes trimmed ...\n".encode() + data[-LOG_TAIL:]
     dst = src.with_name(src.name + ".gz")
-    with gzip.open(dst, "wb", compresslevel=6) as out:
-        out.write(data)
+    tmp = src.with_name(src.name + ".gz.tmp")
+    try:
+        with gzip.open(tmp, "wb", compresslevel=6) as out:
+            out.write(data)
+        os.replace(tmp, dst)
+    except OSError:  # a full disk: keep the plain log, leave no half-written archive
+        tmp.unlink(missing_ok=True)
+        return path
     src.unlink()
     return str(dst)
 

@@ -19,10 +19,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import storefile
 from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
-from .promotion import Score, pooled_std
+from .promotion import Score
 from .records import (
+    _COLUMN_NAMES,
     _EVALUATION_COLUMNS,
     _TRANSITIONS,
     SEARCH_PURPOSES,
@@ -41,6 +43,7 @@ from .records import (
     _individual,
 )
 from .store_llm import LLMRecords
+from .tally import Tally
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "Insight",
@@ -90,58 +93,92 @@ class Store(LLMRecords):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        if readonly:
-            if not self.path.exists():
-                raise EvolveError(f"no store at {self.path}: run `evolve run` in this workspace first")
-            known = max((m.version for m in migrations), default=0)
-            found = applied_versions(self._conn())
-            if found and max(found) > known:
-                raise EvolveError(
-                    f"this store has schema version {max(found)}, newer than this autoevolve knows "
-                    f"({known}): upgrade autoevolve"
-                )
-            self.applied: list[int] = []
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            # WAL is a property of the file: set once, it lets readers work beside the writer.
-            conn.execute("PRAGMA journal_mode=WAL")
-            self.applied = migrate(conn, migrations)
+        self._tally = Tally()  # scores read incrementally (evolve.tally)
+        self.applied: list[int] = []
+        try:
+            self._open_reader(migrations) if readonly else self._open_writer(migrations)
+        except sqlite3.Error as exc:
+            self.close()
+            raise storefile.describe(exc, self.path, doing="opening it") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_reader(self, migrations: Sequence[Migration]) -> None:
+        if not self.path.exists():
+            raise EvolveError(f"no store at {self.path}: run `evolve run` in this workspace first")
+        problem = storefile.header_problem(self.path)
+        if problem is not None:
+            raise storefile.refusal(self.path, problem, foreign=problem == "not an SQLite database")
+        conn = self._conn()
+        foreign = storefile.schema_problem(conn)
+        if foreign is not None:
+            raise storefile.refusal(self.path, foreign, foreign=True)
+        known = max((m.version for m in migrations), default=0)
+        found = applied_versions(conn)
+        if found and max(found) > known:
+            raise EvolveError(
+                f"this store has schema version {max(found)}, newer than this autoevolve knows "
+                f"({known}): upgrade autoevolve"
+            )
+
+    def _open_writer(self, migrations: Sequence[Migration]) -> None:
+        # Never write over what is there unless it passes every check; never start afresh
+        # where backups say an evolution was.
+        backups = storefile.Backups(self.path)
+        if self.path.exists() and (self.path.stat().st_size > 0 or backups.list()):
+            found = storefile.file_problem(self.path, full=True)
+            if found is not None:
+                raise storefile.refusal(self.path, *found)
+        elif not self.path.exists() and (good := backups.newest_good()) is not None:
+            raise storefile.missing(self.path, good)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        # WAL is a property of the file: set once, it lets readers work beside the writer.
+        conn.execute("PRAGMA journal_mode=WAL")
+        done = applied_versions(conn)
+        if done and any(m.version not in done for m in migrations):
+            backups.make("before the schema upgrade")  # a failed upgrade must not cost the data
+        self.applied = migrate(conn, migrations)
 
     # --- connections and transactions ---
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            if self.readonly:
-                conn = sqlite3.connect(
-                    self.path.resolve().as_uri() + "?mode=ro",
-                    uri=True,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-            else:
-                # Each thread uses only its own connection; the flag lets close() end them all.
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            if self.readonly:
-                conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
-            else:
-                # Durable against a killed process (not power loss), and much faster than FULL.
-                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                conn = self._connect()
+            except sqlite3.Error as exc:
+                raise storefile.describe(exc, self.path, doing="opening it") from None
             self._local.conn = conn
             self._local.depth = 0
             with self._lock:
                 self._connections.append(conn)
         return conn
 
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = storefile.connect_readonly(self.path, isolation_level=None, check_same_thread=False)
+        else:
+            # Each thread uses only its own connection; the flag lets close() end them all.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        if self.readonly:
+            conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
+        else:
+            # Durable against a killed process (not power loss), and much faster than FULL.
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One atomic change: commits at the end, rolls everything back on any exception.
 
-        Nested calls on the same thread join the outermost transaction."""
+        Nested calls on the same thread join the outermost transaction. A sqlite3 error that
+        means the store cannot be used now (full disk, read-only, locked, damaged) comes out as
+        a one-line `StoreError`; nothing of the change is left behind."""
         conn = self._conn()
         if self._local.depth:
             self._local.depth += 1
@@ -151,17 +188,31 @@ class Store(LLMRecords):
                 self._local.depth -= 1
             return
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on an upgrade.
-        conn.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
+        self._execute(conn, "BEGIN" if self.readonly else "BEGIN IMMEDIATE")
         self._local.depth = 1
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            self._execute(conn, "COMMIT")
+        except BaseException as exc:
+            self._tally.clear()  # it may have read rows of this change, which never landed
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
             raise
-        else:
-            conn.execute("COMMIT")
         finally:
             self._local.depth = 0
+
+    def _execute(self, conn: sqlite3.Connection, sql: str) -> None:
+        try:
+            conn.execute(sql)
+        except sqlite3.Error as exc:
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
+            raise
 
     def close(self) -> None:
         """Close every thread's connection (the store is unusable afterwards)."""
@@ -178,7 +229,12 @@ class Store(LLMRecords):
         self.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, params).fetchall()
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if _unusable(exc):
+                raise storefile.describe(exc, self.path) from None
+            raise
 
     def schema_version(self) -> int:
         return max(applied_versions(self._conn()), default=0)
@@ -250,6 +306,7 @@ class Store(LLMRecords):
         kind: LineageKind | str | None = None,
         guard_reason: str | None = None,
         priority: int = 0,
+        origin: str | None = None,
     ) -> Individual:
         """Insert an individual and its lineage edges together.
 
@@ -270,14 +327,20 @@ class Store(LLMRecords):
                     ).fetchone()
                     generation = 1 + (row[0] or 0)
             now = time.time()
+            taken = self.get(id)
+            if taken is not None:  # ids are never reused, whatever run asks
+                raise EvolveError(
+                    f"id {id} is taken: run {taken.run!r} recorded it at commit {taken.commit[:10]}; "
+                    f"`evolve doctor` checks the branches against the store"
+                )
             conn.execute(
                 "INSERT INTO individuals (id, run, commit_sha, branch, parents, operator, description,"
                 " island, generation, status, priority, code_hash, created, guard_reason,"
-                " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " finished, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     id, run, commit, branch, json.dumps(list(parents)), operator, description,
                     island, generation, status.value, priority, code_hash, now, guard_reason,
-                    now if status.is_finished() else None,
+                    now if status.is_finished() else None, origin or None,
                 ),
             )  # fmt: skip
             conn.executemany(
@@ -287,6 +350,13 @@ class Store(LLMRecords):
             individual = self.get(id)
         assert individual is not None
         return individual
+
+    def highest_id(self) -> int:
+        """The highest id number the store has ever recorded (-1 when empty)."""
+        row = self._query(
+            "SELECT MAX(CAST(SUBSTR(id, 2) AS INTEGER)) FROM individuals WHERE id GLOB 'g[0-9][0-9][0-9][0-9]*'"
+        )[0]
+        return -1 if row[0] is None else int(row[0])
 
     def get(self, individual_id: str) -> Individual | None:
         rows = self._query("SELECT * FROM individuals WHERE id = ?", (individual_id,))
@@ -425,7 +495,7 @@ class Store(LLMRecords):
         else failed; a validation run leaves its status alone."""
         e = evaluation
         with self.transaction() as conn:
-            row = {name: getattr(e, name) for name in _EVALUATION_COLUMNS}
+            row = {_COLUMN_NAMES.get(name, name): getattr(e, name) for name in _EVALUATION_COLUMNS}
             row.update(
                 purpose=Purpose(e.purpose).value,
                 metrics=json.dumps(e.metrics, sort_keys=True, default=str),
@@ -496,30 +566,17 @@ class Store(LLMRecords):
         purposes: Iterable[Purpose | str] = SEARCH_PURPOSES,
     ) -> dict[str, list[float]]:
         """val_bpb of every ok evaluation at `depth`, per individual, in recording order."""
-        purposes = [Purpose(p).value for p in purposes]
-        sql = (
-            "SELECT e.individual, e.val_bpb FROM evaluations e JOIN individuals i ON i.id = e.individual"
-            f" WHERE e.status = 'ok' AND e.val_bpb IS NOT NULL AND e.depth = ?"
-            f" AND e.purpose IN ({','.join('?' * len(purposes))})"
-        )
-        params: list[Any] = [depth, *purposes]
-        if run is not None:
-            sql += " AND i.run = ?"
-            params.append(run)
-        out: dict[str, list[float]] = {}
-        for r in self._query(sql + " ORDER BY e.id", params):
-            out.setdefault(r[0], []).append(r[1])
-        return out
+        return self._tally.values(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def scores(
         self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
     ) -> dict[str, Score]:
         """Mean, spread and count of the ok evaluations at `depth`, per individual."""
-        return {ind: Score.of(vals) for ind, vals in self.values(depth, run, purposes).items()}
+        return self._tally.scores(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def noise_floor(self, depth: int, run: str | None = None) -> float | None:
         """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
-        return pooled_std(self.values(depth, run).values())
+        return self._tally.noise_floor(self._query, depth, run, [p.value for p in SEARCH_PURPOSES])
 
     def leaderboard(
         self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False
@@ -566,8 +623,10 @@ class Store(LLMRecords):
         kind: str | None = None,
         after_id: int = 0,
         limit: int | None = None,
+        last: int | None = None,
     ) -> list[Event]:
-        """Events oldest first; `after_id` lets a live view read only what is new."""
+        """Events oldest first; `after_id` lets a live view read only what is new, `last` keeps
+        only the newest ones (read as such: a long run has many)."""
         where, params = ["id > ?"], [after_id]
         if run is not None:
             where.append("run = ?")
@@ -575,13 +634,13 @@ class Store(LLMRecords):
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
-        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [
-            Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"]))
-            for r in self._query(sql, params)
-        ]
+        order = "id DESC" if last is not None else "id"
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY {order}"
+        if limit is not None or last is not None:
+            sql += f" LIMIT {int(last if last is not None else limit)}"
+        rows = self._query(sql, params)
+        events = [Event(r["id"], r["time"], r["run"], r["kind"], json.loads(r["payload"])) for r in rows]
+        return events[::-1] if last is not None else events
 
     # --- housekeeping ---
 
@@ -601,3 +660,9 @@ class Store(LLMRecords):
                 log_bytes += p.stat().st_size
                 files += 1
         return DiskUse(db, log_bytes, files)
+
+
+def _unusable(exc: BaseException) -> bool:
+    """A sqlite3 error about the store's state (full, read-only, locked, damaged), not a constraint
+    or a programming error, which stay what they are."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError

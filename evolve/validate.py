@@ -23,6 +23,7 @@ import queue
 import shutil
 import threading
 import time
+import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
@@ -47,6 +48,7 @@ from .champion import (
     save_verdicts,
     transfer_report,
 )
+from .config_check import check_keys, check_tables, check_values, operator_options
 from .errors import EvolveError
 from .scheduler import compress_log, kill_training_children
 from .store import Evaluation, Individual, Purpose, Status, Store
@@ -85,13 +87,11 @@ class ValidationSpec:
     def from_workspace(cls, ws: Workspace, **overrides: Any) -> ValidationSpec:
         """evolve.toml's optional [validate] table (depth, top, seeds, budget, gpus_per_run,
         allowance), then the non-None `overrides`; depth defaults to the profile's validation depth."""
-        table = dict(read_settings(ws.root / SETTINGS_FILE).get("validate") or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(table) - known)
-        if unknown:
-            raise EvolveError(
-                f"evolve.toml: unknown key(s) in [validate]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+        data = read_settings(ws.root / SETTINGS_FILE)
+        check_tables(data, operator_options())
+        table = dict(data.get("validate") or {})
+        check_keys("validate", table, {f.name for f in fields(cls)})
+        check_values("validate", table, typing.get_type_hints(cls))
         values = {**table, **{k: v for k, v in overrides.items() if v is not None}}
         values.setdefault("depth", get_profile(ws.settings.profile).validation_depth)
         try:

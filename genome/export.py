@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import GenomeError
 from .lineage import ancestors
-from .record import BRANCH_PREFIX, Genome, one_line
+from .record import BRANCH_PREFIX, EXPORT_TRAILER, Genome, one_line
 from .repo import MACHINE_IDENTITY, GenomeRepo, git_process
 
 CHAMPION = "champion"
@@ -55,7 +55,7 @@ def export_message(genome: Genome, lineage: list[Genome], scores: Mapping[str, f
         parents = f" <- {'+'.join(g.parents)}" if g.parents else ""
         score = f" [{_format_score(scores[g.id])}]" if g.id in scores else ""
         lines.append(f"- {g.id} {g.operator}{parents}: {g.description}{score}")
-    trailer = f"Evolved-From: {genome.run}/{genome.id} {genome.commit}"
+    trailer = f"{EXPORT_TRAILER}: {genome.run}/{genome.id} {genome.commit}"
     return f"{subject}\n\n" + "\n".join(lines) + f"\n\n{trailer}\n"
 
 

@@ -1,8 +1,13 @@
 """One individual as git sees it: the frozen `Genome` record, its ids, and its commit message.
 
-Ids are a counter per run, `g0000` (the baseline), `g0001`, ...: short enough to type in
-`evolve export g0042`, unique within a run (a branch `evo/<run>/<id>` is created only if it does
-not exist yet), and sortable as text up to `g9999`; `sort_key` sorts any number of them.
+Ids are one counter per workspace, `g0000` (the first run's baseline), `g0001`, ...: short enough
+to type in `evolve export g0042`, and unique across every run of the workspace (the next run's
+baseline takes the next free number, and an id is never handed out twice: see
+`GenomeRepo._allocate`). They sort as text up to `g9999`; `sort_key` sorts any number of them.
+
+A run's baseline may name where it came from: `Evolve-Origin: g0042` is the individual of an
+earlier run whose code it starts from (read from the `Evolved-From` trailer that `evolve export`
+writes), so the lineage goes back across runs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ RUN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TRAILER_ID = "Evolve-Id"
 TRAILER_OPERATOR = "Evolve-Operator"
 TRAILER_PARENTS = "Evolve-Parents"
+TRAILER_ORIGIN = "Evolve-Origin"  # a baseline's: the earlier run's individual it was exported from
+EXPORT_TRAILER = "Evolved-From"  # an export commit's: `Evolved-From: <run>/<id> <sha>`
 NO_PARENTS = "none"  # the baseline's Evolve-Parents value
 _TRAILER_LINE = re.compile(r"^(Evolve-[A-Za-z-]+):[ \t]*(.*?)\s*$")
 
@@ -36,6 +43,7 @@ class Genome:
     operator: str
     description: str  # the commit's subject: the edit's one-line description
     branch: str  # "evo/<run>/<id>"
+    origin: str = ""  # a baseline's Evolve-Origin: the earlier run's individual it starts from
 
     @property
     def is_baseline(self) -> bool:
@@ -78,9 +86,15 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def format_message(
-    description: str, genome_id: str, operator: str, parents: tuple[str, ...], body: str = ""
+    description: str,
+    genome_id: str,
+    operator: str,
+    parents: tuple[str, ...],
+    body: str = "",
+    origin: str = "",
 ) -> str:
-    """Subject, optional body (the rationale), then the three trailers as the last paragraph."""
+    """Subject, optional body (the rationale), then the trailers as the last paragraph (three,
+    and `Evolve-Origin` for a baseline that starts from an earlier run's individual)."""
     parts = [one_line(description)]
     # Lines of the body that look like our trailers would confuse the parser: drop them.
     kept = [ln.rstrip() for ln in body.strip().splitlines() if not _TRAILER_LINE.match(ln.strip())]
@@ -90,6 +104,7 @@ def format_message(
         f"{TRAILER_ID}: {genome_id}\n"
         f"{TRAILER_OPERATOR}: {operator}\n"
         f"{TRAILER_PARENTS}: {','.join(parents) if parents else NO_PARENTS}"
+        + (f"\n{TRAILER_ORIGIN}: {origin}" if origin else "")
     )
     return "\n\n".join(parts) + "\n"
 
@@ -129,4 +144,17 @@ def genome_from_commit(run: str, branch: str, commit: str, message: str) -> Geno
         operator=trailers[TRAILER_OPERATOR],
         description=message.split("\n", 1)[0].strip(),
         branch=branch,
+        origin=trailers.get(TRAILER_ORIGIN, ""),
     )
+
+
+_EXPORTED = re.compile(rf"^{EXPORT_TRAILER}:[ \t]*(\S+)/(g\d{{4,}})\b", re.MULTILINE)
+
+
+def origin_of(message: str) -> str:
+    """The id a commit message says its code came from: an export's `Evolved-From` trailer, or
+    the commit's own `Evolve-Id` when it is an individual; "" for anything else."""
+    exported = _EXPORTED.findall(message)
+    if exported:
+        return exported[-1][1]
+    return parse_trailers(message).get(TRAILER_ID, "")

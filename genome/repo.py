@@ -5,6 +5,11 @@ the expected old value), so proposing a child never touches the user's checkout 
 several threads (or processes) can propose at once: ids are handed out under a lock, and a branch
 is only ever created, never moved, so two proposals can't overwrite each other.
 
+Ids are unique across the runs of a workspace and never handed out twice: the next one is above
+every `evo/*/<id>` branch of every run, above the high-water mark kept in `.evolve/last-id`
+(so a branch deleted by hand does not free its id), and above any floor the caller reserves
+(the engine reserves the store's highest id).
+
 Reads go through `git` subprocesses rather than gitpython's shared `cat-file` pipe, which is not
 safe to use from several threads; `GenomeRepo.repo` is the gitpython handle for everything else.
 """
@@ -23,18 +28,19 @@ import git
 from .edits import DEFAULT_PATH, Edit, apply_edit, parse_response
 from .errors import EditError, GenomeError
 from .record import (
-    BASELINE_ID,
     BASELINE_OPERATOR,
     BRANCH_PREFIX,
     ID_RE,
     TRAILER_ID,
     TRAILER_OPERATOR,
+    TRAILER_PARENTS,
     Genome,
     branch_name,
     check_run_name,
     format_id,
     format_message,
     genome_from_commit,
+    origin_of,
     parse_trailers,
     sort_key,
 )
@@ -47,6 +53,8 @@ MACHINE_IDENTITY = {
     "GIT_COMMITTER_NAME": "autoevolve",
     "GIT_COMMITTER_EMAIL": "autoevolve@localhost",
 }
+ID_MARK = Path(".evolve") / "last-id"  # the highest id number ever handed out in this workspace
+ORIGIN_DEPTH = 100  # first-parent commits searched for the export a new run's baseline starts from
 # Inherited git variables would point our commands at another repository or index.
 _SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
 
@@ -91,7 +99,8 @@ class GenomeRepo:
         self.run = check_run_name(run)
         self.mutable = tuple(mutable)
         self._lock = threading.Lock()
-        self._next = 1  # g0000 is the baseline's
+        self._next = 0  # the next id number to try; raised to what the branches and the mark say
+        self._scanned = False
 
     # -- plumbing ------------------------------------------------------------------------------
     def git(self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -143,8 +152,44 @@ class GenomeRepo:
         commit, message = out.split("\0", 1)
         return genome_from_commit(self.run, branch, commit, message)
 
+    def own_ids(self) -> list[str]:
+        """The ids of this run's branches, sorted (no commit is read)."""
+        out = self.git("for-each-ref", "--format=%(refname)", self.ref_prefix)
+        ids = [ref.rsplit("/", 1)[-1] for ref in out.splitlines()]
+        return sorted((i for i in ids if ID_RE.match(i)), key=sort_key)
+
+    def find_baseline(self) -> Genome | None:
+        """This run's generation 0 (its lowest id, a commit without parents), None before there is one.
+
+        With several roots (a hand-made branch), the one whose operator is `baseline` wins."""
+        ids = self.own_ids()
+        if not ids:
+            return None
+        first = self.get(ids[0])
+        if first.is_baseline and first.operator == BASELINE_OPERATOR:
+            return first
+        roots = [g for g in self.genomes() if g.is_baseline]
+        roots.sort(key=lambda g: (g.operator != BASELINE_OPERATOR, sort_key(g.id)))
+        return roots[0] if roots else None
+
     def baseline(self) -> Genome:
-        return self.get(BASELINE_ID)
+        found = self.find_baseline()
+        if found is None:
+            raise GenomeError(
+                f"run {self.run!r} has no generation 0 (no branch {branch_name(self.run, 'g*')} without "
+                f"parents); start it with `evolve init --run {self.run}`"
+            )
+        return found
+
+    def find_origin(self, commit: str = "HEAD") -> str:
+        """The individual whose code `commit` carries: the nearest first-parent ancestor (itself
+        included) that is an export (`Evolved-From`) or an individual; "" when there is none."""
+        out = self.git("log", "--first-parent", f"-n{ORIGIN_DEPTH}", "--format=%B%x00", self.resolve(commit))
+        for message in out.split("\0"):
+            origin = origin_of(message.strip("\n"))
+            if origin:
+                return origin
+        return ""
 
     def read(self, genome: Genome | str, path: str = DEFAULT_PATH) -> str:
         """The text of `path` in a genome (or any commit-ish)."""
@@ -159,13 +204,63 @@ class GenomeRepo:
         proc = git_process(self.root, "cat-file", "blob", f"{commit}:{path}")
         return proc.stdout if proc.returncode == 0 else None
 
-    # -- writing -------------------------------------------------------------------------------
+    # -- ids -----------------------------------------------------------------------------------
+    def taken_numbers(self) -> list[int]:
+        """The id numbers of every `evo/<run>/<id>` branch, of every run."""
+        out = self.git("for-each-ref", "--format=%(refname)", f"refs/heads/{BRANCH_PREFIX}/")
+        names = (ref.rsplit("/", 1)[-1] for ref in out.splitlines() if ref.count("/") == 4)
+        return [sort_key(n) for n in names if ID_RE.match(n)]
+
+    def _mark(self) -> int:
+        """The high-water mark of `.evolve/last-id` (-1 without one)."""
+        try:
+            text = (self.root / ID_MARK).read_text().strip()
+        except OSError:
+            return -1
+        return int(text) if text.isdigit() else -1
+
+    def _write_mark(self, number: int) -> None:
+        folder = (self.root / ID_MARK).parent
+        if not folder.is_dir() or self._mark() >= number:
+            return  # not a workspace (a bare test repository): the branches are the record
+        tmp = folder / f".last-id.{os.getpid()}.{threading.get_ident()}"
+        try:
+            tmp.write_text(f"{number}\n")
+            os.replace(tmp, self.root / ID_MARK)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise GenomeError(
+                f"cannot record the id {format_id(number)} in {self.root / ID_MARK}: {exc}"
+            ) from None
+
+    def reserve(self, highest: int) -> None:
+        """Never hand out an id numbered `highest` or below (e.g. the store's highest id)."""
+        with self._lock:
+            self._next = max(self._next, highest + 1)
+            if highest >= 0:
+                self._write_mark(highest)
+
+    def _scan(self) -> None:
+        if not self._scanned:
+            self._next = max([self._next, self._mark() + 1, *(n + 1 for n in self.taken_numbers())])
+            self._scanned = True
+
+    def peek_id(self) -> str:
+        """The id the next child or baseline would get (nothing is reserved)."""
+        with self._lock:
+            self._scanned = False
+            self._scan()
+            return format_id(self._next)
+
     def _allocate(self) -> str:
         with self._lock:
-            taken = [sort_key(b.rsplit("/", 1)[-1]) for b, _, _ in self._tips()]
-            number = max([self._next, *(n + 1 for n in taken)])
+            self._scan()
+            number = self._next
+            self._write_mark(number)
             self._next = number + 1
             return format_id(number)
+
+    # -- writing -------------------------------------------------------------------------------
 
     def write_tree(self, base_commit: str, files: Mapping[str, str | bytes]) -> str:
         """A tree: `base_commit`'s with `files` replaced or added, built in a private index."""
@@ -220,16 +315,19 @@ class GenomeRepo:
             message = format_message(description, genome_id, operator, parent_ids, body)
             commit = self._commit(tree, [p.commit for p in parents], message, MACHINE_IDENTITY)
             branch = branch_name(self.run, genome_id)
-            if self._create_branch(branch, commit):
-                return Genome(
-                    run=self.run,
-                    id=genome_id,
-                    commit=commit,
-                    parents=parent_ids,
-                    operator=operator,
-                    description=message.split("\n", 1)[0],
-                    branch=branch,
-                )
+            if not self._create_branch(branch, commit):
+                with self._lock:
+                    self._scanned = False  # another process took it: look at the branches again
+                continue
+            return Genome(
+                run=self.run,
+                id=genome_id,
+                commit=commit,
+                parents=parent_ids,
+                operator=operator,
+                description=message.split("\n", 1)[0],
+                branch=branch,
+            )
         raise GenomeError(f"could not find a free id in run {self.run!r}")
 
     def apply_edit(self, parent: Genome, edit: Edit | str, operator: str = "llm_mutation") -> Genome:
@@ -256,22 +354,29 @@ class GenomeRepo:
         return self.commit_child([parent], files, edit.description, operator, body=edit.rationale)
 
     def ensure_baseline(self, commit: str = "HEAD", description: str = "baseline") -> Genome:
-        """Generation 0 of this run at `commit` (idempotent).
+        """Generation 0 of this run at `commit` (idempotent), under the workspace's next free id
+        (`g0000` for the first run).
 
-        A commit that already carries the baseline trailers becomes `evo/<run>/g0000` as it is;
-        any other gets an empty child commit with the trailers on top."""
-        if self._exists(branch_name(self.run, BASELINE_ID)):
-            return self.baseline()
+        A commit that already carries that id's baseline trailers becomes `evo/<run>/<id>` as it
+        is; any other gets an empty child commit with the trailers on top, and `Evolve-Origin`
+        when its code came from an individual (see `find_origin`)."""
+        found = self.find_baseline()
+        if found is not None:
+            return found
         sha = self.resolve(commit)
+        genome_id = self._allocate()
         trailers = parse_trailers(self.git("log", "-1", "--format=%B", sha))
         marked = (
-            trailers.get(TRAILER_ID) == BASELINE_ID and trailers.get(TRAILER_OPERATOR) == BASELINE_OPERATOR
+            trailers.get(TRAILER_ID) == genome_id
+            and trailers.get(TRAILER_OPERATOR) == BASELINE_OPERATOR
+            and trailers.get(TRAILER_PARENTS) in ("", "none")
         )
         if not marked:
-            message = format_message(description, BASELINE_ID, BASELINE_OPERATOR, ())
+            origin = self.find_origin(sha)
+            message = format_message(description, genome_id, BASELINE_OPERATOR, (), origin=origin)
             sha = self._commit(self.git("rev-parse", f"{sha}^{{tree}}"), [sha], message, MACHINE_IDENTITY)
-        # False when another process created it meanwhile: then theirs is generation 0.
-        self._create_branch(branch_name(self.run, BASELINE_ID), sha)
+        # False when another process created one meanwhile: then theirs is generation 0.
+        self._create_branch(branch_name(self.run, genome_id), sha)
         return self.baseline()
 
     def user_changes(self) -> list[str]:

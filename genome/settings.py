@@ -6,7 +6,7 @@
     source = "climbmix"     # the prepared data source
     strategy = "population" # "population" (islands) or "ratchet" (autoresearch: keep if better)
     islands = 4             # islands of the population strategy
-    budget = 300.0          # seconds of training per experiment
+    budget = 300.0          # training per experiment, in the profile's unit (h100: seconds)
     depth = 12              # model depth during the search
     mutable = ["train.py"]  # the files a child may change (the static guard enforces it)
 
@@ -21,6 +21,7 @@ packages, which read them with `read_settings`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import sys
@@ -60,6 +61,7 @@ class Settings:
     llm: dict[str, Any] = field(default_factory=lambda: dict(LLM_DEFAULTS))
 
     def __post_init__(self) -> None:
+        self._check_types()
         check_run_name(self.name)
         if self.profile not in PROFILES:
             raise GenomeError(
@@ -77,7 +79,7 @@ class Settings:
             )
         checks = (
             (isinstance(self.islands, int) and self.islands >= 1, "islands must be an integer >= 1"),
-            (self.budget > 0, "budget must be > 0 seconds"),
+            (self.budget > 0, "budget must be > 0"),
             (self.depth >= 1, "depth must be >= 1"),
             (
                 bool(self.mutable) and all(isinstance(m, str) and m for m in self.mutable),
@@ -87,6 +89,25 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise GenomeError(f"evolve.toml: [run] {message}")
+
+    def _check_types(self) -> None:
+        """A value of the wrong type is an error, never rounded (`depth = 2.5`) or read as a
+        number (`budget = true` would be a budget of 1)."""
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        checks = (
+            ("name", isinstance(self.name, str), "a string"),
+            ("profile", isinstance(self.profile, str), "a string"),
+            ("source", isinstance(self.source, str), "a string"),
+            ("strategy", isinstance(self.strategy, str), "a string"),
+            ("islands", whole(self.islands), "a whole number"),
+            ("budget", number(self.budget), "a number (seconds or tokens, as the profile counts)"),
+            ("depth", whole(self.depth), "a whole number"),
+            ("mutable", isinstance(self.mutable, (list, tuple)), "a list of files"),
+        )
+        for key, ok, what in checks:
+            if not ok:
+                raise GenomeError(f"evolve.toml: [run] {key} must be {what}, not {getattr(self, key)!r}")
 
     def with_changes(self, **changes: Any) -> Settings:
         """A copy with the given (non-None) values; a new profile brings its own defaults."""
@@ -142,7 +163,7 @@ _COMMENTS = {
     "source": "the prepared data source (`evolve prepare --source`)",
     "strategy": "population (islands) or ratchet (autoresearch: keep if better)",
     "islands": "islands of the population strategy",
-    "budget": "seconds of training per experiment",
+    "budget": "training per experiment, in the profile's unit (seconds or tokens)",
     "depth": "model depth during the search (`evolve validate` checks transfer deeper)",
     "mutable": "files a child may change; the static guard rejects changes elsewhere",
     "api_key_env": "the NAME of the variable holding the key, never the key itself",
@@ -186,9 +207,9 @@ def load_settings(path: Path) -> Settings:
     known = {"name", "profile", "source", "strategy", "islands", "budget", "depth", "mutable"}
     unknown = sorted(set(run) - known)
     if unknown:
-        raise GenomeError(
-            f"{path}: unknown key(s) in [run]: {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+        raise GenomeError(f"{path}: unknown key {unknown[0]!r} in [run]; {hint}")
     llm = data.get("llm", {})
     if not isinstance(llm, dict):
         raise GenomeError(f"{path}: [llm] must be a table")

@@ -5,7 +5,9 @@ first commit holds the baseline train.py, program.md and evolve.toml and is gene
 root of an existing repository whose HEAD has a `train.py`, it adopts that commit as generation 0
 (committing evolve.toml, program.md and the `.gitignore` line when they are missing), and never
 with uncommitted changes around. In an existing workspace it starts a new run only when asked to
-by a new run name: that is how the next run starts from an exported champion.
+by a new run name: that is how the next run starts from an exported champion. The new run's
+baseline takes the workspace's next free id (ids are unique across runs) and records, as its
+`Evolve-Origin`, the individual the exported code came from.
 """
 
 from __future__ import annotations
@@ -87,10 +89,12 @@ def _identity(root: Path) -> dict[str, str]:
     return {} if name and email else dict(MACHINE_IDENTITY)
 
 
-def _commit(root: Path, paths: list[str], subject: str, body: str) -> None:
-    """Commit exactly `paths` with generation 0's trailers."""
+def _commit(
+    root: Path, paths: list[str], subject: str, body: str, genome_id: str = BASELINE_ID, origin: str = ""
+) -> None:
+    """Commit exactly `paths` with generation 0's trailers (its id, and where its code came from)."""
     run_git(root, "add", "--", *paths)
-    message = format_message(subject, BASELINE_ID, BASELINE_OPERATOR, (), body)
+    message = format_message(subject, genome_id, BASELINE_OPERATOR, (), body, origin=origin)
     run_git(
         root,
         "commit",
@@ -129,8 +133,10 @@ def init_workspace(
     budget: float | None = None,
     depth: int | None = None,
     train_py: Path | str | None = None,
+    reserved: int = -1,
 ) -> Workspace:
-    """Create (or adopt) a workspace at `path`; its generation 0 is `evo/<run>/g0000`."""
+    """Create (or adopt) a workspace at `path`; its generation 0 is `evo/<run>/<id>` (`g0000` for
+    the first run). `reserved`: the highest id number used elsewhere (the store's), never handed out."""
     root = Path(path).expanduser().resolve()
     changes = dict(
         profile=profile, source=source, strategy=strategy, islands=islands, budget=budget, depth=depth
@@ -140,7 +146,7 @@ def init_workspace(
             raise GenomeError(
                 f"{root} is already a git repository: it starts from its own train.py, not --train"
             )
-        return _adopt(root, run, changes)
+        return _adopt(root, run, changes, reserved)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise GenomeError(
             f"{root} exists and is not empty; choose a new directory, or `git init` there and commit "
@@ -173,7 +179,7 @@ def init_workspace(
     return workspace
 
 
-def _adopt(root: Path, run: str | None, changes: dict) -> Workspace:
+def _adopt(root: Path, run: str | None, changes: dict, reserved: int = -1) -> Workspace:
     if git_process(root, "rev-parse", "--verify", "--quiet", "HEAD").returncode != 0:
         raise GenomeError(f"the repository in {root} has no commits yet; commit your train.py first")
     probe = GenomeRepo(root, run or default_run_name())
@@ -227,12 +233,20 @@ def _adopt(root: Path, run: str | None, changes: dict) -> Workspace:
         to_commit.append(".gitignore")
     (root / STATE_DIR).mkdir(exist_ok=True)
     if to_commit:
+        # The commit is generation 0 itself: its trailers name the id the run's baseline gets
+        # (the workspace's next free one) and the individual its code came from, if any.
+        repo = GenomeRepo(root, settings.name)
+        repo.reserve(reserved)
         _commit(
             root,
             to_commit,
             f"evolve init: start run {settings.name}",
             f"Adopts this train.py as generation 0 of run {settings.name}.",
+            genome_id=repo.peek_id(),
+            origin=repo.find_origin("HEAD"),
         )
     workspace = Workspace(root=root, settings=settings)
-    workspace.repo().ensure_baseline("HEAD")
+    repo = workspace.repo()
+    repo.reserve(reserved)
+    repo.ensure_baseline("HEAD")
     return workspace

@@ -309,10 +309,10 @@ def rule(ctx: ProposalContext) -> str:
 def standing(ctx: ProposalContext, scores: Mapping[str, Score]) -> str:
     """The baseline's score and the best so far."""
     best = min(scores.items(), key=lambda kv: kv[1].mean) if scores else None
-    base = scores.get("g0000")
+    base = scores.get(ctx.baseline)
     parts = []
     if base:
-        parts.append(f"baseline g0000: {base.mean:.6f}")
+        parts.append(f"baseline {ctx.baseline}: {base.mean:.6f}")
     if best:
         parts.append(f"best so far {best[0]}: {best[1].mean:.6f}")
     return "; ".join(parts) + "." if parts else ""

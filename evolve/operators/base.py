@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from genome.record import BASELINE_ID
+
 from ..errors import EvolveError
 from ..promotion import Score
 from ..store import Individual, LineageKind
@@ -128,6 +130,7 @@ class ProposalContext:
     partners: tuple[Parent, ...] = ()  # for two parents: other members unrelated to the first, best
     # first, that a crossover may take instead of the second (see evolve.pairs)
     acceptance: str = ""  # the promotion rule in words (evolve.promotion.describe_rule), for prompts
+    baseline: str = BASELINE_ID  # the run's generation 0 (ids run on across the runs of a workspace)
 
 
 @dataclass(frozen=True)

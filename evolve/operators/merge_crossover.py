@@ -31,6 +31,7 @@ MAX_PARTNERS = 4  # partners tried for one proposal (each try is a cheap `git me
 @register(MERGE_OPERATOR)
 class MergeCrossover(Operator):
     name = MERGE_OPERATOR
+    OPTIONS: frozenset[str] = frozenset()  # no options of its own (only the engine's weight)
     arity = 2
 
     def __init__(self, setup: OperatorSetup) -> None:

@@ -108,6 +108,7 @@ class OptunaTweak(Operator):
 
     name = NAME
     arity = 1
+    OPTIONS = frozenset({"include", "exclude", "max_changes", "startup_trials"})  # evolve.toml's keys
 
     def __init__(self, setup: OperatorSetup) -> None:
         import optuna
@@ -125,16 +126,24 @@ class OptunaTweak(Operator):
         self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 30}})
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)
+        self._studies: dict[str, Any] = {}  # study name -> its Study, kept for the run
         self._reconcile()
 
     # --- studies --------------------------------------------------------------------------------
     def _study(self, name: str, seed: int | None = None):
-        sampler = self._optuna.samplers.TPESampler(
+        # One Study object per study for the whole run: each new one wraps the storage in a new,
+        # empty trial cache and reads every trial back from optuna.db, a cost that grows with
+        # the run (bench/soak.py). The sampler is set anew, so each proposal keeps its own seed.
+        study = self._studies.get(name)
+        if study is None:
+            study = self._optuna.create_study(
+                study_name=name, storage=self.storage, direction="minimize", load_if_exists=True
+            )
+            self._studies[name] = study
+        study.sampler = self._optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=self.startup_trials, constant_liar=True
         )
-        return self._optuna.create_study(
-            study_name=name, storage=self.storage, sampler=sampler, direction="minimize", load_if_exists=True
-        )
+        return study
 
     def _tunable(self, knobs: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -203,7 +212,7 @@ class OptunaTweak(Operator):
             self._tell(*found, outcome.score.mean if outcome.score is not None else None)
 
     def _tell(self, study_name: str, number: int, value: float | None) -> None:
-        study = self._optuna.load_study(study_name=study_name, storage=self.storage)
+        study = self._study(study_name)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         if self.storage.get_trial(trial_id).state.is_finished():
             return  # told already (a resume replays outcomes)

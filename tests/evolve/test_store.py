@@ -14,6 +14,7 @@ import pytest
 from evolve.errors import EvolveError
 from evolve.migrations import MIGRATIONS, Migration
 from evolve.store import Evaluation, Purpose, Status, Store
+from evolve.storefile import StoreError
 
 
 def ev(ind: str, seed: int, bpb: float | None, status: str = "ok", purpose: str = "search", depth: int = 4):
@@ -334,7 +335,7 @@ def test_readonly_store_reads_but_cannot_write(store, db, tmp_path):
     store.record_evaluation(ev("base", 0, 1.0))
     ro = Store(db, readonly=True)
     assert ro.scores(4, "r1")["base"].mean == 1.0
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(StoreError, match="read-only"):
         ro.add_event("x")
     assert ro._conn().execute("PRAGMA query_only").fetchone()[0] == 1  # a second lock on top of mode=ro
     with pytest.raises(EvolveError, match="no store"):
@@ -383,6 +384,34 @@ def test_a_second_process_reads_consistent_snapshots_while_a_run_writes(store, d
         assert writer.wait(timeout=60) == 0
     assert seen == sorted(seen) and seen[-1] == n
     assert any(0 < k < n for k in seen), "the reader never ran while the writer was writing"
+
+
+def test_scores_are_read_incrementally_and_a_rolled_back_change_leaves_no_trace(store, db):
+    for i, cid in enumerate(("a", "b")):
+        child(store, cid)
+        store.record_evaluation(ev(cid, 0, 1.0 + i))
+    assert store.scores(4, "r1")["a"].mean == 1.0 and store.noise_floor(4, "r1") is None
+    store.record_evaluation(ev("a", 1, 1.2))  # only this row is read now
+    assert store.scores(4, "r1")["a"].n == 2 and store.noise_floor(4, "r1") == pytest.approx(0.1414, abs=1e-4)
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.record_evaluation(ev("b", 1, 9.0))
+            assert store.scores(4, "r1")["b"].n == 2  # seen inside the change ...
+            raise RuntimeError("killed mid-change")
+    assert store.scores(4, "r1")["b"].n == 1  # ... and gone with it
+    other = Store(db)  # a writer elsewhere: its rows are read too
+    other.record_evaluation(ev("b", 2, 2.2))
+    fresh = Store(db, readonly=True)
+    assert store.scores(4, "r1") == fresh.scores(4, "r1") and store.values(4) == fresh.values(4)
+    assert store.noise_floor(4, "r1") == fresh.noise_floor(4, "r1")
+    assert store.values(4, "r1")["b"] == [2.0, 2.2]
+
+
+def test_the_newest_events_are_read_without_reading_them_all(store):
+    for n in range(10):
+        store.add_event("tick", {"n": n}, run="r1")
+    assert [e.payload["n"] for e in store.events("r1", last=3)] == [7, 8, 9]
+    assert [e.payload["n"] for e in store.events("r1", kind="tick", limit=2)] == [0, 1]
 
 
 def test_notes_of_an_older_store_become_versions_and_llm_calls_gain_outcomes(db):

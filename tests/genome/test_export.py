@@ -96,7 +96,9 @@ def test_a_clone_of_the_exported_branch_is_adopted_by_init(repo, workspace, tmp_
     assert ws.repo().read(base) == repo.read(c)
     assert git(clone, "rev-parse", "HEAD") == head  # nothing to commit: generation 0 sits on top
     assert git(clone, "rev-parse", f"{base.commit}^") == head
-    assert init_workspace(clone, "n2").repo().read("evo/n2/g0000") == repo.read(c)
+    assert base.id == "g0000" and base.origin == c.id  # the export's Evolved-From trailer
+    n2 = init_workspace(clone, "n2").repo().baseline()
+    assert n2.id == "g0001" and n2.origin == c.id and ws.repo().read(n2) == repo.read(c)
 
 
 def test_cli_export_and_its_errors(repo, workspace, monkeypatch):

@@ -60,7 +60,9 @@ def test_lineage_across_runs(repo, workspace):
     commit_hyperparams(other, other.baseline(), {"DROPOUT": 0.1})
     assert runs(workspace.root) == ["t1", "t2"]
     everything = rebuild_lineage(workspace.root)
-    assert [(g.run, g.id) for g in everything][-3:] == [("t1", "g0006"), ("t2", "g0000"), ("t2", "g0001")]
+    # one counter for the workspace: t2's generation 0 takes the next free id, and names g0004
+    assert [(g.run, g.id) for g in everything][-3:] == [("t1", "g0006"), ("t2", "g0007"), ("t2", "g0008")]
+    assert other.baseline().origin == "g0004"
 
 
 def test_a_branch_moved_by_hand_is_reported_clearly(repo, workspace):

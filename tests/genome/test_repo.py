@@ -120,11 +120,25 @@ def test_bad_edits_are_refused_with_a_reason(repo):
     assert [g.id for g in repo.genomes()] == ["g0000"]
 
 
-def test_runs_are_separate_namespaces(repo, workspace):
+def test_runs_are_separate_namespaces_with_ids_unique_across_them(repo, workspace):
     other = GenomeRepo(workspace.root, "t2")
     base2 = other.ensure_baseline(repo.baseline().commit)
+    # the second run's generation 0 takes the next free id and says where its code came from
+    assert (base2.id, base2.branch, base2.origin, base2.parents) == ("g0001", "evo/t2/g0001", "g0000", ())
+    assert other.ensure_baseline() == base2 == other.baseline()
     child = other.apply_edit(base2, lr_edit("4e-3"))
-    assert child.branch == "evo/t2/g0001"
-    assert [g.id for g in repo.genomes()] == ["g0000"]
+    assert child.branch == "evo/t2/g0002"
+    assert repo.apply_edit(repo.baseline(), lr_edit("5e-3")).id == "g0003"  # one counter for both runs
+    assert [g.id for g in repo.genomes()] == ["g0000", "g0003"]
     with pytest.raises(GenomeError, match="not usable in a branch name"):
         GenomeRepo(workspace.root, "bad/run")
+
+
+def test_an_id_is_never_handed_out_twice_even_after_its_branch_is_deleted(repo, workspace):
+    gone = repo.apply_edit(repo.baseline(), lr_edit("4e-3"))
+    git(workspace.root, "branch", "-D", gone.branch)  # the highest id: the branches no longer say it was used
+    fresh = GenomeRepo(workspace.root, "t1")  # a new process: only git and .evolve/last-id remember
+    assert fresh.apply_edit(fresh.baseline(), lr_edit("5e-3")).id == "g0002"
+    fresh.reserve(41)  # e.g. the store's highest id
+    assert fresh.apply_edit(fresh.baseline(), lr_edit("6e-3")).id == "g0042"
+    assert (workspace.root / ".evolve" / "last-id").read_text().strip() == "42"

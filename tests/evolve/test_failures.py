@@ -1,0 +1,238 @@
+"""Clear failures: a full disk, a read-only workspace, a locked store. One line, exit 1, nothing
+half-written, the read commands still read, and `evolve run` resumes once the cause is gone.
+
+The full disk is a real one: a small tmpfs mounted for the test (root only; skipped otherwise).
+The read-only workspace is a read-only bind mount (chmod does not stop root)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from evolve.cli import main
+from evolve.store import Status, Store
+from evolve.storefile import file_problem
+from genome.repo import MACHINE_IDENTITY, git_process, run_git
+from genome.settings import SETTINGS_FILE
+from genome.workspace import init_workspace
+
+BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
+SEARCH = """
+[search]
+baseline_seeds = 1
+max_seeds = 1
+operators = ["optuna_tweak"]
+
+[operators.optuna_tweak]
+include = ["EMB_LR", "HEAD_LR"]
+max_changes = 2
+"""
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB filesystem of its own, unmounted afterwards."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)):
+        pytest.skip("needs root to mount a small tmpfs")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def read_only_view(tmp_path):
+    """mount(source) -> a read-only bind mount of `source`; unmounted afterwards."""
+    mounts = []
+
+    def mount(source: Path) -> Path:
+        view = tmp_path / f"ro{len(mounts)}"
+        view.mkdir()
+        if os.geteuid() != 0 or not _mount("--bind", str(source), str(view)):
+            pytest.skip("needs root for a read-only bind mount")
+        mounts.append(view)
+        assert _mount("-o", "remount,ro,bind", str(view))
+        return view
+
+    yield mount
+    for view in reversed(mounts):
+        subprocess.run(["umount", "-l", str(view)], check=False)
+
+
+def _env(home: Path, data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
+    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
+    return env
+
+
+def _workspace(where: Path):
+    ws = init_workspace(where, run="r", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write(SEARCH)
+    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
+    return ws
+
+
+def _cmd(ws: Path, *args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("evolve")), *args, "-w", str(ws)]
+
+
+def _run(ws: Path, n: int) -> list[str]:
+    return _cmd(ws, "run", "--gpus", "cpu:2", "--max-experiments", str(n), "--interval", "30")
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.stderr.count("\n") == 1 and last.startswith("error: "), proc.stderr[-3000:]
+    for word in words:
+        assert word in last, last
+    return last
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file until the disk is full."""
+    filler = disk / "filler"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+        while True:  # the last bytes too
+            try:
+                f.write(b"\0" * 4096)
+            except OSError:
+                break
+    return filler
+
+
+def _settled(ws: Path) -> None:
+    """Nothing half-written: no temporary files, a store that passes integrity_check."""
+    db = ws / ".evolve" / "evolve.db"
+    leftovers = [p for p in (ws / ".evolve").rglob("*") if p.name.endswith((".tmp", ".restore"))]
+    # prepare.report's own temporary result file, in the log folder of a run that was not
+    # recorded (it runs again under a new folder), is prepare's to clean up, not the store's.
+    leftovers = [
+        p for p in leftovers if not (p.name.startswith("result-") and p.parent.parent.parent.name == "logs")
+    ]
+    assert leftovers == []
+    assert file_problem(db, full=True) is None
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_there_is_room(
+    small_disk, tiny_data, tmp_path
+):
+    ws = _workspace(small_disk / "ws")
+    env = _env(tmp_path / "home", tiny_data)
+    db = ws.state_dir / "evolve.db"
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(_run(ws.root, 8), env=env, stdout=log, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.3)
+            if db.exists():
+                with Store(db, readonly=True) as store:
+                    if [i for i in store.individuals("r") if i.parents and i.decision]:
+                        break
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+        filler = _fill(small_disk)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    finished = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    _one_line_error(finished, "no space left", "evolve run")
+    _settled(ws.root)
+    top = subprocess.run(_cmd(ws.root, "top"), env=env, capture_output=True, text=True)
+    assert top.returncode == 0, top.stderr  # reading needs no room
+    with Store(db, readonly=True) as store:
+        before = {i.id: i for i in store.individuals("r")}
+    filler.unlink()
+    resumed = subprocess.run(_run(ws.root, 8), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    with Store(db, readonly=True) as store:
+        after = {i.id: i for i in store.individuals("r")}
+        failed = [e for e in store.evaluations(run="r") if e.status != "ok"]
+    assert set(before) <= set(after)
+    trained = [i for i in after.values() if i.parents and i.status != Status.REJECTED]
+    assert len(trained) == 8 and all(i.status.is_finished() for i in after.values())
+    assert failed == []  # no child was blamed for the full disk
+    tips = git_process(
+        ws.root, "for-each-ref", "--format=%(refname:short)", "refs/heads/evo/r/"
+    ).stdout.decode()
+    assert sorted(b.rsplit("/", 1)[1] for b in tips.split()) == sorted(after)
+
+
+def test_a_read_only_workspace_still_reads_and_refuses_to_run_in_one_line(
+    read_only_view, tiny_data, tmp_path
+):
+    ws = _workspace(tmp_path / "ws")
+    env = _env(tmp_path / "home", tiny_data)
+    first = subprocess.run(_run(ws.root, 2), env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    view = read_only_view(ws.root)
+    child = next(i for i in Store(ws.state_dir / "evolve.db", readonly=True).individuals("r") if i.parents)
+    for command in (
+        ("status",),
+        ("status", "--json"),
+        ("top",),
+        ("show", child.id),
+        ("lineage", child.id),
+        ("doctor",),
+    ):
+        proc = subprocess.run(_cmd(view, *command), env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (command, proc.stdout[-2000:], proc.stderr[-2000:])
+    refused = _one_line_error(subprocess.run(_run(view, 4), env=env, capture_output=True, text=True))
+    assert "read-only" in refused
+    _one_line_error(
+        subprocess.run(
+            _cmd(view, "export", child.id, "--branch", "x"), env=env, capture_output=True, text=True
+        )
+    )
+    import analysis
+
+    assert len(analysis.lineage(view)) == len(analysis.lineage(ws.root))
+    resumed = subprocess.run(_run(ws.root, 4), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+
+def test_a_locked_store_is_one_line_and_reading_goes_on(tmp_path, use_tiny_data, monkeypatch):
+    ws = _workspace(tmp_path / "ws")
+    db = ws.state_dir / "evolve.db"
+    Store(db).close()
+    monkeypatch.setattr("evolve.store.BUSY_TIMEOUT_MS", 300)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    holder.execute("CREATE TABLE held (x)")
+    runner = CliRunner()
+    try:
+        result = runner.invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert "is locked by another process" in result.output and "Traceback" not in result.output
+        reading = runner.invoke(main, ["doctor", "-w", str(ws.root)])
+        assert "store: evolve.db passes integrity_check" in reading.output, reading.output
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    done = runner.invoke(
+        main, ["run", "-w", str(ws.root), "--gpus", "cpu", "--max-experiments", "1", "--interval", "30"]
+    )
+    assert done.exit_code == 0, done.output
