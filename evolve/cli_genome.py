@@ -67,7 +67,9 @@ def _check_branch(root: Path, genome_id: str) -> None:
 @click.option("--strategy", type=click.Choice(STRATEGIES), help="population (islands) or ratchet.")
 @click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy (default 4).")
 @click.option(
-    "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
+    "--budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Training per experiment, in the profile's unit: seconds (GPU profiles) or training tokens (tiny).",
 )
 @click.option("--depth", type=click.IntRange(min=1), help="Model depth during the search.")
 @click.option(

@@ -215,7 +215,9 @@ _STOP_TEXT = {
     "--max-seeds", type=click.IntRange(min=1), help="Most evaluations of one child before a decision (3)."
 )
 @click.option(
-    "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
+    "--budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Training per experiment, in the profile's unit: seconds (GPU profiles) or training tokens (tiny).",
 )
 @click.option("--depth", type=click.IntRange(min=1), help="Model depth during the search.")
 @click.option(
@@ -530,7 +532,9 @@ def lineage_cmd(individual, workspace):
     "--children", default=12, show_default=True, type=click.IntRange(min=1), help="Children to train."
 )
 @click.option(
-    "--budget", default=4.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds per run."
+    "--budget",
+    type=click.FloatRange(min=1),
+    help="Training tokens per run (default: the tiny profile's budget, 65,536).",
 )
 @click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
 @click.option("--baseline-seeds", default=2, show_default=True, type=click.IntRange(min=1))

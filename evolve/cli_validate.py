@@ -120,7 +120,7 @@ def _workspace(path: Path) -> Workspace:
 @click.option(
     "--budget",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds of training per run (default: the profile's budget).",
+    help="Training per run, in the profile's unit: seconds or training tokens (default: the profile's budget).",
 )
 @click.option(
     "--seeds",

@@ -58,7 +58,7 @@ def detuned_train_py(dest: Path) -> Path:
     return dest
 
 
-def make_workspace(directory: Path, budget: float, baseline_seeds: int = 2):
+def make_workspace(directory: Path, budget: float | None, baseline_seeds: int = 2):
     """A new demo workspace in `directory`, or the existing one (to resume)."""
     if (directory / SETTINGS_FILE).is_file():
         return open_workspace(directory)
@@ -81,7 +81,7 @@ def run_demo(
     directory: Path,
     *,
     children: int = 12,
-    budget: float = 4.0,
+    budget: float | None = None,
     gpus: str = "cpu:2",
     baseline_seeds: int = 2,
     interval: float = 15.0,
@@ -108,7 +108,8 @@ def run_demo(
     )
     config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=children))
     console.print(
-        f"[bold]3/3[/bold] evolving {children} children on {len(devices)} x {devices[0]} ({budget:g} s each)"
+        f"[bold]3/3[/bold] evolving {children} children on {len(devices)} x {devices[0]} "
+        f"({ws.settings.budget:,.0f} training tokens each)"
     )
     reason, engine = run_engine(ws, config, devices, console, interval=interval)
     console.print(_leaderboard(engine.store, engine.run_name, config.depth, 8))
