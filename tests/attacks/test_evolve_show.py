@@ -26,13 +26,22 @@ from trainer import LocalExecutor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 BASELINE = Path(genome.baseline.__path__[0]) / "train.py"
-# one class each: the model reads later tokens; sqlite on the store; a write into prepare; a read
-# of the validation split (which the guard refuses before any run)
+# One of each class that an honest-looking score could come from: a model that reads later tokens
+# (two ways) or keeps state between calls; sqlite on the store; a write into prepare; reads of the
+# validation split plainly, through dir_fd and as code compiled under the metric's file name, and
+# of the scored rows through inspect (the guard refuses these four before any run). The classes
+# that change nothing (patching the metric, switching the tripwire off, training on warm-up or
+# kept batches) are judged on their merits in test_metric_attacks.py.
 CHOSEN = (
     "peeks_where_the_old_probe_did_not_look",
+    "looks_up_the_answer",
+    "answers_the_probe_from_a_cache",
     "writes_fake_evaluations_into_the_store",
     "forges_a_pyc_in_prepares_cache",
     "reads_the_validation_shards",
+    "reads_the_validation_shards_with_dir_fd",
+    "reads_the_validation_shards_as_the_metric",
+    "reads_the_scored_rows_through_inspect",
 )
 
 
@@ -71,11 +80,12 @@ def test_each_attack_is_invalid_or_refused_and_evolve_show_says_why(tmp_path, us
     as_json = json.loads(runner.invoke(main, ["status", "-w", str(ws.root), "--json"]).output)
     assert as_json["unisolated_evaluations"] == 0  # every score was made in a sandbox
 
-    assert "invalid" in shown["peeks_where_the_old_probe_did_not_look"]
-    assert "reads the answer (not causal" in shown["peeks_where_the_old_probe_did_not_look"]
-    assert "sandbox: train.py tried to write" in shown["writes_fake_evaluations_into_the_store"]
-    assert "sandbox: train.py tried to write" in shown["forges_a_pyc_in_prepares_cache"]
-    assert "refused: " in shown["reads_the_validation_shards"]  # the guard, before any run
+    for name in CHOSEN:
+        attack, text = attacks[name], shown[name]
+        if attack.guard is not None:  # refused before any run, with the guard's reason
+            assert "refused: " in text and attack.guard in text, (name, text)
+        else:  # trained, then judged: the verdict and its reason
+            assert attack.status.value in text and attack.reason in text, (name, text)
     with engine.store.__class__(ws.state_dir / "evolve.db", readonly=True) as store:
         for name in CHOSEN:
             assert store.get(ids[name]).status in (Status.FAILED, Status.REJECTED), name
