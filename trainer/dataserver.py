@@ -42,6 +42,10 @@ WEIGHTS_LIMIT = 1 << 37  # bytes: 128 GiB of weights, far above any model a prof
 # Anything later is training after the budget. The median is over the whole window, so one long
 # pause (hoarding batches to train on past the end) does not stretch it.
 HANDOVER_FIXED = 3.0
+# Under a token budget, training after the end on batches it kept buys nothing the window does not
+# allow anyway (more passes over served data; bounded by window_limit): the allowance is only a
+# timeout there, wide enough for a loaded CPU, where one process gets a fraction of a core.
+HANDOVER_FIXED_TOKENS = 30.0
 HANDOVER_BATCHES = 6.0
 HANDOVER_RATE = 300e6
 
@@ -180,7 +184,8 @@ class DataServer:
             batch = gaps[len(gaps) // 2]
         else:  # too few batches to tell: the whole window so far, a generous guess
             batch = (led.end_due or time.monotonic()) - (led.window_start or self._started)
-        return HANDOVER_FIXED + HANDOVER_BATCHES * batch + led.weight_bytes / HANDOVER_RATE
+        fixed = HANDOVER_FIXED_TOKENS if self.unit == "tokens" else HANDOVER_FIXED
+        return fixed + HANDOVER_BATCHES * batch + led.weight_bytes / HANDOVER_RATE
 
     # ------------------------------------------------------------------ the window
     def _open_window(self, why: str = "") -> None:
