@@ -335,7 +335,9 @@ class DataServer:
                         P.send(conn, reply.pop("kind"), payload, **reply)
                     elif kind == P.GRAPH and rank == 0:
                         with self._lock:
-                            if self.ledger.graph_at is not None or self.ledger.window_start is not None:
+                            # a window the allowance opened (a slow start-up) still takes the graph:
+                            # the lateness cost training time; nothing traced has seen a batch
+                            if self.ledger.graph_at is not None or self.ledger.batches:
                                 raise P.ProtocolError("the graph must come once, before the first batch")
                         path = self._receive(conn, header, "graph", GRAPH_LIMIT)
                         expected = weight_bytes(path)

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from prepare import protocol as P
 from trainer.dataserver import DataServer
@@ -200,3 +201,45 @@ def test_weights_before_the_end_and_oversized_graphs_are_refused(tmp_path, tiny_
     finally:
         server.close()
     assert any("over the limit" in p for p in server.ledger.problems)
+
+
+def _graph() -> bytes:
+    from prepare.artifact import export_graph
+
+    return export_graph(torch.nn.Embedding(1024, 8), seq_len=256, vocab=1024, batch_size=2).graph
+
+
+def _wait(predicate, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_a_slow_start_up_still_hands_its_graph_over_and_loses_only_training_time(tmp_path, tiny_data):
+    server = _server(tmp_path, tiny_data, budget=0.3, unit="seconds", startup=0.1)
+    try:
+        client = Client(server)
+        time.sleep(0.2)
+        assert server.tick() is None and server.ledger.window_start is not None  # the allowance ran out
+        P.send(client.sock, P.GRAPH, _graph())  # the trace was slow: no batch was served yet
+        assert _wait(lambda: server.ledger.graph_at is not None)
+        assert not server.ledger.problems
+    finally:
+        server.close()
+
+
+def test_a_graph_after_the_first_batch_breaks_the_protocol(tmp_path, tiny_data):
+    server = _server(tmp_path, tiny_data)
+    try:
+        client = Client(server)
+        client.next()  # a batch before any graph
+        try:
+            P.send(client.sock, P.GRAPH, _graph())
+        except BrokenPipeError:  # the server hung up on it, before the payload was all read
+            pass
+        assert _wait(lambda: bool(server.ledger.problems))
+    finally:
+        server.close()
+    assert server.ledger.graph_at is None
+    assert any("the graph must come once, before the first batch" in p for p in server.ledger.problems)
