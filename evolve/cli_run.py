@@ -204,10 +204,17 @@ _STOP_TEXT = {
 @click.option("--target-bpb", type=float, help="Stop once the best mean val_bpb is at or below this.")
 @click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy.")
 @click.option(
-    "--baseline-seeds", type=click.IntRange(min=1), help="Evaluations of the baseline at start (default 3)."
+    "--baseline-seeds",
+    type=click.IntRange(min=2),
+    help="Evaluations of the baseline at start: the first noise model (default 5).",
 )
 @click.option(
-    "--max-seeds", type=click.IntRange(min=1), help="Most evaluations of one child before a decision (3)."
+    "--max-seeds", type=click.IntRange(min=2), help="Most paired seeds a child is judged on (default 4)."
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0, max=0.5, min_open=True, max_open=True),
+    help="Chance that a child which changes nothing is kept (default 0.05).",
 )
 @click.option(
     "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
@@ -253,7 +260,7 @@ _STOP_TEXT = {
     help="Every HOURS, `evolve validate` the top elites on the last device, set aside for it.",
 )
 def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_bpb, islands, baseline_seeds,
-            max_seeds, budget, depth, operators, migrate_every, seed, interval, executor, address,
+            max_seeds, alpha, budget, depth, operators, migrate_every, seed, interval, executor, address,
             llm_models, llm_base_url, max_llm_usd, validate_every):  # fmt: skip
     """Evolve train.py in this workspace: start a run, or resume the one that was stopped.
 
@@ -270,7 +277,7 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
     ws = with_llm_flags(_workspace(workspace), llm_models, llm_base_url, max_llm_usd)
     config = EngineConfig.from_workspace(
         ws, profile=profile, strategy=strategy, islands=islands, baseline_seeds=baseline_seeds,
-        max_seeds=max_seeds, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
+        max_seeds=max_seeds, alpha=alpha, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
         seed=seed, stop=StopConditions(hours=hours, max_experiments=max_experiments, target_bpb=target_bpb),
     )  # fmt: skip
     ray = executor == "ray"

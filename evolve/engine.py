@@ -41,8 +41,10 @@ from prepare.errors import PrepareError
 from prepare.profiles import dataset_dir, get_profile
 from trainer import Executor, Job, RunResult, TrainerError
 
+from . import confirmation as confirm
 from .engine_config import EngineConfig
 from .errors import EvolveError
+from .judging import Evidence
 from .novelty import tree_hash
 from .operators.base import (
     Operator,
@@ -55,8 +57,8 @@ from .operators.base import (
     make_operator,
 )
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
-from .population import MIGRATION_EVENT, Member, Strategy, from_store
-from .promotion import Action, PromotionPolicy, Score, decide
+from .population import MIGRATION_EVENT, Member, Strategy, from_store, member_of
+from .promotion import Action, PromotionPolicy, Score
 from .scheduler import (
     EvalReport,
     Scheduler,
@@ -108,7 +110,13 @@ class Engine:
                 f"{exc} (run `evolve prepare --profile {config.profile} --source {config.source}` first)"
             ) from None
         self.store = Store(workspace.state_dir / DB_FILE)
-        self.policy = PromotionPolicy(config.baseline_seeds, config.max_seeds, config.margin)
+        try:
+            self.policy = PromotionPolicy(
+                baseline_seeds=config.baseline_seeds, max_seeds=config.max_seeds, alpha=config.alpha,
+                gain=config.gain, futility=config.futility, confirm_seeds=config.confirm_seeds,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise EvolveError(f"{exc}; fix evolve.toml's [search] or the flag") from None
         self.weights = OperatorWeights()
         self.on_event = on_event
         self.lock = threading.RLock()  # the strategy, the proposal counter, the intake
@@ -156,7 +164,8 @@ class Engine:
                     "data_fingerprint": self.fingerprint}  # fmt: skip
         run = self.store.get_run(self.run_name)
         # Not identity: a resume may change them; `evolve status` shows the latest session's.
-        latest = {"islands": c.islands if c.strategy == "population" else 1, "operator_weights": c.weights}
+        latest = {"islands": c.islands if c.strategy == "population" else 1, "operator_weights": c.weights,
+                  "alpha": c.alpha}  # fmt: skip
         if run is None:
             settings = {**identity, "source": c.source, **latest}
             self.store.add_run(
@@ -338,15 +347,20 @@ class Engine:
         data = result.to_dict()
         data["log_path"] = compress_log(result.log_path)
         evaluation = Evaluation.from_result(ind.id, data, purpose=purpose)
-        outcome = None
         with self._change():
             self.store.record_evaluation(evaluation)
             self.event("evaluated", id=ind.id, seed=seed, purpose=purpose.value, status=evaluation.status,
                        val_bpb=evaluation.val_bpb, reason=evaluation.reason, device=evaluation.device,
                        wall=round(time.time() - started, 1))  # fmt: skip
-            if purpose != Purpose.BASELINE:
-                outcome = self._promote(ind.id)
-        if outcome is not None:
+            now = self.store.get(ind.id)
+            assert now is not None
+            if now.parents and now.decision is None:
+                outcomes = self._promote(ind.id)
+            elif now.decision is not None:
+                outcomes = self._serviced(ind.id)  # a parent's paired seed, or a champion's fresh one
+            else:
+                outcomes = []  # the baseline's first seeds: `evaluate_baseline` decides
+        for outcome in outcomes:
             self._tell(outcome)
         training = evaluation.training_seconds if evaluation.status == "ok" else 0.0
         return EvalReport(wall_seconds=result.wall_seconds, training_seconds=float(training or 0.0))
@@ -366,54 +380,109 @@ class Engine:
         return self._record(ind, result, seed, purpose, started)
 
     # --- promotion --------------------------------------------------------------------------------
-    def _best_other(self, scores: Mapping[str, Score], exclude: str) -> Score | None:
-        accepted = [scores[i.id] for i in self.store.individuals(self.run_name, decision="accept")
-                    if i.id != exclude and i.id in scores]  # fmt: skip
-        return min(accepted, key=lambda s: s.mean) if accepted else None
+    def _evidence(self) -> Evidence:
+        return Evidence(self.store, self.run_name, self.config.depth)
 
-    def _promote(self, individual: str) -> Outcome | None:
-        """Decide on a child after an evaluation (inside the recording transaction)."""
+    def _promote(self, individual: str) -> list[Outcome]:
+        """Judge a child after one of its runs or its parent's (inside the recording transaction)."""
         assert self.strategy is not None
-        ind = self.store.get(individual)
-        assert ind is not None
-        scores = self.store.scores(self.config.depth, self.run_name)
-        score = scores.get(ind.id)
-        parent_scores = [scores[p] for p in ind.parents if p in scores]
-        parent = min(parent_scores, key=lambda s: s.mean) if parent_scores else None
-        if score is None:
-            action, reason = Action.REJECT, "no ok evaluation"
-        else:
-            floor = self.store.noise_floor(self.config.depth, self.run_name)
-            best = self._best_other(scores, ind.id)
-            attempts = len([e for e in self.store.evaluations(ind.id) if e.purpose != Purpose.VALIDATION])
-            d = self.policy.decide(score, parent, best, floor)
-            if d.action is Action.REEVALUATE and attempts >= self.policy.max_seeds:
-                # Seeds that crashed count: decide on the ones that came back.
-                d = decide(score, parent, best, floor, max_seeds=score.n, margin=self.policy.margin)
-            action, reason = d.action, d.reason
-        if action is Action.REEVALUATE:
+        ev = self._evidence()
+        ind = ev.individuals[individual]
+        judged = ev.judge(individual, self.policy)
+        d = judged.decision
+        if d.action is Action.REEVALUATE:
             self.store.set_status(ind.id, Status.QUEUED, priority=REEVAL_PRIORITY)
-            self.event("reevaluate", id=ind.id, reason=reason)
-            return None
-        accepted = action is Action.ACCEPT
+            self.event("reevaluate", id=ind.id, reason=d.reason, parent=judged.parent, seeds=list(d.pairs))
+            return []
+        if d.action is Action.PAIR and self._ask_parent(judged.parent, ind.id, d.parent_seeds, d.reason):
+            return []
+        if d.action is Action.PAIR:  # the parent cannot run any more
+            d = replace(d, action=Action.REJECT, reason=f"its parent {judged.parent} cannot be run on seed "
+                        f"{','.join(map(str, d.parent_seeds))}")  # fmt: skip
+        accepted = d.action is Action.ACCEPT
+        score = ev.score(ind.id)
         self.store.set_decision(ind.id, "accept" if accepted else "reject")
-        self.event(
-            "decision", id=ind.id, action=action.value, reason=reason, mean=score.mean if score else None
-        )
-        member = Member(
-            id=ind.id,
-            score=score.mean if score else math.inf,
-            island=ind.island,
-            n=score.n if score else 0,
-            spread=score.std if score else 0.0,
-            generation=ind.generation,
-            parents=ind.parents,
-            description=ind.description,
-        )
+        self.event("decision", id=ind.id, action=d.action.value, reason=d.reason,
+                   mean=score.mean if score else None, parent=judged.parent, seeds=list(d.pairs),
+                   diff=d.diff, t=d.t, accept_at=d.accept_at, reject_at=d.reject_at)  # fmt: skip
+        ev = self._evidence()  # with the decision: the child may be a replicate now
+        member = member_of(ev, ind.id, self.policy) if accepted else None
+        if member is None:
+            member = Member(id=ind.id, score=math.inf, island=ind.island, generation=ind.generation,
+                            parents=ind.parents, description=ind.description)  # fmt: skip
         for move in self.strategy.on_evaluated(member, accepted):
             payload = {"member": move.member, "source": move.source, "target": move.target}
             self.event(MIGRATION_EVENT, **payload)
-        return Outcome(child=ind, parents=ind.parents, score=score, accepted=accepted)
+        if accepted:
+            self._refresh_members(ev)
+            self._confirm_top(ev)
+        return [Outcome(child=ind, parents=ind.parents, score=score, accepted=accepted,
+                        improvement=judged.improvement, failed=judged.failed)]  # fmt: skip
+
+    def _ask_parent(self, parent: str | None, child: str, seeds: tuple[int, ...], reason: str) -> bool:
+        """Queue the parent for the seed a child waits for; False when it cannot be run."""
+        row = self.store.get(parent) if parent else None
+        if row is None or row.status in (Status.REJECTED, Status.PROPOSED):
+            return False
+        if row.status in (Status.EVALUATED, Status.FAILED):
+            self.store.set_status(row.id, Status.QUEUED, priority=REEVAL_PRIORITY)
+        self.event("pair", id=row.id, child=child, seeds=list(seeds), reason=reason)
+        return True
+
+    def _serviced(self, individual: str) -> list[Outcome]:
+        """After a run of a decided individual: the children waiting for it, its confirmation."""
+        outcomes: list[Outcome] = []
+        ev = self._evidence()
+        for child_id, child in ev.individuals.items():
+            if (
+                child.decision is None
+                and child.status == Status.EVALUATED
+                and ev.reference(child_id) == individual
+            ):
+                outcomes += self._promote(child_id)
+        ev = self._evidence()
+        c = confirm.get(self.store, individual, self.config.depth)
+        if c is not None and c.status == confirm.PENDING:
+            self._settle(c, ev)
+        self._refresh_members(ev)
+        self._confirm_top(ev)
+        return outcomes
+
+    def _settle(self, c: confirm.Confirmation, ev: Evidence) -> None:
+        runs = ev.runs(c.individual)
+        done = confirm.settle(self.store, c, ev.values(c.individual), {s: e.status for s, e in runs.items()})
+        if done.status == confirm.PENDING:
+            row = self.store.get(c.individual)
+            if row is not None and row.status in (Status.EVALUATED, Status.FAILED):
+                self.store.set_status(row.id, Status.QUEUED, priority=REEVAL_PRIORITY)
+            return
+        self.event("confirmed", id=done.individual, status=done.status, mean=done.mean, n=done.n,
+                   seeds=done.seed_text, reason=done.reason)  # fmt: skip
+
+    def _confirm_top(self, ev: Evidence) -> None:
+        """Start the fresh-seed confirmation of the best elite by its bound, if it never had one."""
+        if confirm.confirmations(self.store, self.run_name, self.config.depth, status=confirm.PENDING):
+            return  # one at a time
+        ranked = ev.ranked(self.policy, include_baseline=False)
+        if not ranked:
+            return
+        top, bound = ranked[0]
+        if confirm.get(self.store, top, self.config.depth) is not None:
+            return
+        first = max(self.store.seeds_used(top, self.config.depth), default=FIRST_SEED - 1) + 1
+        c = confirm.start(self.store, self.run_name, top, self.config.depth, first, self.policy.confirm_seeds)
+        row = self.store.get(top)
+        if row is not None and row.status in (Status.EVALUATED, Status.FAILED):
+            self.store.set_status(top, Status.QUEUED, priority=REEVAL_PRIORITY)
+        self.event("confirm_start", id=top, seeds=c.seed_text, bound=bound,
+                   reason=f"best elite by its bound {bound:.6f}: scored again on fresh seeds {c.seed_text}")  # fmt: skip
+
+    def _refresh_members(self, ev: Evidence) -> None:
+        """Members' scores (their bounds) move as they gather seeds and as the noise model changes."""
+        if self.strategy is None:
+            return
+        members = [m for i in ev.accepted() if (m := member_of(ev, i, self.policy)) is not None]
+        self.strategy.refresh(members)
 
     def _tell(self, outcome: Outcome) -> None:
         op = self.operators.get(outcome.child.operator)
@@ -421,13 +490,24 @@ class Engine:
             op.on_outcome(outcome)
 
     def _decide_undecided(self) -> None:
-        """Children evaluated but never decided (only possible with an older engine): decide now."""
+        """On resume: children evaluated but undecided (waiting for their parent's seed when the
+        last session ended) are judged again, which asks for the parent's run if it is still
+        missing; a pending confirmation is settled or its individual queued again."""
+        outcomes: list[Outcome] = []
         for ind in self.store.individuals(self.run_name, status=(Status.EVALUATED, Status.FAILED)):
             if ind.parents and ind.decision is None:
                 with self._change():
-                    outcome = self._promote(ind.id)
-                if outcome is not None:
-                    self._tell(outcome)
+                    outcomes += self._promote(ind.id)
+        with self._change():
+            ev = self._evidence()
+            for c in confirm.confirmations(
+                self.store, self.run_name, self.config.depth, status=confirm.PENDING
+            ):
+                self._settle(c, ev)
+            self._refresh_members(ev)
+            self._confirm_top(ev)
+        for outcome in outcomes:
+            self._tell(outcome)
 
     # --- proposals ----------------------------------------------------------------------------------
     def _code_hash(self, commit: str) -> str:
@@ -501,7 +581,7 @@ class Engine:
             island=island,
             depth=self.config.depth,
             rng=rng,
-            noise_floor=self.store.noise_floor(self.config.depth, self.run_name),
+            noise_floor=self._evidence().model().sigma,
             elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
             report_llm=lambda **kw: calls.append(
                 self.store.add_llm_call(run=self.run_name, operator=op.name, **kw)
@@ -591,8 +671,8 @@ class Engine:
 
     def target_reached(self, target: float) -> bool:
         with self.lock:
-            best = self.strategy.best() if self.strategy is not None else None
-        return best is not None and best.score <= target
+            means = [m.mean for m in self.strategy.members()] if self.strategy is not None else []
+        return any(m is not None and m <= target for m in means)
 
     # --- the whole run ----------------------------------------------------------------------------
     def start(self, on_tick: Callable[[], None] | None = None, install_signals: bool = False) -> None:
@@ -617,7 +697,8 @@ class Engine:
         except BaseException:
             self.scheduler.abandon()  # kill the baseline runs still going
             raise
-        self.strategy = from_store(self.store, self.run_name, c.depth, c.strategy, **self._strategy_options())
+        self.strategy = from_store(self.store, self.run_name, c.depth, c.strategy, policy=self.policy,
+                                   **self._strategy_options())  # fmt: skip
         if not self.scheduler.stopping.is_set():
             self._adopt_orphans()
             self._decide_undecided()

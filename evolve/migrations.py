@@ -199,11 +199,37 @@ def _v4_llm_call_individual(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX llm_calls_individual ON llm_calls(individual)")
 
 
+def _v10_confirmations(conn: sqlite3.Connection) -> None:
+    # A champion is confirmed on fresh seeds before it is called the best: seeds first_seed ..
+    # first_seed + seeds - 1 of `individual` at `depth`, which it had never been scored on when the
+    # row was written. mean/std/n are over those seeds only (the reported champion score); status
+    # is pending until every one of them has a run, then confirmed (all ok) or failed.
+    conn.execute(
+        """CREATE TABLE confirmations (
+            run TEXT NOT NULL REFERENCES runs(name),
+            individual TEXT NOT NULL REFERENCES individuals(id),
+            depth INTEGER NOT NULL,
+            first_seed INTEGER NOT NULL,
+            seeds INTEGER NOT NULL CHECK (seeds >= 1),
+            status TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'failed')),
+            mean REAL,
+            std REAL,
+            n INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            started REAL NOT NULL,
+            finished REAL,
+            PRIMARY KEY (individual, depth)
+        )"""
+    )
+    conn.execute("CREATE INDEX confirmations_run ON confirmations(run, depth, status)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
+    Migration(10, "confirmations: a champion's fresh seeds", _v10_confirmations),
 )
 
 

@@ -1,17 +1,50 @@
-"""Noise-aware promotion: scores over seeds, the noise floor, and the accept/reject/re-evaluate rule.
+"""Judging a child: the noise model, the paired sequential test, and the bound elites are ranked by.
 
-Two runs of the same code with different seeds give different val_bpb. The spread between them
-(the noise floor) is measured on the baseline, which is evaluated `baseline_seeds` times at the
-start, and refined by every re-evaluation that comes in. A child is promoted only on evidence that
-is larger than that noise, or after enough seeds that its mean can be trusted.
+Two runs of the same code with different seeds give different val_bpb. The engine judges a
+child against its parent on paired seeds: the k-th evaluation of every individual uses seed
+42 + k, so child and parent share the seed's data order and init, and what is compared is the
+paired difference d_s = child_s - parent_s (lower val_bpb is better: d < 0 is a gain).
+
+The noise model (`NoiseModel.build`) comes from replicates: accepted individuals (the baseline
+first, then the elites as they gather seeds) that have two or more ok runs of the same code at
+the same (profile, depth, budget, device kind). It has two parts:
+
+- sigma: the seed-to-seed standard deviation of one genome, pooled over those replicates;
+- tau: the standard deviation of one paired difference, measured on the same replicates where
+  several genomes ran the same seeds: the additive fit value = genome + seed + noise takes out
+  what a seed does to every genome (its data order and init), and tau = sqrt(2) * sd(noise).
+  Runs on one seed share that part, so tau is usually below sqrt(2) * sigma; until the fit has
+  `PAIRED_DOF` degrees of freedom, the test takes tau = sqrt(2) * sigma, which is exact for
+  independent runs and cautious otherwise.
+
+`judge` is the rule (see `evolve.sequential` for the arithmetic): after each paired seed, the
+statistic t = mean(d) * sqrt(k) / tau is checked against an accept line and a reject line; a
+child that changes nothing is accepted with probability at most `alpha` (exactly `alpha` if the
+reject line were ignored; the reject line only stops losers early); a failed child seed
+(crash, diverged, timeout, OOM, invalid) rejects the child; no child is accepted on fewer than
+two ok paired seeds; at `max_seeds` the child is rejected unless it crossed the accept line.
+
+`pessimistic` is the bound elites are ranked by: mean + q * sigma / sqrt(n), q the one-sided
+(1 - alpha) quantile of Student's t with sigma's degrees of freedom, so an elite scored on few
+seeds ranks below one whose mean is as good on many.
+
+Everything here is pure: `evolve.judging` reads the store into these calls, and `analysis` calls
+the same functions on its frames.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from .sequential import Design, boundaries, t_quantile
+
+MIN_OK_SEEDS = 2  # a child is never accepted on fewer ok paired seeds
+PARENT_FAILURES = 2  # parent runs that may fail on a paired seed before the child is dropped
+PAIRED_DOF = 6  # the measured paired spread replaces sqrt(2) * sigma from this many degrees of freedom
 
 
 @dataclass(frozen=True)
@@ -40,94 +73,282 @@ def pooled_std(groups: Iterable[Sequence[float]]) -> float | None:
     """The pooled seed-to-seed standard deviation over groups of repeated runs of one code.
 
     sqrt(sum_i (n_i - 1) * s_i^2 / sum_i (n_i - 1)), over groups with n_i >= 2, where s_i is the
-    sample standard deviation of group i. None when no group has two runs yet.
-    """
-    sum_sq = 0.0
-    dof = 0
+    sample standard deviation of group i. None when no group has two runs yet."""
+    sum_sq, dof = _pooled(groups)
+    return math.sqrt(sum_sq / dof) if dof else None
+
+
+def _pooled(groups: Iterable[Sequence[float]]) -> tuple[float, int]:
+    sum_sq, dof = 0.0, 0
     for values in groups:
         if len(values) < 2:
             continue
         mean = math.fsum(values) / len(values)
         sum_sq += math.fsum((v - mean) ** 2 for v in values)
         dof += len(values) - 1
-    return math.sqrt(sum_sq / dof) if dof else None
+    return sum_sq, dof
+
+
+# --- the noise model ------------------------------------------------------------------------------
+
+
+def _two_way(values: Mapping[str, Mapping[int, float]]) -> tuple[float, int, int]:
+    """Residual sum of squares, its degrees of freedom and the genomes used, of the additive fit
+    value[g, s] = genome_g + seed_s + noise over the runs of several genomes on shared seeds.
+
+    Under that model (Gaussian noise), RSS / var(noise) is chi-square with N - G - S + C degrees
+    of freedom (N runs, G genomes, S seeds, C connected groups), however unbalanced the table.
+    A paired difference of two genomes on one seed has variance 2 var(noise): the seed's share
+    cancels. Cells that fit exactly (a genome on one seed of the table, a seed one genome ran) carry
+    no information and are left out first."""
+    cells = {(g, s): float(v) for g, seeds in values.items() for s, v in seeds.items()}
+    while True:  # drop genomes with one seed and seeds with one genome, until none is left
+        by_g, by_s = Counter(g for g, _ in cells), Counter(s for _, s in cells)
+        thin = {c for c in cells if by_g[c[0]] < 2 or by_s[c[1]] < 2}
+        if not thin:
+            break
+        for c in thin:
+            del cells[c]
+    if not cells:
+        return 0.0, 0, 0
+    genomes = sorted({g for g, _ in cells})
+    seeds = sorted({s for _, s in cells})
+    gi = {g: i for i, g in enumerate(genomes)}
+    si = {s: i for i, s in enumerate(seeds)}
+    rows = [(gi[g], si[s], v) for (g, s), v in cells.items()]
+    # connected groups: genomes linked through the seeds they share (union-find)
+    parent = list(range(len(genomes) + len(seeds)))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for g, s, _ in rows:
+        parent[root(g)] = root(len(genomes) + s)
+    groups = len({root(x) for x in range(len(genomes) + len(seeds))})
+    # least squares by alternating means (backfitting): converges for a connected table
+    gm, sm = [0.0] * len(genomes), [0.0] * len(seeds)
+    counts_g, counts_s = Counter(g for g, _, _ in rows), Counter(s for _, s, _ in rows)
+    scale = max(1e-12, max(abs(v) for _, _, v in rows))
+    for _ in range(500):
+        new_g = [0.0] * len(genomes)
+        for g, s, v in rows:
+            new_g[g] += v - sm[s]
+        new_g = [x / counts_g[i] for i, x in enumerate(new_g)]
+        new_s = [0.0] * len(seeds)
+        for g, s, v in rows:
+            new_s[s] += v - new_g[g]
+        new_s = [x / counts_s[i] for i, x in enumerate(new_s)]
+        moved = max(max(abs(a - b) for a, b in zip(new_g, gm, strict=True)),
+                    max(abs(a - b) for a, b in zip(new_s, sm, strict=True)))  # fmt: skip
+        gm, sm = new_g, new_s
+        if moved <= 1e-13 * scale:
+            break
+    rss = math.fsum((v - gm[g] - sm[s]) ** 2 for g, s, v in rows)
+    dof = len(rows) - len(genomes) - len(seeds) + groups
+    return (rss, dof, len(genomes)) if dof > 0 else (0.0, 0, 0)
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Seed-to-seed noise at one (profile, depth, budget, device kind), from replicates."""
+
+    sigma: float | None  # one genome's seed-to-seed standard deviation
+    sigma_dof: int
+    genomes: int  # replicates (accepted individuals with two or more ok runs)
+    pair_sd: float | None  # one paired difference's standard deviation, measured
+    pair_dof: int
+    pairs: int  # genomes in the table it was measured on
+
+    @classmethod
+    def build(cls, values: Mapping[str, Mapping[int, float]], accepted: Iterable[str]) -> NoiseModel:
+        """From ok values per individual and seed (at one key) and the accepted individuals."""
+        keep = {i: values[i] for i in dict.fromkeys(accepted) if i in values}
+        groups = [list(v.values()) for v in keep.values()]
+        s_sq, s_dof = _pooled(groups)
+        r_sq, r_dof, genomes = _two_way(keep)
+        return cls(
+            sigma=math.sqrt(s_sq / s_dof) if s_dof else None,
+            sigma_dof=s_dof,
+            genomes=sum(1 for g in groups if len(g) >= 2),
+            pair_sd=math.sqrt(2.0 * r_sq / r_dof) if r_dof else None,
+            pair_dof=r_dof,
+            pairs=genomes,
+        )
+
+    @property
+    def paired(self) -> bool:
+        """True when tau is the measured paired spread (with `PAIRED_DOF` degrees of freedom or more)."""
+        return self.pair_sd is not None and self.pair_sd > 0 and self.pair_dof >= PAIRED_DOF
+
+    def tau(self) -> tuple[float, int] | None:
+        """(tau, its degrees of freedom) for the paired test; None before any replicate."""
+        if self.paired:
+            return float(self.pair_sd), self.pair_dof  # type: ignore[arg-type]
+        if self.sigma is None or self.sigma <= 0:
+            return None
+        return math.sqrt(2.0) * self.sigma, self.sigma_dof
+
+    def describe(self) -> str:
+        if self.sigma is None:
+            return "noise not measured yet"
+        text = f"sigma {self.sigma:.5f} (dof {self.sigma_dof}, {self.genomes} genome(s))"
+        if self.paired:
+            return (
+                text
+                + f", paired tau {self.pair_sd:.5f} (dof {self.pair_dof}, {self.pairs} genomes on shared seeds)"
+            )
+        return text + ", tau = sqrt(2) x sigma"
+
+
+# --- the rule -------------------------------------------------------------------------------------
 
 
 class Action(str, Enum):
     ACCEPT = "accept"
     REJECT = "reject"
-    REEVALUATE = "reevaluate"
+    REEVALUATE = "reevaluate"  # run the child's next seed
+    PAIR = "pair"  # run the parent on a seed the child has and it has not
 
 
 @dataclass(frozen=True)
 class Decision:
     action: Action
     reason: str
-
-
-def decide(
-    child: Score,
-    parent: Score | None,
-    best: Score | None,
-    floor: float | None,
-    *,
-    max_seeds: int = 3,
-    margin: float = 2.0,
-) -> Decision:
-    """Whether a child joins the population, is dropped, or needs another seed first.
-
-    `child`, `parent` and `best` are means over seeds at the search depth; `parent` is the child's
-    parent (for a crossover, the better of its parents); `best` is the best score of the run so far
-    other than the child's own; `floor` is the pooled seed-to-seed standard deviation (None, when
-    not yet measured, counts as 0). With c, p, b the means, f the floor and n the child's count:
-
-    1. If n < max_seeds, re-evaluate when the child would become the overall best (c < b), or when
-       it beats its parent by less than `margin` floors (0 < p - c < margin * f).
-    2. Otherwise accept when the child beats its parent (c < p) and reject when not (c >= p).
-       Without a parent the child is compared with the best; without either it is accepted.
-
-    So a child clearly worse than its parent is rejected after one seed, a child clearly better
-    (by at least `margin` floors) is accepted after one seed unless it would become the champion,
-    and every champion and every narrow win is backed by `max_seeds` evaluations.
-    """
-    f = floor or 0.0
-    c = child.mean
-    reference = parent if parent is not None else best
-    if child.n < max_seeds:
-        if best is not None and c < best.mean:
-            return Decision(
-                Action.REEVALUATE,
-                f"would become the best ({child} < {best}); n={child.n} < {max_seeds} seeds",
-            )
-        if reference is not None and 0 < reference.mean - c < margin * f:
-            return Decision(
-                Action.REEVALUATE,
-                f"beats its parent by {reference.mean - c:.6f} < {margin:g} x floor {f:.6f}; "
-                f"n={child.n} < {max_seeds} seeds",
-            )
-    if reference is None:
-        return Decision(Action.ACCEPT, f"first score {child}")
-    what = "parent" if parent is not None else "best"
-    if c < reference.mean:
-        return Decision(Action.ACCEPT, f"{child} beats its {what} {reference} by {reference.mean - c:.6f}")
-    return Decision(Action.REJECT, f"{child} does not beat its {what} {reference}")
+    pairs: tuple[int, ...] = ()  # the paired seeds the test used, in order
+    diff: float | None = None  # mean of child - parent over them (< 0: the child is better)
+    t: float | None = None
+    accept_at: float | None = None  # accept when t <= this (at the look the decision was made)
+    reject_at: float | None = None  # reject when t >= this
+    parent_seeds: tuple[int, ...] = ()  # PAIR: the parent's seeds the test waits for
 
 
 @dataclass(frozen=True)
 class PromotionPolicy:
-    """The promotion settings of a run (`--baseline-seeds`, max seeds per child, margin in floors)."""
+    """The promotion settings of a run: the baseline's seeds, the test, the champion's fresh seeds."""
 
-    baseline_seeds: int = 3
-    max_seeds: int = 3
-    margin: float = 2.0
+    baseline_seeds: int = 5
+    max_seeds: int = 4
+    alpha: float = 0.05
+    gain: float = 1.75  # the gain the test's lines are shaped for, in units of tau
+    futility: float = -0.5  # how soon a child that does not look better is dropped (< 0)
+    confirm_seeds: int = 3  # fresh seeds that confirm a new champion
 
     def __post_init__(self) -> None:
-        if self.baseline_seeds < 1 or self.max_seeds < 1 or self.margin < 0:
-            raise ValueError("baseline_seeds and max_seeds must be >= 1 and margin >= 0")
+        if self.baseline_seeds < 2:
+            raise ValueError("baseline_seeds must be >= 2: the noise model needs two runs of one code")
+        if self.max_seeds < MIN_OK_SEEDS:
+            raise ValueError(f"max_seeds must be >= {MIN_OK_SEEDS}: no child is accepted on fewer")
+        if self.confirm_seeds < 1:
+            raise ValueError("confirm_seeds must be >= 1")
+        self.design  # noqa: B018 - checks alpha, gain and futility
+
+    @property
+    def design(self) -> Design:
+        return Design(alpha=self.alpha, max_seeds=self.max_seeds, min_seeds=MIN_OK_SEEDS,
+                      gain=self.gain, futility=self.futility)  # fmt: skip
 
     def baseline_pending(self, done: int) -> int:
         """How many more baseline evaluations to run when `done` have finished ok."""
         return max(0, self.baseline_seeds - done)
 
-    def decide(self, child: Score, parent: Score | None, best: Score | None, floor: float | None) -> Decision:
-        return decide(child, parent, best, floor, max_seeds=self.max_seeds, margin=self.margin)
+
+def _seeds(seeds: Sequence[int]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+def judge(
+    child: Mapping[int, float | None],
+    parent: Mapping[int, float | None],
+    model: NoiseModel,
+    policy: PromotionPolicy,
+    *,
+    failed: Mapping[int, str] | None = None,
+) -> Decision:
+    """The decision on a child from its runs and its parent's, seed by seed.
+
+    `child` and `parent` map a seed to its val_bpb (None: the run on that seed failed); a seed
+    missing from `parent` has not been run for it yet. `failed` names the status of a failed child
+    seed, for the reason. The looks are replayed in seed order, so the same store always gives the
+    same decision (after a resume too)."""
+    failed = failed or {}
+    bad = [s for s in sorted(child) if child[s] is None]
+    if bad:
+        status = failed.get(bad[0], "failed")
+        return Decision(Action.REJECT, f"seed {bad[0]} {status}: a child that fails on a seed is not kept")
+    noise = model.tau()
+    if noise is None:
+        return Decision(Action.REJECT, "no noise model: the baseline has fewer than two ok runs")
+    tau, dof = noise
+    bounds = boundaries(policy.design, dof)
+    pairs: list[int] = []
+    diffs: list[float] = []
+    lost = 0
+    for seed in sorted(child):
+        if seed not in parent:
+            return Decision(Action.PAIR, f"waits for its parent's run on seed {seed}", tuple(pairs),
+                            parent_seeds=(seed,))  # fmt: skip
+        if parent[seed] is None:
+            lost += 1  # the parent failed on this seed: no pair; the child goes on to the next
+            if lost > PARENT_FAILURES:
+                return Decision(
+                    Action.REJECT, f"its parent failed on {lost} of its seeds; no fair comparison left"
+                )
+            continue
+        pairs.append(seed)
+        diffs.append(float(child[seed]) - float(parent[seed]))  # type: ignore[arg-type]
+        k = len(diffs)
+        mean = math.fsum(diffs) / k
+        t = mean * math.sqrt(k) / tau
+        verdict = bounds.look(k, t)
+        if verdict == "continue":
+            continue
+        acc, rej = -bounds.accept[k - 1], -bounds.reject[k - 1]
+        text = (f"paired on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} "
+                f"(accept at <= {acc:+.2f}, reject at >= {rej:+.2f}; tau {tau:.5f}, dof {dof})")  # fmt: skip
+        if verdict == "accept":
+            why = f"better than its parent at alpha {policy.alpha:g}: {text}"
+            return Decision(Action.ACCEPT, why, tuple(pairs), mean, t, acc, rej)
+        last = " after the last seed" if k >= policy.max_seeds and t < rej else ""
+        return Decision(Action.REJECT, f"not shown better{last}: {text}", tuple(pairs), mean, t, acc, rej)
+    k = len(diffs)
+    if k == 0:
+        return Decision(Action.REEVALUATE, "no paired seed yet")
+    mean = math.fsum(diffs) / k
+    t = mean * math.sqrt(k) / tau
+    acc, rej = -bounds.accept[k - 1], -bounds.reject[k - 1]
+    return Decision(
+        Action.REEVALUATE,
+        f"undecided on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} "
+        f"(accept at <= {acc:+.2f} from {MIN_OK_SEEDS} seeds, reject at >= {rej:+.2f})",
+        tuple(pairs), mean, t, acc, rej,
+    )  # fmt: skip
+
+
+def paired_difference(
+    child: Mapping[int, float | None], parent: Mapping[int, float | None]
+) -> tuple[float, int] | None:
+    """Mean of child - parent over the seeds both ran ok, and how many; None without one."""
+    diffs = [float(c) - float(parent[s]) for s, c in child.items()  # type: ignore[arg-type]
+             if c is not None and parent.get(s) is not None]  # fmt: skip
+    return (math.fsum(diffs) / len(diffs), len(diffs)) if diffs else None
+
+
+def pessimistic(score: Score, model: NoiseModel, alpha: float = 0.05) -> float:
+    """The (1 - alpha) upper confidence bound of an individual's mean val_bpb (lower is better):
+    the score elites are ranked by. Without a noise model it is the mean."""
+    if model.sigma is None or model.sigma_dof < 1:
+        return score.mean
+    return score.mean + _quantile(1.0 - alpha, model.sigma_dof) * model.sigma / math.sqrt(score.n)
+
+
+_QUANTILES: dict[tuple[float, int], float] = {}
+
+
+def _quantile(p: float, dof: int) -> float:
+    key = (round(p, 6), min(dof, 10_000))
+    if key not in _QUANTILES:
+        _QUANTILES[key] = t_quantile(*key)
+    return _QUANTILES[key]

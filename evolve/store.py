@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import EvolveError
 from .migrations import MIGRATIONS, Migration, applied_versions, migrate
-from .promotion import Score, pooled_std
+from .promotion import Score
 from .records import (
     _EVALUATION_COLUMNS,
     _TRANSITIONS,
@@ -483,10 +483,6 @@ class Store:
     ) -> dict[str, Score]:
         """Mean, spread and count of the ok evaluations at `depth`, per individual."""
         return {ind: Score.of(vals) for ind, vals in self.values(depth, run, purposes).items()}
-
-    def noise_floor(self, depth: int, run: str | None = None) -> float | None:
-        """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
-        return pooled_std(self.values(depth, run).values())
 
     def leaderboard(
         self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False

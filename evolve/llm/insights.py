@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from ..judging import Evidence
 from ..store import Status
 from .client import LLMClient, LLMError, ReportLLM
 from .prompts import REQUIRED, Counter, Part, fit, program_text
@@ -120,7 +121,7 @@ class Insights:
                 outcome = f"{score.mean:.6f} ({score.mean - best_parent:+.6f} vs best parent)"
             lines.append(f"- {ind.id} [{ind.operator}] {ind.description}: {outcome}")
         best = sorted(scores.items(), key=lambda kv: kv[1].mean)[:5]
-        noise = self.store.noise_floor(self.depth, self.run)
+        noise = Evidence(self.store, self.run, self.depth).model().sigma
         leaders = [f"- {i}: {s.mean:.6f} (n={s.n})" for i, s in best]
         if noise:
             leaders.append(f"(seed-to-seed noise: ±{noise:.4f})")

@@ -1,12 +1,24 @@
-"""The Optuna tweak: TPE over the parent's hyperparameter block, told the real results.
+"""The Optuna tweak: TPE over the parent's hyperparameter block, told the truth about each child.
 
 One study per lineage: children that differ from each other only in their UPPER_CASE constants
 share a code skeleton, and so a study (named after a hash of the code without those constants).
 The study's search space is set when it opens, from the values it first saw: log-scale ranges
 for rates and other positive floats, a range around the value for fractions, integers (powers of
-two stay powers of two) for sizes, both choices for flags. Each proposal changes a few knobs
-(TPE samples each from its own history) and commits the child; the engine tells the trial the
-child's mean val_bpb once promotion has decided, or a failure. The studies live in
+two stay powers of two) for sizes, both choices for flags.
+
+Each proposal changes a few knobs (TPE samples each from its own history) and commits the child.
+Every trial carries the child's whole vector: the knobs it keeps are fixed to the parent's values
+(enqueued as fixed parameters), so TPE sees where every child sits, not only what it moved.
+
+The value told is the child's paired improvement over its parent: the mean of child - parent over
+the seeds both ran (lower is better). Not the child's own mean, and not one study per parent:
+children of different parents share a study, and their absolute scores would mostly tell TPE
+which parent was good; the paired difference takes the parent's level (and the seed's luck,
+which the two runs share) out and leaves what the tweak did. One study per parent would ask TPE
+to learn from the handful of children one parent gets, fewer than its random start-up trials.
+A child that crashed or diverged is told a penalty (worse than every real value the study has
+seen, and at least `PENALTY`), so TPE learns to stay out of that region; FAIL would tell it
+nothing. A child never trained (a duplicate, a guard refusal) is FAIL. The studies live in
 `.evolve/optuna.db`: `optuna-dashboard sqlite:///.evolve/optuna.db` shows them.
 """
 
@@ -17,6 +29,7 @@ import hashlib
 import json
 import math
 import threading
+import warnings
 from typing import Any
 
 from genome import pyast
@@ -35,6 +48,7 @@ from .base import (
 
 NAME = "optuna_tweak"
 STORAGE_FILE = "optuna.db"
+PENALTY = 1.0  # the least a failed child is told (bpb worse than its parent)
 _RATE_WORDS = ("LR", "DECAY", "RATE")
 
 
@@ -90,6 +104,29 @@ def _suggest(trial: Any, name: str, space: dict[str, Any]) -> Any:
     if space["kind"] == "int":
         return trial.suggest_int(name, space["low"], space["high"], log=space["log"])
     return trial.suggest_float(name, space["low"], space["high"], log=space["log"])
+
+
+def _fits(value: Any, space: dict[str, Any]) -> bool:
+    """Whether a kept value can be the trial's parameter (a choice must be one of the study's)."""
+    if space["kind"] == "choice":
+        return value in space["choices"]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _told(improvement: float | None, failed: bool) -> float | str | None:
+    if failed:
+        return "penalty"
+    return improvement
+
+
+def _paired(ev: Any, child_id: str) -> tuple[float | None, bool]:
+    """(paired improvement, failed) of a decided child, as the engine computes it."""
+    from ..promotion import paired_difference
+
+    values = ev.values(child_id)
+    parent = ev.reference(child_id)
+    diff = paired_difference(values, ev.values(parent)) if parent else None
+    return (diff[0] if diff else None), any(v is None for v in values.values())
 
 
 def _round(value: Any) -> Any:
@@ -172,16 +209,25 @@ class OptunaTweak(Operator):
             names = sorted(space)
             k = min(len(names), ctx.rng.randint(1, self.max_changes))
             chosen = ctx.rng.sample(names, k)
+            # The knobs it keeps are fixed to the parent's values: the trial holds the whole vector.
+            kept = {n: knobs[n].value for n in names if n not in chosen and _fits(knobs[n].value, space[n])}
+            study.enqueue_trial(kept, skip_if_exists=False)
             trial = study.ask()
             values: dict[str, Any] = {}
-            for name in chosen:
-                value = _round(_suggest(trial, name, space[name]))
-                if value != knobs[name].value:
-                    values[name] = value
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a kept value outside the study's first range
+                for name in names:
+                    if name in chosen:
+                        value = _round(_suggest(trial, name, space[name]))
+                        if value != knobs[name].value:
+                            values[name] = value
+                    elif name in kept:
+                        _suggest(trial, name, space[name])  # returns the fixed (parent's) value
             if not values:
                 study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
                 raise OperatorError(f"TPE suggested {parent.id}'s own values for {', '.join(chosen)}")
             trial.set_user_attr("parent", parent.id)
+            trial.set_user_attr("changed", sorted(values))
             try:
                 child = commit_hyperparams(
                     ctx.repo, parent.genome, values, operator=self.name, path=self.path
@@ -200,17 +246,25 @@ class OptunaTweak(Operator):
             found = self._trials.pop(outcome.child.id, None) or self._find(outcome.child.id)
             if found is None:
                 return
-            self._tell(*found, outcome.score.mean if outcome.score is not None else None)
+            self._tell(*found, _told(outcome.improvement, outcome.failed))
 
-    def _tell(self, study_name: str, number: int, value: float | None) -> None:
+    def _tell(self, study_name: str, number: int, value: float | str | None) -> None:
+        """Tell a trial its value: a float, "penalty" (a failed child) or None (FAIL)."""
         study = self._optuna.load_study(study_name=study_name, storage=self.storage)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         if self.storage.get_trial(trial_id).state.is_finished():
             return  # told already (a resume replays outcomes)
-        if value is None or not math.isfinite(value):
+        if value == "penalty":
+            done = study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.COMPLETE,))
+            worst = max(
+                (t.value for t in done if t.value is not None and math.isfinite(t.value)), default=0.0
+            )
+            study.tell(number, max(PENALTY, worst + PENALTY / 10))
+            self.storage.set_trial_user_attr(trial_id, "penalty", True)
+        elif value is None or not math.isfinite(float(value)):
             study.tell(number, state=self._optuna.trial.TrialState.FAIL)
         else:
-            study.tell(number, value)
+            study.tell(number, float(value))
 
     def _running(self) -> list[tuple[str, int, dict[str, Any]]]:
         out = []
@@ -231,10 +285,14 @@ class OptunaTweak(Operator):
         return None
 
     def _reconcile(self) -> None:
-        """After a crash: fail trials whose child was never committed, tell decided ones."""
+        """After a crash: fail trials whose child was never committed (or never asked: an enqueued
+        trial left waiting), tell decided ones what the engine would have told them."""
+        from ..judging import Evidence
+
         store, depth = self.setup.store, self.setup.depth
-        scores = store.scores(depth, self.setup.run)
+        ev = Evidence(store, self.setup.run, depth)
         with self._lock:
+            self._drop_waiting()
             for study_name, number, attrs in self._running():
                 child_id = attrs.get("child")
                 if child_id is None:
@@ -244,10 +302,18 @@ class OptunaTweak(Operator):
                 if child is None:
                     self._trials[child_id] = (study_name, number)  # the engine adopts it later
                 elif child.decision is not None or child.status.value == "rejected":
-                    score = scores.get(child_id)
-                    self._tell(study_name, number, score.mean if score else None)
+                    self._tell(study_name, number, _told(*_paired(ev, child_id)))
                 else:
                     self._trials[child_id] = (study_name, number)
+
+    def _drop_waiting(self) -> None:
+        waiting = self._optuna.trial.TrialState.WAITING
+        for summary in self._optuna.get_all_study_summaries(self.storage, include_best_trial=False):
+            if not summary.study_name.startswith(f"{self.setup.run}-"):
+                continue
+            study_id = self.storage.get_study_id_from_name(summary.study_name)
+            for t in self.storage.get_all_trials(study_id, deepcopy=False, states=(waiting,)):
+                self.storage.set_trial_state_values(t._trial_id, self._optuna.trial.TrialState.FAIL)
 
     def close(self) -> None:
         engine = getattr(self.storage, "engine", None)
