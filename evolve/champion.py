@@ -363,8 +363,13 @@ def pick_champion(candidates: Iterable[Candidate], search_depth: int) -> Champio
     board = sorted(accepted or cands, key=lambda c: (c.bound if c.bound is not None else c.mean, c.id))
     if not board:
         return None
-    excluded = failing | {c.id for c in board if c.baseline or c.confirmation == "failed"}
-    top = next((c for c in board if c.id not in excluded), board[0])
+    broken = {c.id for c in board if c.confirmation == "failed"}  # never, while another is left
+    bases = {c.id for c in board if c.baseline}
+    top = next(
+        (c for ok in (lambda c: c.id not in failing | bases | broken, lambda c: c.id not in bases | broken,
+                      lambda c: c.id not in broken, lambda c: True)
+         for c in board if ok(c)),
+    )  # fmt: skip
     deeper = [c for c in cands if c.verdict is not None]
     if top.verdict is not None:
         reason = f"best at depth {search_depth}; {top.verdict} at depth {top.validation_depth}"

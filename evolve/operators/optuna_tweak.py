@@ -259,8 +259,8 @@ class OptunaTweak(Operator):
             worst = max(
                 (t.value for t in done if t.value is not None and math.isfinite(t.value)), default=0.0
             )
-            study.tell(number, max(PENALTY, worst + PENALTY / 10))
             self.storage.set_trial_user_attr(trial_id, "penalty", True)
+            study.tell(number, max(PENALTY, worst + PENALTY / 10))
         elif value is None or not math.isfinite(float(value)):
             study.tell(number, state=self._optuna.trial.TrialState.FAIL)
         else:
