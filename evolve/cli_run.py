@@ -19,6 +19,7 @@ from genome.workspace import Workspace
 from prepare.errors import PrepareError
 from prepare.profiles import PROFILES, get_profile
 
+from . import confirmation as confirm
 from .cli_validate import latest_transfer, transfer_summary, transfer_table
 from .engine import DB_FILE, Engine, EngineConfig
 from .errors import EvolveError
@@ -385,6 +386,8 @@ def show_cmd(individual, workspace, lines):
         score = store.scores(depth, ws.run).get(ind.id)
         evaluations = store.evaluations(ind.id)
         first = store.get(ind.parents[0]) if ind.parents else None
+        why = [e.payload for e in store.events(ws.run, kind="decision") if e.payload.get("id") == ind.id]
+        fresh = confirm.get(store, ind.id, depth)
     console.print(f"[bold]{ind.id}[/bold]  {ind.description}", highlight=False)
     console.print(
         f"operator {ind.operator}, parents {', '.join(ind.parents) or '-'}, island {ind.island}, "
@@ -395,6 +398,11 @@ def show_cmd(individual, workspace, lines):
     if ind.guard_reason:
         console.print(f"refused: {ind.guard_reason}", highlight=False)
     console.print(f"score: {score if score else '-'}", highlight=False)
+    if why:
+        console.print(f"judged: {why[-1].get('reason', '')}", highlight=False)
+    if fresh is not None:
+        mean = f", mean {fresh.mean:.6f} over them (n={fresh.n})" if fresh.mean is not None else ""
+        console.print(f"fresh seeds {fresh.seed_text}: {fresh.status}{mean}", highlight=False)
     table = Table(title="evaluations")
     for col in ("purpose", "seed", "status", "val_bpb", "train s", "wall s", "device", "reason"):
         table.add_column(col)
@@ -465,7 +473,7 @@ def lineage_cmd(individual, workspace):
     "--budget", default=4.0, show_default=True, type=click.FloatRange(min=0.5), help="Seconds per run."
 )
 @click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
-@click.option("--baseline-seeds", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--baseline-seeds", default=4, show_default=True, type=click.IntRange(min=2))
 @click.option(
     "--interval", default=15.0, show_default=True, help="Seconds between summary lines without a terminal."
 )

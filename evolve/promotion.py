@@ -306,12 +306,14 @@ def judge(
         if verdict == "continue":
             continue
         acc, rej = -bounds.accept[k - 1], -bounds.reject[k - 1]
+        if k >= policy.max_seeds:
+            rej = acc  # the last look: whatever is not accepted is rejected
         text = (f"paired on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} "
                 f"(accept at <= {acc:+.2f}, reject at >= {rej:+.2f}; tau {tau:.5f}, dof {dof})")  # fmt: skip
         if verdict == "accept":
             why = f"better than its parent at alpha {policy.alpha:g}: {text}"
             return Decision(Action.ACCEPT, why, tuple(pairs), mean, t, acc, rej)
-        last = " after the last seed" if k >= policy.max_seeds and t < rej else ""
+        last = f" after its last seed ({policy.max_seeds})" if k >= policy.max_seeds else ""
         return Decision(Action.REJECT, f"not shown better{last}: {text}", tuple(pairs), mean, t, acc, rej)
     k = len(diffs)
     if k == 0:
