@@ -112,7 +112,11 @@ def test_an_undecided_child_runs_up_to_max_seeds_and_is_rejected_there():
         d = judge({s_: child[s_] for s_ in seeds[:k]}, PARENT, MODEL, POLICY)
         assert d.action is Action.REEVALUATE, (k, d.reason)
     last = judge(child, PARENT, MODEL, POLICY)
-    assert last.action is Action.REJECT and "after its last seed (4)" in last.reason and last.reject_at == last.accept_at
+    assert (
+        last.action is Action.REJECT
+        and "after its last seed (4)" in last.reason
+        and last.reject_at == last.accept_at
+    )
 
 
 def test_the_parent_is_run_on_a_seed_it_lacks_and_a_failed_parent_seed_is_skipped():
