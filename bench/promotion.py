@@ -248,6 +248,10 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
     base_runs = len(store.evaluations("g0000"))
     decisions = {e.payload["id"]: e.payload for e in store.events("null", kind="decision")}
     failed = sum(1 for k in kids if k.status == Status.FAILED)
+    from evolve.live import event_text
+
+    lines = [t for e in store.events("null") if (t := event_text(e.kind, e.payload))]
+    (work / "events.log").write_text("\n".join(lines) + "\n")
     result = {
         "bench": "promotion-real",
         "date": dt.date.today().isoformat(),
@@ -265,9 +269,20 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
         "wall_seconds": round(wall, 1),
         "workspace": str(ws.root),
         "reasons": {k: decisions.get(k, {}).get("reason", "") for k in accepted},
+        "decided_at_look": _looks(decisions, kids),
+        "log": str(work / "events.log"),
     }
     engine.close()
     return result
+
+
+def _looks(decisions: dict[str, dict], kids) -> dict[str, int]:
+    """How many children were decided after 1, 2, ... paired seeds (0: a failed seed)."""
+    out: dict[str, int] = {}
+    for k in kids:
+        n = str(len(decisions.get(k.id, {}).get("seeds") or []))
+        out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

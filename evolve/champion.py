@@ -336,9 +336,9 @@ def pick_champion(candidates: Iterable[Candidate], search_depth: int) -> Champio
 
     1. the transferring individual with the best mean at its validation depth;
     2. else the confirmed elite (scored on fresh seeds) with the best fresh-seed mean, unless
-       shown not to transfer;
+       shown not to transfer or its fresh-seed mean does not beat the baseline's mean;
     3. else the best accepted individual by its bound that was not shown to fail deeper (nor
-       failed its confirmation), the baseline last, marked unconfirmed;
+       failed or lost its confirmation), the baseline last, marked unconfirmed;
     4. else the best scored individual."""
     cands = [c for c in candidates if c.mean is not None]
     transfers = [c for c in cands if c.verdict == Verdict.TRANSFERS.value and c.validation_mean is not None]
@@ -348,8 +348,12 @@ def pick_champion(candidates: Iterable[Candidate], search_depth: int) -> Champio
                         f"best of {len(transfers)} that transfer", best.confirmation == "confirmed",
                         best.fresh_n)  # fmt: skip
     failing = {c.id for c in cands if c.verdict == Verdict.DOES_NOT_TRANSFER.value}
+    base = next((c for c in cands if c.baseline), None)
+    # a fresh-seed mean that does not beat the baseline's refutes the elite as the best
+    refuted = {c.id for c in cands if c.confirmation == "confirmed" and c.fresh_mean is not None
+               and base is not None and base.mean is not None and c.fresh_mean >= base.mean}  # fmt: skip
     confirmed = [c for c in cands if c.accepted and not c.baseline and c.confirmation == "confirmed"
-                 and c.fresh_mean is not None and c.id not in failing]  # fmt: skip
+                 and c.fresh_mean is not None and c.id not in failing | refuted]  # fmt: skip
     if confirmed:
         best = min(confirmed, key=lambda c: (c.fresh_mean, c.id))
         reason = (
@@ -363,7 +367,7 @@ def pick_champion(candidates: Iterable[Candidate], search_depth: int) -> Champio
     board = sorted(accepted or cands, key=lambda c: (c.bound if c.bound is not None else c.mean, c.id))
     if not board:
         return None
-    broken = {c.id for c in board if c.confirmation == "failed"}  # never, while another is left
+    broken = {c.id for c in board if c.confirmation == "failed"} | refuted  # never, while another is left
     bases = {c.id for c in board if c.baseline}
     top = next(
         (c for ok in (lambda c: c.id not in failing | bases | broken, lambda c: c.id not in bases | broken,

@@ -28,8 +28,10 @@ import ast
 import hashlib
 import json
 import math
+import os
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 from genome import pyast
@@ -106,6 +108,19 @@ def _suggest(trial: Any, name: str, space: dict[str, Any]) -> Any:
     return trial.suggest_float(name, space["low"], space["high"], log=space["log"])
 
 
+def _create_storage(optuna: Any, path: Path) -> None:
+    """Create the Optuna database whole, or not at all: its schema is built in a file beside it
+    that replaces `path` only once complete. (Built in place, a kill between the `studies` table
+    and its unique index leaves a database in which every later session adds the study again.)"""
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+    os.replace(tmp, path)
+
+
 def _fits(value: Any, space: dict[str, Any]) -> bool:
     """Whether a kept value can be the trial's parameter (a choice must be one of the study's)."""
     if space["kind"] == "choice":
@@ -158,7 +173,10 @@ class OptunaTweak(Operator):
         self.max_changes = max(1, int(setup.options.get("max_changes", 2)))
         self.startup_trials = int(setup.options.get("startup_trials", 8))
         setup.state_dir.mkdir(parents=True, exist_ok=True)
-        self.url = f"sqlite:///{setup.state_dir / STORAGE_FILE}"
+        path = setup.state_dir / STORAGE_FILE
+        if not path.exists():
+            _create_storage(optuna, path)
+        self.url = f"sqlite:///{path}"
         self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 30}})
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)

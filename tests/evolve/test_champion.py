@@ -288,3 +288,12 @@ def test_a_failed_confirmation_is_no_champion_and_a_confirmed_elite_beats_an_unc
     assert champ.id == "b" and champ.search_mean == 0.97 and champ.confirmed
     assert pick_champion([cands[0], cands[1], cands[3]], 2).id == "c"  # before b: the best unconfirmed
     assert pick_champion([cands[0], cands[1]], 2).id == "g0"  # a failed its fresh seeds
+
+
+def test_an_elite_whose_fresh_seeds_do_not_beat_the_baseline_is_not_the_champion():
+    base = Candidate("g0", True, True, 1.00, 1.01)
+    lucky = Candidate("a", False, True, 0.95, 0.96, confirmation="confirmed", fresh_mean=1.002, fresh_n=3)
+    other = Candidate("b", False, True, 0.97, 0.99)
+    champ = pick_champion([base, lucky, other], 2)
+    assert champ.id == "b" and not champ.confirmed  # a was the winner's curse: b is next, unconfirmed
+    assert pick_champion([base, lucky], 2).id == "g0"
