@@ -35,6 +35,9 @@ from .promotion import (
 from .records import SEARCH_PURPOSES, Evaluation, Individual
 from .store import Store
 
+FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: a child and its parent
+# share seeds, so each of the child's runs has its parent's on the same data order and init
+
 
 class NoiseKey(NamedTuple):
     profile: str
