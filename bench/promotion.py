@@ -32,7 +32,9 @@ It reports how many of them the engine accepted, the seeds it spent, and how lon
 
     python bench/promotion.py --json
     python bench/promotion.py --trials 20000 --out docs/bench/promotion.json
-    python bench/promotion.py real --children 30 --slots 2 --out /tmp/real.json
+    python bench/promotion.py real --children 30 --slots 2 --out docs/bench/promotion.json
+
+`real --out FILE` adds its result under the key `real` when FILE already holds the simulation's.
 """
 
 from __future__ import annotations
@@ -308,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     result = simulate(args) if args.mode == "simulate" else real(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        saved = result
+        if args.mode == "real" and args.out.is_file():  # beside the simulation's figures
+            saved = {**json.loads(args.out.read_text()), "real": result}
+        args.out.write_text(json.dumps(saved, indent=1) + "\n")
     if args.json:
         print(json.dumps(result if args.mode == "real" else {k: result[k] for k in (
             "false_keep_rate", "worse_keep_rate", "power_1sigma", "power_2sigma", "mean_seeds_null")}))  # fmt: skip

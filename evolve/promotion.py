@@ -320,11 +320,16 @@ def judge(
         return Decision(Action.REEVALUATE, "no paired seed yet")
     mean = math.fsum(diffs) / k
     t = mean * math.sqrt(k) / tau
-    acc, rej = -bounds.accept[k - 1], -bounds.reject[k - 1]
+    rej = -bounds.reject[k - 1]
+    if k < MIN_OK_SEEDS:  # no accept line yet: say where it will be
+        acc = -bounds.accept[MIN_OK_SEEDS - 1]
+        lines = f"no accept before {MIN_OK_SEEDS} seeds, then at <= {acc:+.2f}; reject at >= {rej:+.2f}"
+    else:
+        acc = -bounds.accept[k - 1]
+        lines = f"accept at <= {acc:+.2f}, reject at >= {rej:+.2f}"
     return Decision(
         Action.REEVALUATE,
-        f"undecided on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} "
-        f"(accept at <= {acc:+.2f} from {MIN_OK_SEEDS} seeds, reject at >= {rej:+.2f})",
+        f"undecided on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} ({lines}; tau {tau:.5f}, dof {dof})",
         tuple(pairs), mean, t, acc, rej,
     )  # fmt: skip
 
