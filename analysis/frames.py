@@ -30,7 +30,7 @@ import pandas as pd
 
 from evolve.champion import Candidate, pick_champion, verdict
 from evolve.judging import NoiseKey, RunFact, main_key, model_for_key, model_from_runs
-from evolve.promotion import NoiseModel, Score, pessimistic, pooled_std
+from evolve.promotion import NoiseModel, Score, pessimistic, pessimistic_many, pooled_std
 
 from .errors import AnalysisError
 
@@ -174,18 +174,24 @@ def _noise(
         facts = facts_by_run[code]
         members = np.flatnonzero(run_code == code)
         accepted = [ids[r] for r in members if decision[r] == "accept"]
-        models.append(model_from_runs(facts, accepted, main_key(facts)) if facts else None)
+        key = main_key(facts)
+        models.append(model_from_runs(facts, accepted, key) if facts else None)
+        scored = members[n[members] > 0]
+        if len({f.key for f in facts}) <= 1:  # one key (the usual case): one model for every row
+            if models[-1] is not None:
+                bound[scored] = pessimistic_many(mean[scored], n[scored], models[-1], alphas[code])
+            continue
         by_ind: dict[str, list[RunFact]] = {}
         for f in facts:
             by_ind.setdefault(f.individual, []).append(f)
         cache: dict = {}
-        for r in members:
-            if n[r] == 0 or ids[r] not in by_ind:
+        for r in scored:
+            if ids[r] not in by_ind:
                 continue
-            key = main_key(by_ind[ids[r]])
-            if key not in cache:
-                cache[key] = model_for_key(facts, accepted, key)[0]
-            bound[r] = pessimistic(Score(float(mean[r]), float(std[r]), int(n[r])), cache[key], alphas[code])
+            k = main_key(by_ind[ids[r]])
+            if k not in cache:
+                cache[k] = model_for_key(facts, accepted, k)[0]
+            bound[r] = pessimistic(Score(float(mean[r]), float(std[r]), int(n[r])), cache[k], alphas[code])
     return models, bound
 
 

@@ -35,10 +35,11 @@ the same functions on its frames.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 from .sequential import Design, boundaries, t_quantile
 
@@ -101,23 +102,21 @@ def _two_way(values: Mapping[str, Mapping[int, float]]) -> tuple[float, int, int
     A paired difference of two genomes on one seed has variance 2 var(noise): the seed's share
     cancels. Cells that fit exactly (a genome on one seed of the table, a seed one genome ran) carry
     no information and are left out first."""
-    cells = {(g, s): float(v) for g, seeds in values.items() for s, v in seeds.items()}
-    while True:  # drop genomes with one seed and seeds with one genome, until none is left
-        by_g, by_s = Counter(g for g, _ in cells), Counter(s for _, s in cells)
-        thin = {c for c in cells if by_g[c[0]] < 2 or by_s[c[1]] < 2}
-        if not thin:
+    names = list(values)
+    g = np.fromiter((i for i, n in enumerate(names) for _ in values[n]), dtype=np.int64)
+    sd = np.fromiter((sd for n in names for sd in values[n]), dtype=np.int64)
+    y = np.fromiter((v for n in names for v in values[n].values()), dtype=float)
+    while len(y):  # drop genomes with one seed and seeds with one genome, until none is left
+        _, g = np.unique(g, return_inverse=True)
+        _, sd = np.unique(sd, return_inverse=True)
+        keep = (np.bincount(g)[g] >= 2) & (np.bincount(sd)[sd] >= 2)
+        if keep.all():
             break
-        for c in thin:
-            del cells[c]
-    if not cells:
+        g, sd, y = g[keep], sd[keep], y[keep]
+    if not len(y):
         return 0.0, 0, 0
-    genomes = sorted({g for g, _ in cells})
-    seeds = sorted({s for _, s in cells})
-    gi = {g: i for i, g in enumerate(genomes)}
-    si = {s: i for i, s in enumerate(seeds)}
-    rows = [(gi[g], si[s], v) for (g, s), v in cells.items()]
-    # connected groups: genomes linked through the seeds they share (union-find)
-    parent = list(range(len(genomes) + len(seeds)))
+    n_g, n_s = int(g.max()) + 1, int(sd.max()) + 1
+    parent = list(range(n_g + n_s))  # connected groups: genomes linked by the seeds they share
 
     def root(x: int) -> int:
         while parent[x] != x:
@@ -125,30 +124,23 @@ def _two_way(values: Mapping[str, Mapping[int, float]]) -> tuple[float, int, int
             x = parent[x]
         return x
 
-    for g, s, _ in rows:
-        parent[root(g)] = root(len(genomes) + s)
-    groups = len({root(x) for x in range(len(genomes) + len(seeds))})
-    # least squares by alternating means (backfitting): converges for a connected table
-    gm, sm = [0.0] * len(genomes), [0.0] * len(seeds)
-    counts_g, counts_s = Counter(g for g, _, _ in rows), Counter(s for _, s, _ in rows)
-    scale = max(1e-12, max(abs(v) for _, _, v in rows))
-    for _ in range(500):
-        new_g = [0.0] * len(genomes)
-        for g, s, v in rows:
-            new_g[g] += v - sm[s]
-        new_g = [x / counts_g[i] for i, x in enumerate(new_g)]
-        new_s = [0.0] * len(seeds)
-        for g, s, v in rows:
-            new_s[s] += v - new_g[g]
-        new_s = [x / counts_s[i] for i, x in enumerate(new_s)]
-        moved = max(max(abs(a - b) for a, b in zip(new_g, gm, strict=True)),
-                    max(abs(a - b) for a, b in zip(new_s, sm, strict=True)))  # fmt: skip
+    for a, b in set(zip(g.tolist(), (sd + n_g).tolist(), strict=True)):
+        parent[root(a)] = root(b)
+    groups = len({root(x) for x in range(n_g + n_s)})
+    # least squares by alternating means (backfitting), which converges for a connected table
+    count_g, count_s = np.bincount(g, minlength=n_g), np.bincount(sd, minlength=n_s)
+    gm, sm = np.zeros(n_g), np.zeros(n_s)
+    tol = 1e-13 * max(1e-12, float(np.abs(y).max()))
+    for _ in range(2000):
+        new_g = np.bincount(g, weights=y - sm[sd], minlength=n_g) / count_g
+        new_s = np.bincount(sd, weights=y - new_g[g], minlength=n_s) / count_s
+        moved = max(float(np.abs(new_g - gm).max()), float(np.abs(new_s - sm).max()))
         gm, sm = new_g, new_s
-        if moved <= 1e-13 * scale:
+        if moved <= tol:
             break
-    rss = math.fsum((v - gm[g] - sm[s]) ** 2 for g, s, v in rows)
-    dof = len(rows) - len(genomes) - len(seeds) + groups
-    return (rss, dof, len(genomes)) if dof > 0 else (0.0, 0, 0)
+    rss = float(np.sum((y - gm[g] - sm[sd]) ** 2))
+    dof = len(y) - n_g - n_s + groups
+    return (rss, dof, n_g) if dof > 0 else (0.0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -346,9 +338,17 @@ def paired_difference(
 def pessimistic(score: Score, model: NoiseModel, alpha: float = 0.05) -> float:
     """The (1 - alpha) upper confidence bound of an individual's mean val_bpb (lower is better):
     the score elites are ranked by. Without a noise model it is the mean."""
+    return float(pessimistic_many(np.array([score.mean]), np.array([score.n]), model, alpha)[0])
+
+
+def pessimistic_many(means: np.ndarray, ns: np.ndarray, model: NoiseModel, alpha: float = 0.05) -> np.ndarray:
+    """`pessimistic` for many individuals at once (means and seed counts, one noise model)."""
+    means = np.asarray(means, dtype=float)
     if model.sigma is None or model.sigma_dof < 1:
-        return score.mean
-    return score.mean + _quantile(1.0 - alpha, model.sigma_dof) * model.sigma / math.sqrt(score.n)
+        return means.copy()
+    q = _quantile(1.0 - alpha, model.sigma_dof)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return means + q * model.sigma / np.sqrt(np.asarray(ns, dtype=float))
 
 
 _QUANTILES: dict[tuple[float, int], float] = {}
