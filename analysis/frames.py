@@ -154,35 +154,49 @@ def _noise(
 ) -> tuple[list[NoiseModel | None], np.ndarray]:
     """Per run, evolve's noise model at the run's main key; per row, the bound it is ranked by."""
     ids = df["id"].to_numpy(dtype=object)
-    decision = df["decision"].to_numpy(dtype=object)
+    accepted_row = (df["decision"] == "accept").to_numpy()
     sel = np.flatnonzero(m)
     rows = epos[sel]
-    facts_by_run: list[list[RunFact]] = [[] for _ in range(n_runs)]
+    keys = pd.DataFrame({
+        "profile": evs["profile"].to_numpy(dtype=object)[sel], "depth": evs["depth"].to_numpy(dtype=np.int64)[sel],
+        "budget": np.round(evs["budget"].to_numpy(dtype=float)[sel], 6),
+        "kind": pd.Series(evs["gpu_name"].to_numpy(dtype=object)[sel]).fillna("").replace("", "cpu").to_numpy(),
+    })  # fmt: skip
+    key_code, uniques = pd.factorize(pd.MultiIndex.from_frame(keys)) if len(keys) else (np.zeros(0, int), [])
+    key_list = [NoiseKey(str(p), int(d), float(b), str(k)) for p, d, b, k in uniques]
     seed = evs["seed"].to_numpy(dtype=np.int64)[sel]
-    prof = evs["profile"].to_numpy(dtype=object)[sel]
-    depth = evs["depth"].to_numpy(dtype=np.int64)[sel]
-    budget = evs["budget"].to_numpy(dtype=float)[sel]
-    kind = evs["gpu_name"].to_numpy(dtype=object)[sel]
     ok = evs["ok"].to_numpy(dtype=bool)[sel]
     bpb = evs["val_bpb"].to_numpy(dtype=float)[sel]
-    for i, r in enumerate(rows):
-        key = NoiseKey(str(prof[i]), int(depth[i]), round(float(budget[i]), 6), str(kind[i] or "cpu"))
-        facts_by_run[run_code[r]].append(RunFact(ids[r], int(seed[i]), key, float(bpb[i]) if ok[i] else None))
+    erun = run_code[rows]
+
+    def facts(where: np.ndarray) -> list[RunFact]:
+        return [
+            RunFact(
+                ids[rows[i]], int(seed[i]), NoiseKey(*key_list[key_code[i]]), float(bpb[i]) if ok[i] else None
+            )
+            for i in np.flatnonzero(where)
+        ]
+
     models: list[NoiseModel | None] = []
     bound = np.full(len(df), np.nan)
     for code in range(n_runs):
-        facts = facts_by_run[code]
         members = np.flatnonzero(run_code == code)
-        accepted = [ids[r] for r in members if decision[r] == "accept"]
-        key = main_key(facts)
-        models.append(model_from_runs(facts, accepted, key) if facts else None)
+        accepted = [ids[r] for r in members if accepted_row[r]]
         scored = members[n[members] > 0]
-        if len({f.key for f in facts}) <= 1:  # one key (the usual case): one model for every row
+        in_run = erun == code
+        if len(np.unique(key_code[in_run])) <= 1:
+            # One key (the usual case): the model needs only the accepted individuals' runs, and
+            # one model ranks every row. `model_from_runs` ignores the others anyway.
+            mine = facts(in_run & accepted_row[rows])
+            key = key_list[key_code[in_run][0]] if in_run.any() else None
+            models.append(model_from_runs(mine, accepted, key) if key is not None else None)
             if models[-1] is not None:
                 bound[scored] = pessimistic_many(mean[scored], n[scored], models[-1], alphas[code])
             continue
+        everything = facts(in_run)
+        models.append(model_from_runs(everything, accepted, main_key(everything)))
         by_ind: dict[str, list[RunFact]] = {}
-        for f in facts:
+        for f in everything:
             by_ind.setdefault(f.individual, []).append(f)
         cache: dict = {}
         for r in scored:
@@ -190,7 +204,7 @@ def _noise(
                 continue
             k = main_key(by_ind[ids[r]])
             if k not in cache:
-                cache[k] = model_for_key(facts, accepted, k)[0]
+                cache[k] = model_for_key(everything, accepted, k)[0]
             bound[r] = pessimistic(Score(float(mean[r]), float(std[r]), int(n[r])), cache[k], alphas[code])
     return models, bound
 
@@ -338,10 +352,9 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     floor = vfloors[run_code]
     is_base = np.zeros(n_rows, dtype=bool)
     is_base[base[base >= 0]] = True
-    verdicts = [
-        None if np.isnan(g) or b else verdict(float(g), None if np.isnan(f) else float(f)).value
-        for g, f, b in zip(gain, floor, is_base, strict=True)
-    ]
+    verdicts = np.full(n_rows, None, dtype=object)
+    for i in np.flatnonzero(~np.isnan(gain) & ~is_base):  # the validated rows only: evolve's rule
+        verdicts[i] = verdict(float(gain[i]), None if np.isnan(floor[i]) else float(floor[i])).value
     df["verdict"] = pd.Series(verdicts, index=df.index, dtype=object)
     _stored_verdicts(conn, df)
 
