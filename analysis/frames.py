@@ -84,6 +84,7 @@ def read_snapshot(db: Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA query_only=ON")  # a second lock on top of mode=ro
         try:
             found = applied_versions(conn)
         except sqlite3.DatabaseError as exc:

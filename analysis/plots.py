@@ -55,6 +55,14 @@ def _title(d: pd.DataFrame, what: str) -> str:
     return f"{what} (run {run}" + (f", depth {int(depth.iloc[0])})" if len(depth) else ")")
 
 
+def running_best(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best score so far at each experiment (NaN before the first score) and where a new best was set."""
+    scored = ~np.isnan(y)
+    best = np.fmin.accumulate(np.where(scored, y, np.inf))
+    record = scored & (y <= best) & np.r_[True, y[1:] < best[:-1]]
+    return np.where(np.isfinite(best), best, np.nan), record
+
+
 def progress(df: pd.DataFrame, run: str | None = None) -> Figure:
     """Every experiment as a point, the running best as a step line, new bests labelled."""
     d = one_run(df, run).sort_values("created", kind="stable")
@@ -66,8 +74,7 @@ def progress(df: pd.DataFrame, run: str | None = None) -> Figure:
         ax.text(0.5, 0.5, "no scored experiments yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(_title(d, "Progress"))
         return fig
-    best = np.fmin.accumulate(np.where(scored, y, np.inf))
-    record = scored & (y <= best) & np.r_[True, y[1:] < best[:-1]]  # the points that set a new best
+    best, record = running_best(y)
     lo, hi = float(np.nanmin(y)), float(np.nanquantile(y, 0.95))
     base = d.loc[d["parents"].map(len) == 0, "val_bpb_mean"].dropna()
     if len(base):
@@ -86,9 +93,7 @@ def progress(df: pd.DataFrame, run: str | None = None) -> Figure:
         ax.scatter(
             x[failed], np.full(failed.sum(), top), s=16, marker="x", c="#d62728", label="failed / rejected"
         )
-    ax.step(
-        x, np.where(np.isfinite(best), best, np.nan), where="post", c="#2a9d3f", lw=1.8, label="running best"
-    )
+    ax.step(x, best, where="post", c="#2a9d3f", lw=1.8, label="running best")
     ax.scatter(
         x[record], y[record], s=36, c="#2a9d3f", edgecolors="black", lw=0.5, label="new best", zorder=3
     )

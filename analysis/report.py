@@ -75,11 +75,18 @@ def _num(value: object, digits: int = 4, signed: bool = False) -> str:
     return str(value)
 
 
-def _diff(root: Path | None, parent: str, commit: str, paths: tuple[str, ...]) -> str:
+def commit_diff(root: Path | None, parent: str, commit: str, paths: tuple[str, ...]) -> str:
+    """`git diff parent commit -- paths` as text, cut at MAX_DIFF_LINES; a note instead when unavailable.
+
+    Read-only: a diff of two commits touches neither the index nor the work tree, and
+    GIT_OPTIONAL_LOCKS=0 keeps git from refreshing anything on the side."""
     if root is None:
         return "(no git repository next to the store: diff not available)"
     try:
-        text = run_git(root, "diff", "--no-color", "--no-ext-diff", parent, commit, "--", *paths)
+        text = run_git(
+            root, "diff", "--no-color", "--no-ext-diff", "--no-textconv", parent, commit, "--", *paths,
+            env={"GIT_OPTIONAL_LOCKS": "0"},
+        )  # fmt: skip
     except GenomeError as exc:
         return f"(diff not available: {exc})"
     lines = text.splitlines()
@@ -141,7 +148,7 @@ def build_report(path: str | Path = ".", run: str | None = None, top: int = 10) 
         commits = dict(zip(d["id"], d["commit"], strict=True))
         for row in chain.itertuples(index=False):
             parent = row.parents[0] if row.parents else None
-            diff = _diff(root, commits[parent], row.commit, paths) if parent in commits else ""
+            diff = commit_diff(root, commits[parent], row.commit, paths) if parent in commits else ""
             steps.append(
                 Step(
                     row.id,

@@ -9,10 +9,12 @@ Runs on the GPU machine (and, for a smoke test, on CPU with `--profile tiny`):
 for h100's 20M. The shared corpus folder is first laid out by bench/shared_corpus.py.)
 
 It prepares the dataset if needed, measures a bf16 matmul (8192^3) in this process as a roofline,
-then runs the baseline once per depth in a subprocess, exactly as the trainer would (EVOLVE_*
-variables, a result file), and prints a Markdown table. Inductor and Triton caches live under
-`--cache-dir`, shared by all runs, so `--repeat-warm` (the first depth run twice, on an emptied
-cache) shows the cold and the warm start-up cost.
+then runs the baseline once per depth through `trainer.run`, exactly as the search does (sandbox,
+the harness's clock, the separate evaluator), and prints a Markdown table. tokens/s is the
+harness's: training tokens served over the training window. The compile caches live under
+`--cache-dir` (one per genome, `EVOLVE_COMPILE_CACHE`), so `--repeat-warm` (the first depth run
+twice, on an emptied cache) shows the cold and the warm start-up cost. `--budget` is in the
+profile's unit (seconds on h100, tokens on tiny).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +40,6 @@ from prepare.profiles import evolve_home, get_profile  # noqa: E402
 
 BASELINE = REPO / "genome" / "baseline" / "train.py"
 DATASHEET_FLOPS = 989e12  # H100 SXM, bf16 dense
-UNTIMED_STEPS = {"cuda": 2, "cpu": 1}  # train.py does not time its first steps (warm-up)
 
 
 @dataclass(frozen=True)
@@ -111,64 +111,42 @@ def prepare_data(profile_name: str, source: str | None) -> Path:
 def run_baseline(
     label: str, depth: int, budget: float, args: argparse.Namespace, data: Path, matmul_tflops: float
 ) -> Row:
-    """One run of the baseline in a subprocess; the wall time is process start to exit."""
-    logs = args.out.with_suffix("").parent / (args.out.stem + "-logs")
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{label}.log"
-    result = logs / f"{label}.json"
-    result.unlink(missing_ok=True)
-    env = dict(os.environ)
-    env.update(
-        EVOLVE_PROFILE=args.profile,
-        EVOLVE_DATA=str(data),
-        EVOLVE_DEPTH=str(depth),
-        EVOLVE_TIME_BUDGET=str(budget),
-        EVOLVE_SEED=str(args.seed),
-        EVOLVE_RESULT=str(result),
-        TORCHINDUCTOR_CACHE_DIR=str(args.cache_dir / "inductor"),
-        TRITON_CACHE_DIR=str(args.cache_dir / "triton"),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    )
-    if args.device:
-        env["EVOLVE_DEVICE"] = args.device
-    print(f"\n### {label}: depth {depth}, budget {budget:g}s -> {log_path}", flush=True)
-    t0 = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(BASELINE)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for line in proc.stdout:  # tee: live progress on screen, everything in the log
-            log.write(line)
-            print("   ", line, end="", flush=True)
-        code = proc.wait()
-    wall = time.time() - t0
-    if code != 0 or not result.is_file():
-        return Row(label, depth, budget, status=f"exit {code}", wall_s=wall, log=str(log_path))
-    r = json.loads(result.read_text())
-    cuda = (args.device or get_profile(args.profile).device).startswith("cuda")
-    steps = int(r["num_steps"])
-    timed = max(steps - UNTIMED_STEPS["cuda" if cuda else "cpu"], 0)
-    tok_s = r["total_tokens_M"] * 1e6 * timed / max(steps, 1) / max(r["training_seconds"], 1e-9)
-    achieved = r["mfu_percent"] / 100 * DATASHEET_FLOPS  # model FLOP/s per device
+    """One run of the baseline through trainer.run; wall time is the trainer's, start to score."""
+    import trainer
+
+    logs = args.out.with_suffix("").parent / (args.out.stem + "-logs") / label
+    tree = logs.parent / f"{label}-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    shutil.copy(BASELINE, tree / "train.py")
+    os.environ["EVOLVE_COMPILE_CACHE"] = str(args.cache_dir)
+    devices = ("cpu",) if not (args.device or get_profile(args.profile).device).startswith("cuda") else (0,)
+    print(f"\n### {label}: depth {depth}, budget {budget:g} -> {logs}", flush=True)
+    result = trainer.run(
+        tree, depth=depth, budget=budget, seed=args.seed, devices=devices, profile=args.profile,
+        data_dir=data, log_dir=logs,
+    )  # fmt: skip
+    print(Path(result.log_path).read_text()[-3000:], flush=True)
+    if not result.ok:
+        return Row(label, depth, budget, status=f"{result.status.value}: {result.reason}", wall_s=result.wall_seconds,
+                   log=str(result.log_path))  # fmt: skip
+    m = result.metrics
+    mfu = float(m.get("mfu_percent", 0.0))
     return Row(
         label,
         depth,
         budget,
         status="ok",
-        params_M=r["num_params_M"],
-        tokens_per_s=tok_s,
-        mfu_datasheet=r["mfu_percent"],
-        mfu_measured=100 * achieved / (matmul_tflops * 1e12) if matmul_tflops else 0.0,
-        peak_mem_mb=r["peak_vram_mb"],
-        val_bpb=r["val_bpb"],
-        training_s=r["training_seconds"],
-        wall_s=wall,
-        num_steps=steps,
-        log=str(log_path),
+        params_M=m["num_params_M"],
+        tokens_per_s=m["training_tokens"] / max(m["training_seconds"], 1e-9),
+        mfu_datasheet=mfu,
+        mfu_measured=100 * mfu / 100 * DATASHEET_FLOPS / (matmul_tflops * 1e12) if matmul_tflops else 0.0,
+        peak_mem_mb=float(m.get("peak_vram_mb", 0.0)),
+        val_bpb=result.val_bpb,
+        training_s=m["training_seconds"],
+        wall_s=result.wall_seconds,
+        num_steps=int(m["num_steps"]),
+        log=str(result.log_path),
     )
 
 
@@ -202,7 +180,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data", type=Path, default=None, help="an already prepared dataset dir (skips preparing)"
     )
     p.add_argument("--depths", default="8,12,24", help="comma-separated depths, one run each")
-    p.add_argument("--budget", type=float, default=60.0, help="EVOLVE_TIME_BUDGET of each depth run (s)")
+    p.add_argument("--budget", type=float, default=60.0, help="budget of each depth run (the profile's unit)")
     p.add_argument("--full-depth", type=int, default=12, help="depth of the full run")
     p.add_argument("--full-budget", type=float, default=0.0, help="budget of one extra full run (0 = none)")
     p.add_argument("--repeat-warm", action="store_true", help="empty the cache, run the first depth twice")

@@ -36,6 +36,7 @@ def main():
       evolve init runs/exp1           a workspace: git repo with train.py and program.md
       evolve run --hours 48           the evolution (Ctrl-C stops, `evolve run` resumes)
       evolve status                   population, elites, duty cycle
+      evolve serve                    the same, live in a browser (http://127.0.0.1:8765/)
     """
 
 
@@ -58,6 +59,9 @@ def _register() -> None:
     from .cli_validate import validate_cmd
 
     main.add_command(validate_cmd)
+    from .cli_serve import serve_cmd
+
+    main.add_command(serve_cmd)
     # --- end of subcommands ---
 
 

@@ -325,13 +325,21 @@ def status_cmd(workspace, as_json):
         snap = snapshot(store, ws.run, depth=int(run.settings.get("depth", ws.settings.depth)),
                         islands=islands, state_dir=ws.state_dir)  # fmt: skip
         transfer = latest_transfer(store, ws.run, snap.depth)
+        unisolated = store.unisolated(ws.run)
+    warning = (
+        f"WARNING: {unisolated} score(s) of this run were made without isolation (EVOLVE_ISOLATION=none): "
+        "train.py could read the validation data, the store and your files (docs/SECURITY.md)"
+    )
     if as_json:
         data = snap.to_json()
+        data["unisolated_evaluations"] = unisolated
         data["transfer"] = transfer[0].to_json() if transfer else None
         data["champion"] = asdict(transfer[1]) if transfer and transfer[1] else None
         click.echo(json.dumps(data, indent=2, default=str))
     else:
         console = make_console()
+        if unisolated:
+            console.print(f"[bold red]{warning}[/]", highlight=False)
         console.print(render(snap))
         if transfer:  # the verdicts of `evolve validate`, at the deepest validated depth
             console.print(transfer_table(*transfer))
@@ -372,12 +380,64 @@ def _get(store: Store, ws: Workspace, ind_id: str):
     return ind
 
 
+def _proposal_notes(store: Store, run: str, ind_id: str) -> dict:
+    """The notes the operator left with its proposal (model, rationale, ...), from the event."""
+    for event in store.events(run, kind="proposed"):
+        if event.payload.get("id") == ind_id:
+            return dict(event.payload.get("notes") or {})
+    return {}
+
+
+def _llm_lines(calls, notes: dict) -> list[str]:
+    """An LLM child's model, calls, tokens, cost and rationale."""
+    models = ", ".join(dict.fromkeys(c.model for c in calls))
+    tokens = sum(c.prompt_tokens + c.completion_tokens for c in calls)
+    steps = "; ".join(
+        f"{c.purpose or 'call'} {c.outcome or ('ok' if c.ok else 'failed')}"
+        + (f" ({c.why})" if c.why else "")
+        for c in calls
+    )
+    lines = [
+        f"LLM: model {models}, {len(calls)} call(s), {tokens:,} tokens, ${sum(c.cost for c in calls):.4f}",
+        f"  calls: {steps}",
+    ]
+    if notes.get("rationale"):
+        lines.append(f"  rationale: {notes['rationale']}")
+    if notes.get("partner"):
+        lines.append(f"  partner: {notes['partner']}")
+    return lines
+
+
+def _conversation(console: Console, texts: dict, calls) -> None:
+    """Each call's prompt and answer, as the store kept them."""
+    for k, call in enumerate(calls, 1):
+        kept = texts.get(call.id)
+        if kept is None:
+            continue
+        messages, answer = kept
+        new = messages if k == 1 else messages[-1:]  # a repair repeats the conversation before it
+        console.rule(f"LLM call {k} ({call.purpose or 'call'}, {call.model}): prompt")
+        for message in new:
+            click.echo(f"[{message.get('role', '?')}]\n{message.get('content', '')}\n")
+        console.rule(f"LLM call {k}: answer ({call.outcome or '-'})")
+        click.echo(answer)
+
+
 @click.command("show")
 @click.argument("individual")
 @_WORKSPACE
 @click.option("--lines", default=30, show_default=True, help="Lines of the log tail.")
-def show_cmd(individual, workspace, lines):
-    """One individual: its scores, its decision, its diff against its parent and its log's tail."""
+@click.option(
+    "--conversation/--no-conversation",
+    default=True,
+    show_default=True,
+    help="For an LLM child: print the prompt and the answer of each of its LLM calls at the end.",
+)
+def show_cmd(individual, workspace, lines, conversation):
+    """One individual: its scores, its decision, its diff against its parent and its log's tail.
+
+    For a child of an LLM operator also its model, tokens, cost and rationale, and (at the end)
+    the prompt it was made from and the answer, as the store kept them."""
     ws = _workspace(workspace)
     console = make_console()
     with _store(ws) as store:
@@ -388,6 +448,12 @@ def show_cmd(individual, workspace, lines):
         first = store.get(ind.parents[0]) if ind.parents else None
         why = [e.payload for e in store.events(ws.run, kind="decision") if e.payload.get("id") == ind.id]
         fresh = confirm.get(store, ind.id, depth)
+        calls = store.llm_calls(ws.run, individual=ind.id)
+        notes = _proposal_notes(store, ws.run, ind.id) if calls else {}
+        if calls and conversation:
+            texts = {c.id: store.llm_text(c.id) for c in calls}
+        else:
+            texts = {}
     console.print(f"[bold]{ind.id}[/bold]  {ind.description}", highlight=False)
     console.print(
         f"operator {ind.operator}, parents {', '.join(ind.parents) or '-'}, island {ind.island}, "
@@ -399,10 +465,12 @@ def show_cmd(individual, workspace, lines):
         console.print(f"refused: {ind.guard_reason}", highlight=False)
     console.print(f"score: {score if score else '-'}", highlight=False)
     if why:
-        console.print(f"judged: {why[-1].get('reason', '')}", highlight=False)
+        console.print(f"judged: {why[-1].get('reason', '')}", highlight=False, markup=False)
     if fresh is not None:
         mean = f", mean {fresh.mean:.6f} over them (n={fresh.n})" if fresh.mean is not None else ""
         console.print(f"fresh seeds {fresh.seed_text}: {fresh.status}{mean}", highlight=False)
+    for line in _llm_lines(calls, notes) if calls else ():
+        console.print(line, highlight=False, markup=False)
     table = Table(title="evaluations")
     for col in ("purpose", "seed", "status", "val_bpb", "train s", "wall s", "device", "reason"):
         table.add_column(col)
@@ -424,6 +492,8 @@ def show_cmd(individual, workspace, lines):
         text = read_log(last.log_path) or last.error_tail
         console.rule(f"log tail ({last.purpose.value}, seed {last.seed}): {last.log_path or 'gone'}")
         click.echo("\n".join(text.splitlines()[-lines:]))
+    if texts:
+        _conversation(console, texts, calls)
 
 
 @click.command("lineage")

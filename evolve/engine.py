@@ -47,7 +47,7 @@ from .engine_config import EngineConfig
 from .engine_promotion import Promotion
 from .errors import EvolveError
 from .judging import FIRST_SEED
-from .novelty import tree_hash
+from .novelty import tree_hash, twin
 from .operators.base import (
     Operator,
     OperatorSetup,
@@ -59,6 +59,7 @@ from .operators.base import (
     make_operator,
 )
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
+from .pairs import Family, choose_parents
 from .population import Member, Strategy, from_store
 from .promotion import PromotionPolicy, Score
 from .scheduler import (
@@ -73,7 +74,6 @@ from .scheduler import (
 from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
 
 DB_FILE = "evolve.db"
-_FINISHED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -413,12 +413,21 @@ class Engine(Promotion):
         if name in self._tried:
             # Every operator gets an early try: the first time one not yet tried could propose,
             # it takes the drawn one's place (the draw stays, so the run's random stream does too).
-            assert self.strategy is not None
-            pairs = self.config.strategy != "ratchet" and len(self.strategy) >= 2
-            fresh = [n for n in names if n not in self._tried and (pairs or self.operators[n].arity == 1)]
+            # A crossover's early try waits for two members that are not ancestor and descendant.
+            fresh = [n for n in names if n not in self._tried]
+            if any(self.operators[n].arity >= 2 for n in fresh) and not self._pairs_exist():
+                fresh = [n for n in fresh if self.operators[n].arity == 1]
             if fresh:
                 name = max(fresh, key=lambda n: (self.config.weight(n), n))
         return name
+
+    def _pairs_exist(self) -> bool:
+        """True when two members of the population could be crossed (neither descends from the other)."""
+        assert self.strategy is not None
+        if self.config.strategy == "ratchet" or len(self.strategy) < 2:
+            return False
+        family = Family.of(self.store, self.run_name)
+        return family.unrelated_pair([m.id for m in self.strategy.members()]) is not None
 
     def _context(self, rng: random.Random, calls: list[int]) -> tuple[Operator, ProposalContext] | None:
         """Draw an operator and its parents (under the engine lock); its LLM calls' ids go to `calls`."""
@@ -429,16 +438,20 @@ class Engine(Promotion):
             return None
         op = self.operators[self._draw(names, credits, rng)]
         members: tuple[Member, ...]
+        partners: list[Member] = []
         if op.arity >= 2:
             pair = self.strategy.select_pair()
-            if pair is None:  # fewer than two members yet: a one-parent operator instead
+            family = Family.of(self.store, self.run_name)
+            crossable = choose_parents(family, self.strategy.members(), pair) if pair else None
+            if crossable is None:  # no two members that can be crossed: a one-parent operator instead
                 singles = [n for n in names if self.operators[n].arity == 1]
                 if not singles:
                     return None
                 op = self.operators[self._draw(singles, credits, rng)]
                 members = (self.strategy.select_parent(),)
             else:
-                members = tuple(sorted(pair, key=lambda m: (m.score, m.id)))
+                first, second, partners = crossable
+                members = (first, second)
         else:
             members = (self.strategy.select_parent(),)
         island = members[0].island
@@ -446,6 +459,15 @@ class Engine(Promotion):
         elite_ids = [m.id for m in self.strategy.elites(self.config.elites, island=island if
                      self.config.strategy == "population" else None)]  # fmt: skip
         elite_ids += [m.id for m in self.strategy.elites(self.config.elites) if m.id not in elite_ids]
+        model = self._evidence().model()  # the noise the judge uses, for the prompts
+        name = op.name
+
+        def report(**kw: Any) -> int:
+            call = self.store.add_llm_call(run=self.run_name, operator=name, **kw)
+            if kw.get("purpose") != "insights":  # the run's notes, not this child's
+                calls.append(call)
+            return call
+
         ctx = ProposalContext(
             repo=self.repo,
             store=self.store,
@@ -455,11 +477,12 @@ class Engine(Promotion):
             island=island,
             depth=self.config.depth,
             rng=rng,
-            noise_floor=self._evidence().model().sigma,
+            noise_floor=model.sigma,
             elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
-            report_llm=lambda **kw: calls.append(
-                self.store.add_llm_call(run=self.run_name, operator=op.name, **kw)
-            ),
+            report_llm=report,
+            settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
+            partners=tuple(self._parent(m.id, scores) for m in partners),
+            acceptance=self.policy.describe(model),
         )
         self._tried.add(op.name)
         return op, ctx
@@ -494,7 +517,7 @@ class Engine(Promotion):
         code_hash = self._code_hash(genome.commit)
         # Its own lock: two proposals of the same code must not both pass the novelty check.
         with self._intake_lock:
-            duplicate = self.store.find_by_code_hash(code_hash, self.run_name, statuses=_FINISHED)
+            duplicate = twin(self.store, self.run_name, code_hash)
             status, reason = Status.QUEUED, None
             if duplicate is not None:
                 status, reason = Status.REJECTED, f"duplicate of {duplicate.id} (same normalized code)"
@@ -519,7 +542,7 @@ class Engine(Promotion):
                     kind=proposal.kind,
                     guard_reason=reason,
                 )
-                # Calls of the proposal (meta-insights it triggered included) count for its child.
+                # Calls of the proposal count for its child (not the meta-insights it triggered).
                 self.store.assign_llm_calls(calls or (), genome.id)
                 self.event("proposed", id=genome.id, operator=genome.operator, parents=list(genome.parents),
                            status=status.value, reason=reason or "", description=genome.description,

@@ -76,7 +76,9 @@ class Snapshot:
     operators: dict[str, dict[str, float]]  # children, improvements, failed, no_child, attempts, chance
     disk_bytes: int
     log_files: int
-    llm: dict[str, float]  # calls, failures, prompt_tokens, completion_tokens, tokens, cost, mean_latency
+    llm: dict[
+        str, float
+    ]  # calls, failures, unusable, prompt_tokens, completion_tokens, tokens, cost, mean_latency
     recent: list[str] = field(default_factory=list)
     noise: str = ""  # the noise model in words (sigma, tau, their degrees of freedom)
     best_note: str = ""  # why the champion is the best: confirmed on fresh seeds, or not yet
@@ -291,9 +293,10 @@ def llm_text(llm: dict[str, float]) -> str:
     calls = int(llm.get("calls", 0))
     if not calls:
         return "LLM: no calls"
-    failed = int(llm.get("failures", 0))
+    failed, unusable = int(llm.get("failures", 0)), int(llm.get("unusable", 0))
+    notes = [f"{failed} failed"] * bool(failed) + [f"{unusable} unusable"] * bool(unusable)
     return (
-        f"LLM: {calls} calls" + (f" ({failed} failed)" if failed else "")
+        f"LLM: {calls} calls" + (f" ({', '.join(notes)})" if notes else "")
         + f", {_count(llm.get('tokens', 0))} tokens ({_count(llm.get('prompt_tokens', 0))} prompt"
         f" + {_count(llm.get('completion_tokens', 0))} completion), ${llm.get('cost', 0.0):.4f}"
     )  # fmt: skip

@@ -199,6 +199,13 @@ def _v4_llm_call_individual(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX llm_calls_individual ON llm_calls(individual)")
 
 
+def _v5_isolation_and_budget_unit(conn: sqlite3.Connection) -> None:
+    # How train.py was isolated for each score ("bubblewrap 0.8.0", or "none": not safe, shown by
+    # `evolve status`), and what the budget counts ("seconds" of training window, or "tokens").
+    conn.execute("ALTER TABLE evaluations ADD COLUMN isolation TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE evaluations ADD COLUMN budget_unit TEXT NOT NULL DEFAULT 'seconds'")
+
+
 def _v10_confirmations(conn: sqlite3.Connection) -> None:
     # A champion is confirmed on fresh seeds before it is called the best: seeds first_seed ..
     # first_seed + seeds - 1 of `individual` at `depth`, which it had never been scored on when the
@@ -224,12 +231,50 @@ def _v10_confirmations(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX confirmations_run ON confirmations(run, depth, status)")
 
 
+def _v20_insight_versions(conn: sqlite3.Connection) -> None:
+    # Meta-insights are versions of one notebook: each row replaces the one before (prompts show
+    # the newest), with the structured bullets that passed the check (`items`, JSON), the ones that
+    # were dropped and why (`dropped`), the finished children it was written from, and its call.
+    for column in (
+        "version INTEGER",
+        "children INTEGER NOT NULL DEFAULT 0",
+        "call INTEGER",
+        "items TEXT NOT NULL DEFAULT '[]'",
+        "dropped TEXT NOT NULL DEFAULT '[]'",
+    ):
+        conn.execute(f"ALTER TABLE meta_insights ADD COLUMN {column}")
+    conn.execute(
+        "UPDATE meta_insights SET version = (SELECT COUNT(*) FROM meta_insights m"
+        " WHERE m.run IS meta_insights.run AND m.id <= meta_insights.id)"
+    )
+    conn.execute("CREATE INDEX meta_insights_run_version ON meta_insights(run, version)")
+
+
+def _v21_llm_call_outcomes(conn: sqlite3.Connection) -> None:
+    # What each LLM call was for (mutation, crossover, repair, insights) and what became of its
+    # answer (usable, repaired, unusable) with why; `ok` keeps meaning "the endpoint answered".
+    # Rows of older runs keep '' (not recorded then). The prompt and the answer of every answered
+    # call, zlib-compressed, in a table of their own so that the accounting stays small.
+    for column in ("purpose", "outcome", "why"):
+        conn.execute(f"ALTER TABLE llm_calls ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    conn.execute(
+        """CREATE TABLE llm_texts (
+            call INTEGER PRIMARY KEY REFERENCES llm_calls(id),
+            prompt BLOB NOT NULL,
+            answer BLOB NOT NULL
+        )"""
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
+    Migration(5, "evaluations: isolation and budget unit", _v5_isolation_and_budget_unit),
     Migration(10, "confirmations: a champion's fresh seeds", _v10_confirmations),
+    Migration(20, "meta_insights: versions with checked items", _v20_insight_versions),
+    Migration(21, "llm_calls: purpose, outcome and the texts", _v21_llm_call_outcomes),
 )
 
 

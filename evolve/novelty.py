@@ -1,7 +1,8 @@
 """Novelty: a hash of code that ignores comments, docstrings and formatting.
 
-A child whose normalized code equals one already evaluated is not trained again (the store looks
-it up with `Store.find_by_code_hash`). Normalizing goes through the AST: comments and layout never
+A child whose normalized code equals one already tried (queued, running, evaluated or failed) is
+not trained again: `twin` finds that one, for the engine's intake and for the operators, which
+ask before they commit (`tried_as`), so an LLM can be told to change its answer instead. Normalizing goes through the AST: comments and layout never
 reach it, docstrings are dropped, and `ast.dump` without positions is the canonical form. Two
 sources hash equal exactly when they parse to the same tree, so any change to code differs.
 """
@@ -12,8 +13,16 @@ import ast
 import difflib
 import hashlib
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from genome import pyast
+
+from .records import Status
+
+if TYPE_CHECKING:
+    from .store import Individual, Store
+
+TRIED = (Status.QUEUED, Status.RUNNING, Status.EVALUATED, Status.FAILED)  # code that counts as tried
 
 _HAS_BODY = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -76,3 +85,13 @@ def similarity(a: str, b: str) -> float:
     if not left and not right:
         return 1.0
     return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
+
+
+def twin(store: Store, run: str, code_hash: str) -> Individual | None:
+    """The individual of `run` already tried with this normalized code, if any."""
+    return store.find_by_code_hash(code_hash, run, statuses=TRIED)
+
+
+def tried_as(store: Store, run: str, files: Mapping[str, str]) -> Individual | None:
+    """The individual already tried with exactly this code (all mutable files, normalized)."""
+    return twin(store, run, tree_hash(files))

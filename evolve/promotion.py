@@ -246,6 +246,10 @@ class PromotionPolicy:
         """How many more baseline evaluations to run when `done` have finished ok."""
         return max(0, self.baseline_seeds - done)
 
+    def describe(self, model: NoiseModel | None = None) -> str:
+        """The rule in words, with this run's noise (see `describe_rule`)."""
+        return describe_rule(self, model)
+
 
 def _seeds(seeds: Sequence[int]) -> str:
     return ",".join(str(s) for s in seeds)
@@ -359,3 +363,30 @@ def _quantile(p: float, dof: int) -> float:
     if key not in _QUANTILES:
         _QUANTILES[key] = t_quantile(*key)
     return _QUANTILES[key]
+
+
+def describe_rule(policy: PromotionPolicy, model: NoiseModel | None = None) -> str:
+    """`judge`'s rule in words, with this run's numbers: what the LLM prompts tell a researcher.
+
+    Keep it next to `judge` and change both together: it is the only description of the rule."""
+    noise = model.tau() if model is not None else None
+    if noise is None:
+        need = "how big a gain that takes follows from the noise, not measured yet"
+    else:
+        tau, dof = noise
+        bounds = boundaries(policy.design, dof)
+        looks = range(MIN_OK_SEEDS, policy.max_seeds + 1)
+        need = "with this run's noise, a mean gain of at least " + ", ".join(
+            f"{bounds.accept[k - 1] * tau / math.sqrt(k):.4f} val_bpb over {k} seeds" for k in looks
+        )
+        if bounds.reject[0] > 0:
+            need += f"; after one seed it must be ahead by {bounds.reject[0] * tau:.4f} to go on"
+    return (
+        "A child is trained seed by seed on its parent's seeds (for a crossover, the better of its two "
+        "parents; a seed the parent lacks is run for it) and judged after each seed on the paired "
+        f"differences child - parent, by a sequential one-sided test at alpha {policy.alpha:g}: a child "
+        f"that changes nothing is kept at most {policy.alpha:.0%} of the time. It is kept only when shown "
+        f"better on {MIN_OK_SEEDS} to {policy.max_seeds} seeds ({need}). One that does not look better "
+        "is dropped at once, and so is one that crashes, diverges or times out on any seed. The best of "
+        f"the run is confirmed on {policy.confirm_seeds} fresh seeds before it is called the champion."
+    )

@@ -112,6 +112,8 @@ class Evaluation:
     error_tail: str = ""
     reason: str = ""
     created: float | None = None
+    isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), "none" when it was not
+    budget_unit: str = "seconds"  # what `budget` counts: "seconds" or "tokens"
     id: int | None = None
 
     @property
@@ -155,6 +157,8 @@ class Evaluation:
             log_path=None if result.get("log_path") is None else str(result["log_path"]),
             error_tail=text("error_tail"),
             reason=text("reason"),
+            isolation=text("isolation"),
+            budget_unit=text("budget_unit") or "seconds",
         )
 
 
@@ -169,6 +173,51 @@ class Event:
     run: str | None
     kind: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One request to the LLM endpoint: what it was for, what it cost, and what became of its answer.
+
+    `ok`: the endpoint answered (a failed attempt, retried or not, is a row with ok False and its
+    error). `purpose`: mutation, crossover, repair (the second answer asked for in the same
+    conversation) or insights. `outcome`: usable (applied as it was), repaired (not usable, `why`
+    says why, but the repair round that followed made a child), unusable (no child came of it;
+    `why`). `individual`: the child it was for (None for insights and for failed proposals)."""
+
+    id: int
+    time: float
+    run: str | None
+    model: str
+    operator: str
+    purpose: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+    ok: bool
+    error: str
+    outcome: str
+    why: str
+    individual: str | None
+
+
+@dataclass(frozen=True)
+class Insight:
+    """One version of a run's meta-insights: the notes shown to later prompts, and what was checked.
+
+    `items`: the bullets that passed the check, each {"kind": helped|hurt|open, "text", "cites"};
+    `dropped`: the ones refused, each {"line", "why"}; `children`: finished children it was
+    written from; `call`: the llm_calls row that wrote it."""
+
+    version: int
+    time: float
+    run: str | None
+    text: str
+    items: list[dict[str, Any]]
+    dropped: list[dict[str, Any]]
+    children: int
+    call: int | None
 
 
 @dataclass(frozen=True)
@@ -203,3 +252,17 @@ def _evaluation(r: sqlite3.Row) -> Evaluation:
     row["purpose"] = Purpose(row["purpose"])
     row["metrics"] = json.loads(row["metrics"])
     return Evaluation(**row)
+
+
+def _llm_call(r: sqlite3.Row) -> LLMCall:
+    row = dict(r)
+    row["ok"] = bool(row["ok"])
+    return LLMCall(**row)
+
+
+def _insight(r: sqlite3.Row) -> Insight:
+    row = dict(r)
+    row.pop("id", None)
+    row["items"] = json.loads(row["items"] or "[]")
+    row["dropped"] = json.loads(row["dropped"] or "[]")
+    return Insight(**row)

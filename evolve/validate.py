@@ -298,7 +298,7 @@ def validate(
                 f"--depth {spec.depth} is the search depth; validation checks a deeper one "
                 f"(the profile's is {ctx.profile.validation_depth})"
             )
-        budget = float(spec.budget or ctx.profile.time_budget)
+        budget = float(spec.budget or ctx.profile.budget)
         check_comparable(store, ctx, spec.depth, budget)
         base = baseline_of(store, ctx.run)
         if base is None:

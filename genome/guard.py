@@ -38,9 +38,8 @@ ENTRY = "train.py"
 # What train.py may use from prepare: the run contract and the training-time API.
 ALLOWED_PREPARE = frozenset(
     {
-        "run_config", "RunConfig", "report", "abort_diverged", "EXIT_DIVERGED", "make_loader",
-        "DataLoader", "evaluate_bpb", "load_tokenizer", "Tokenizer", "get_profile", "Profile",
-        "PROFILES", "PrepareError",
+        "run_config", "RunConfig", "report", "abort_diverged", "EXIT_DIVERGED", "train_loader",
+        "TrainLoader", "load_tokenizer", "Tokenizer", "get_profile", "Profile", "PROFILES", "PrepareError",
     }
 )  # fmt: skip
 _DATA_TOKENS = ("val.bin", ".bin", ".idx", "tokenizer.json", "manifest.json", "build.json")
@@ -48,7 +47,7 @@ _PREPARED_DIR = re.compile(r"(^|[/\\])prepared([/\\]|$)")
 _MODULE_PATH = re.compile(r"^prepare(\.[A-Za-z_]\w*)*$")
 _PRIVATE_ATTRS = {"data_dir": "the data directory", "result_path": "the result path", "dataset_dir": "the data directory",
                   "_RESULT_KEY": "the result key"}  # fmt: skip
-_CONTRACT_FIELDS = {"depth", "time_budget", "seed", "profile", "device", "result_path", "data_dir",
+_CONTRACT_FIELDS = {"depth", "budget", "budget_unit", "seed", "profile", "device", "data_dir",
                     "rank", "local_rank", "world_size"}  # fmt: skip
 _OVERRIDE_CONSTANTS = {"DEPTH", "N_LAYER", "N_LAYERS", "NUM_LAYERS", "TIME_BUDGET", "SEED"}
 _HIDING_CALLS = {"exec", "eval", "__import__", "globals", "vars"}

@@ -3,15 +3,17 @@
 `merge_crossover` three-way merges each mutable file (`git merge-file` on temporary files, so
 nothing is ever written to a checkout). A clean merge becomes a merge commit whose parents are
 (first, second); a conflict returns its hunks (ours/base/theirs) for the LLM crossover to
-resolve, and `commit_merge` commits that resolution as a merge commit too. A merge whose result is
-just one of the parents is reported as IDENTICAL and not committed: it would be a duplicate.
+resolve, and `commit_merge` commits that resolution as a merge commit too. A merge whose result
+is just one of the parents is reported as IDENTICAL and not committed: it would be a duplicate.
+`plan_merge` is the same merge without the commit, for a caller that words the child's
+description from the result.
 """
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -117,14 +119,9 @@ def _default_description(first: Genome, second: Genome) -> str:
     return f"merge {first.id} ({first.description}) with {second.id} ({second.description})"
 
 
-def merge_crossover(
-    repo: GenomeRepo,
-    first: Genome,
-    second: Genome,
-    description: str | None = None,
-    operator: str = MERGE_OPERATOR,
-) -> MergeResult:
-    """Three-way merge of `first` and `second`; commit it when clean (parents: first, second)."""
+def plan_merge(repo: GenomeRepo, first: Genome, second: Genome) -> MergeResult:
+    """Three-way merge of `first` and `second` without committing anything (`genome` stays None):
+    CLEAN with the merged text, CONFLICT with its hunks, or IDENTICAL to a parent."""
     if first.commit == second.commit:
         raise GenomeError(f"{first.id} and {second.id} are the same commit; pick two different parents")
     base = merge_base(repo, first, second)
@@ -142,12 +139,27 @@ def merge_crossover(
         return MergeResult(MergeStatus.CONFLICT, hunks=tuple(hunks), **common)
     if merged == ours or merged == theirs:
         return MergeResult(MergeStatus.IDENTICAL, **common)
-    changed = {p: t for p, t in merged.items() if t != ours[p]}
-    body = f"Three-way merge of {first.id} and {second.id} from their common ancestor {base[:10]}."
+    return MergeResult(MergeStatus.CLEAN, **common)
+
+
+def merge_crossover(
+    repo: GenomeRepo,
+    first: Genome,
+    second: Genome,
+    description: str | None = None,
+    operator: str = MERGE_OPERATOR,
+) -> MergeResult:
+    """Three-way merge of `first` and `second`; commit it when clean (parents: first, second)."""
+    plan = plan_merge(repo, first, second)
+    if plan.status is not MergeStatus.CLEAN:
+        return plan
+    assert plan.merged is not None
+    changed = {p: t for p, t in plan.merged.items() if t != _texts(repo, first.commit, (p,))[p]}
+    body = f"Three-way merge of {first.id} and {second.id} from their common ancestor {plan.base[:10]}."
     child = repo.commit_child(
         [first, second], changed, description or _default_description(first, second), operator, body=body
     )
-    return MergeResult(MergeStatus.CLEAN, genome=child, **common)
+    return replace(plan, genome=child)
 
 
 def commit_merge(

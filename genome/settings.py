@@ -68,7 +68,7 @@ class Settings:
         profile = get_profile(self.profile)
         # Fill the profile's defaults so that the file states every value explicitly.
         object.__setattr__(self, "source", self.source or profile.default_source)
-        object.__setattr__(self, "budget", float(self.budget or profile.time_budget))
+        object.__setattr__(self, "budget", float(self.budget or profile.budget))
         object.__setattr__(self, "depth", int(self.depth or profile.search_depth))
         object.__setattr__(self, "mutable", tuple(self.mutable))
         if self.strategy not in STRATEGIES:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib
 
-# Eager on purpose (cheap: no torch): the contract takes the run's signing key out of the
-# environment at import, so it must be gone as soon as train.py says `import prepare`.
+# Eager on purpose (cheap: no torch): the contract arms the in-process tripwire at import, before
+# train.py's first line runs (the trainer imports prepare first).
 from . import contract as _contract  # noqa: F401
 
 _EXPORTS = {
@@ -26,6 +26,8 @@ _EXPORTS = {
     "RunConfig": "contract",
     "run_config": "contract",
     "report": "contract",
+    "train_loader": "stream",
+    "TrainLoader": "stream",
     "abort_diverged": "contract",
     "EXIT_DIVERGED": "contract",
     # tokenizer

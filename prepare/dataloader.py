@@ -219,7 +219,15 @@ def make_loader(
 
     Defaults come from the run (`cfg = prepare.run_config()`): `seq_len` from the profile,
     `device` and `seed` from the run; under torchrun each rank reads different documents.
-    Document order is shuffled by `seed` and reshuffled every epoch, deterministically."""
+    Document order is shuffled by `seed` and reshuffled every epoch, deterministically. Inside
+    a trainer run the data is not on disk: train on `prepare.train_loader(model, ...)`."""
+    import os
+
+    if os.environ.get("EVOLVE_STREAM"):
+        raise PrepareError(
+            "inside a run the training data is served by the harness: train on "
+            "prepare.train_loader(model, batch_size, accum) instead of make_loader"
+        )
     cfg = cfg or run_config()
     data = open_split(cfg.data_dir, split)  # refuses an incomplete or altered dataset
     return DataLoader(

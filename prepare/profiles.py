@@ -16,8 +16,9 @@ class Profile:
     name: str
     seq_len: int  # tokens per training / evaluation row (targets per row)
     vocab_size: int  # BPE vocabulary, special tokens included
-    time_budget: float  # seconds of timed training per experiment
-    allowance: float  # extra wall-clock seconds (start-up, compile, evaluation) the trainer grants
+    budget: float  # training per experiment, in budget_unit: the harness ends the data stream there
+    budget_unit: str  # "seconds" (wall clock of the training window) or "tokens" (training tokens)
+    allowance: float  # wall-clock seconds for start-up and compile before the window opens (and for scoring)
     eval_tokens: int  # validation targets scored by evaluate_bpb (a multiple of seq_len)
     search_depth: int  # default model depth during the search
     validation_depth: int  # depth used to check that improvements transfer
@@ -28,6 +29,11 @@ class Profile:
     max_val_tokens: int  # cap on validation tokens written to shards (>= eval_tokens + a row)
     device: str  # default device when EVOLVE_DEVICE is unset ("cuda" or "cpu")
 
+    @property
+    def time_budget(self) -> float | None:
+        """The budget in seconds, or None when it is counted in tokens."""
+        return self.budget if self.budget_unit == "seconds" else None
+
 
 PROFILES: dict[str, Profile] = {
     # autoresearch-equivalent: one H100, five minutes, depth 12 searched, depth 24 validated.
@@ -35,7 +41,8 @@ PROFILES: dict[str, Profile] = {
         name="h100",
         seq_len=2048,
         vocab_size=8192,
-        time_budget=300.0,
+        budget=300.0,
+        budget_unit="seconds",
         allowance=180.0,
         eval_tokens=20 * 2**20,
         search_depth=12,
@@ -47,12 +54,13 @@ PROFILES: dict[str, Profile] = {
         max_val_tokens=0,
         device="cuda",
     ),
-    # CPU tests and the offline demo: seconds per experiment.
+    # CPU tests and the offline demo: a budget in tokens, so that scores do not depend on the load.
     "tiny": Profile(
         name="tiny",
         seq_len=256,
         vocab_size=1024,
-        time_budget=10.0,
+        budget=65536,
+        budget_unit="tokens",
         allowance=60.0,
         eval_tokens=32 * 1024,
         search_depth=2,
@@ -72,6 +80,7 @@ PROFILES: dict[str, Profile] = {
 PROFILES["h100-small"] = replace(PROFILES["h100"], name="h100-small", eval_tokens=384 * 2048)
 
 DEFAULT_PROFILE = "h100"
+BUDGET_UNITS = ("seconds", "tokens")
 
 
 def get_profile(name: str | None = None) -> Profile:

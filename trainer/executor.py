@@ -39,9 +39,10 @@ class Job:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     allowance: float | None = None
     script: str = "train.py"
-    writable: tuple[
-        Path, ...
-    ] = ()  # folders train.py may write besides its worktree (on the node that runs it)
+    writable: tuple[Path, ...] = ()  # folders train.py may write besides its worktree (on its node)
+    budget_unit: str | None = None  # "seconds" or "tokens"; None: the profile's
+    window_limit: float | None = None  # wall-clock cap of the training window (see trainer.run)
+    exit_grace: float | None = None  # seconds a run may take to exit after its handover
 
 
 class Executor(ABC):
@@ -180,6 +181,7 @@ class LocalExecutor(Executor):
                 extra_env=self._env(job),
                 script=job.script,
                 writable=job.writable,
+                **run_options(job),
             )
         finally:
             self._give_back(taken)
@@ -220,6 +222,12 @@ class LocalExecutor(Executor):
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def run_options(job: Job) -> dict:
+    """The job's optional trainer.run arguments that it sets (the rest keep run's defaults)."""
+    options = {"budget_unit": job.budget_unit, "window_limit": job.window_limit, "exit_grace": job.exit_grace}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _set_aside(log_path: str | None, device: str) -> str | None:

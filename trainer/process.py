@@ -15,7 +15,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ class Outcome:
     tail: str  # the last TAIL_BYTES of output, decoded
     output_bytes: int  # everything the child wrote, logged or not
     truncated: bool  # the log hit its cap
+    stopped: str | None = None  # why the harness ended it early (see supervise's `poll`), if it did
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -177,10 +178,13 @@ def supervise(
     log_limit: int = 50 * 2**20,
     grace: float = 5.0,
     pass_fds: Sequence[int] = (),
+    poll: Callable[[], str | None] | None = None,
 ) -> Outcome:
     """Run `cmd` until it exits or `limit` seconds pass; output (stdout+stderr) to `log_path`.
 
-    `pass_fds` are inherited by the child (every other descriptor is closed)."""
+    `pass_fds` are inherited by the child (every other descriptor is closed). `poll` is called
+    from this thread about five times a second; when it returns a reason, the run is killed at
+    once and the reason is the outcome's `stopped`."""
     env = {**env, TAG_VAR: tag}
     with open(log_path, "ab") as log:
         sink = _Sink(log, log_limit)
@@ -203,6 +207,7 @@ def supervise(
         term_at: float | None = None
         killed = False
         eof = False
+        stopped: str | None = None
 
         def drain(wait: float) -> None:
             nonlocal eof
@@ -224,6 +229,12 @@ def supervise(
         try:
             while not _exited(proc.pid):
                 now = time.monotonic()
+                if poll is not None and stopped is None and not killed:
+                    stopped = poll()
+                    if stopped is not None:
+                        killed = True
+                        sweep(pgid, tag, pipe=pipe)
+                        continue
                 if term_at is None and now >= deadline:
                     term_at = now
                     _signal_group(pgid, signal.SIGTERM)
@@ -255,4 +266,5 @@ def supervise(
         tail=bytes(sink.tail).decode("utf-8", errors="replace"),
         output_bytes=sink.total,
         truncated=sink.truncated,
+        stopped=stopped,
     )

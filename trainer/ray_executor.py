@@ -42,7 +42,7 @@ from prepare.profiles import Profile, dataset_dir, get_profile
 from prepare.shards import load_manifest
 
 from .errors import TrainerError
-from .executor import Executor, Job
+from .executor import Executor, Job, run_options
 from .result import RunResult, Status
 from .runner import run
 
@@ -217,6 +217,7 @@ def run_on_node(package: Package, spec: Mapping[str, Any]) -> dict[str, Any]:
                 extra_env={**spec["extra_env"], TASK_VAR: mark},
                 script=spec["script"],
                 writable=spec["writable"],
+                **spec["options"],
             )
         finally:
             reaper.stdin.close()
@@ -321,7 +322,7 @@ class RayExecutor(Executor):
             "data_dir": str(data.resolve()), "source": manifest.source, "fingerprint": manifest.fingerprint,
             "prepare_hash": package_hash(), "gpus": self.gpus_per_task > 0, "devices": job.gpus_per_run,
             "allowance": job.allowance, "extra_env": dict(job.extra_env), "script": job.script,
-            "writable": [str(p) for p in job.writable],
+            "writable": [str(p) for p in job.writable], "options": run_options(job),
         }  # fmt: skip
 
     def _work(self, job: Job, package: Package, spec: dict[str, Any]) -> RunResult:

@@ -11,12 +11,12 @@ from typing import Any
 class Status(str, Enum):
     """How a run ended, as judged by the trainer (never as claimed by train.py)."""
 
-    OK = "ok"  # finished in time and reported a signed, consistent, finite val_bpb
+    OK = "ok"  # trained within the harness's budget, handed over a causal model, scored finite
     CRASH = "crash"  # non-zero exit, or no result
     OOM = "oom"  # out of memory (CUDA or host), or killed by the kernel's OOM killer
     DIVERGED = "diverged"  # stopped itself on a NaN / exploding loss, or reported a non-finite val_bpb
     TIMEOUT = "timeout"  # still running at budget + allowance, killed
-    INVALID = "invalid"  # a result that cannot be trusted: forged, inconsistent, or tampering
+    INVALID = "invalid"  # a result that cannot be trusted: tampering, a leak, a late or missing model
 
     def is_success(self) -> bool:
         """The run produced a score that may be compared with others."""
@@ -36,9 +36,10 @@ class Status(str, Enum):
 class RunResult:
     """One run of one genome at one (depth, budget, seed), with its provenance.
 
-    `metrics` holds what the run's signed result file reported (val_bpb, training_seconds, ...);
-    it is empty when the file is missing or was not written by `prepare.report`. Only a run with
-    status ok has metrics that may be compared."""
+    `metrics` holds what the harness measured (val_bpb from the evaluator; training_seconds,
+    training_tokens and num_steps from the data server) and train.py's own summary numbers as
+    notes (mfu_percent, peak_vram_mb, ...). Only a run with status ok has metrics that may be
+    compared."""
 
     status: Status
     reason: str  # one line: why this status, e.g. "depth 3 reported, 4 asked"
@@ -58,6 +59,8 @@ class RunResult:
     gpu_name: str | None
     commit: str | None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. log truncated)
+    budget_unit: str = "seconds"  # what `budget` counts: "seconds" of training window or "tokens"
+    isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), or "none" (not safe)
 
     @property
     def val_bpb(self) -> float | None:

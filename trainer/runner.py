@@ -1,17 +1,19 @@
 """`run`: one genome at one (depth, budget, seed) on one device or a group of devices, judged.
 
-The steps: resolve the profile, devices and data; build a scrubbed environment with the run
-contract; find the `prepare` package the child will import and hash it and the data; run
-`python train.py` (or torchrun) under a wall-clock limit; hash again; judge. The child imports
-prepare before train.py's first line, and prepare reads a fresh signing key and the sandbox
-policy from a pipe the trainer wrote and closed (never the environment, which /proc shows).
-Problems with the request raise TrainerError; anything the run itself does is a RunResult.
+The steps: resolve the profile, devices and data; copy the worktree's files into a private run
+folder; give the run a private copy of its genome's compile cache; start the data server (the
+harness's clock, trainer.dataserver); start `python train.py` (or torchrun) in its own
+namespaces (trainer.isolation) with a scrubbed environment; when the graph arrives, start the
+evaluator (trainer.evaluation) in namespaces of its own; when the training process is gone and
+the weights are in, let the evaluator score them; keep the compile cache as it was when the
+window opened; judge (trainer.judge). Problems with the request raise TrainerError; anything the
+run itself does is a RunResult.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import getpass
 import importlib.metadata
 import json
 import os
@@ -20,37 +22,46 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import prepare
-from prepare.contract import KEY_FD_VAR
+from prepare.contract import HIDDEN_VAR, READABLE_VAR, SECRET_VAR, WRITABLE_VAR
 from prepare.errors import PrepareError
-from prepare.integrity import dataset_hash, package_hash
-from prepare.profiles import Profile, dataset_dir, evolve_home, get_profile
-from prepare.sandbox import HIDDEN, READ, WRITE, Policy, roots
+from prepare.integrity import package_hash
+from prepare.profiles import BUDGET_UNITS, Profile, dataset_dir, evolve_home, get_profile
+from prepare.stream import STREAM_VAR
 
+from . import isolation
+from .compile_cache import CompileCache, tree_key
+from .dataserver import DataServer
 from .env import build_env
 from .errors import TrainerError
-from .judge import Expected, judge, tail_lines
+from .evaluation import Evaluator
+from .judge import judge, tail_lines
 from .process import supervise
 from .result import RunResult, Status
 
 LOG_LIMIT = 50 * 2**20  # bytes of log kept per run; the rest is drained and dropped
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL at the deadline
+EXIT_GRACE = 30.0  # seconds a run may take to exit once it has handed over its weights
+WORKTREE_LIMIT = 256 * 2**20  # bytes of worktree files copied into a run
+INSIDE = Path("/evolve")  # where a sandboxed run sees its own folders
 
-# Where `import prepare` lands for the child, asked of the child's own interpreter, cwd and
-# environment: a prepare/ folder in the worktree or on PYTHONPATH would shadow the installed one.
+# Where `import prepare` lands for the child and what its interpreter reads, asked of the child's
+# own interpreter, cwd and environment: a prepare/ folder in the worktree would shadow the real one.
 _PROBE = (
-    "import importlib.util, sys; sys.path[0] = sys.argv[1]; "
+    "import importlib.util, json, sys; sys.path[0] = sys.argv[1]; "
     "s = importlib.util.find_spec('prepare'); "
-    "print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')"
+    "loc = s.submodule_search_locations[0] if s and s.submodule_search_locations else ''; "
+    "print(json.dumps({'prepare': loc, 'path': [p for p in sys.path if p], "
+    "'prefixes': [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]}))"
 )
 
-
-# The child's first code: import prepare (which takes the key and arms the sandbox), then run the
-# script as __main__ with its own folder on sys.path, as `python train.py` would. No .pyc writes:
-# the sandbox refuses writes outside the run's own places.
+# The child's first code: import prepare (which arms the tripwire), then run the script as
+# __main__ with its own folder on sys.path, as `python train.py` would. No .pyc writes.
 LAUNCH = (
     "import os, runpy, sys; sys.dont_write_bytecode = True; import prepare; "
     "script = os.path.abspath(sys.argv[1]); sys.argv = sys.argv[1:]; "
@@ -88,7 +99,7 @@ def _resolve_profile(profile: str | Profile | None) -> Profile:
     return known
 
 
-def _child_prepare(python: str, cwd: Path, script_dir: Path, env: dict[str, str]) -> Path | None:
+def _probe(python: str, cwd: Path, script_dir: Path, env: dict[str, str]) -> dict | None:
     try:
         proc = subprocess.run(
             [python, "-c", _PROBE, str(script_dir)],
@@ -98,14 +109,10 @@ def _child_prepare(python: str, cwd: Path, script_dir: Path, env: dict[str, str]
             text=True,
             timeout=60,
         )
-    except (OSError, subprocess.SubprocessError):
+        found = json.loads(proc.stdout) if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
-    location = proc.stdout.strip()
-    return Path(location).resolve() if proc.returncode == 0 and location else None
-
-
-def _hashes(prepare_dir: Path, data_dir: Path) -> tuple[str, str]:
-    return package_hash(prepare_dir), dataset_hash(data_dir)
+    return found if isinstance(found, dict) and found.get("prepare") else None
 
 
 def _commit(worktree: Path) -> str | None:
@@ -155,80 +162,109 @@ def _command(python: str, script: str, nproc: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _git_dirs(worktree: Path) -> list[Path]:
-    """The repository's git directory and, for a worktree of a workspace, the workspace's `.evolve`."""
+def harness_paths(worktree: Path, data: Path, logs: Path, isolated: bool) -> list[Path]:
+    """Host paths that are the harness's: the repository's git directory, the workspace's `.evolve`
+    (store, worktrees, logs), the run's log folder, and (isolated) the prepared data. They are not
+    in the sandbox; the tripwire names an attempt on them for what it is."""
+    found = [logs, *([data] if isolated else [])]
     try:
         proc = subprocess.run(
             ["git", "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            cwd=worktree,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+            cwd=worktree, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError):
-        return []
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return []
-    common = Path(proc.stdout.strip())
-    found = [common]
-    if common.name == ".git" and (common.parent / ".evolve").is_dir():
-        found.append(common.parent / ".evolve")
+        return found
+    if proc.returncode == 0 and proc.stdout.strip():
+        common = Path(proc.stdout.strip())
+        found.append(common)
+        if common.name == ".git" and (common.parent / ".evolve").is_dir():
+            found.append(common.parent / ".evolve")
     return found
 
 
-def _cache_dirs(env: Mapping[str, str]) -> list[Path]:
-    """Where torch, Triton and CUDA keep compiled kernels: the only writable places outside the run."""
-    home = Path(env.get("HOME") or Path.home())
-    dirs = [home / ".cache", home / ".triton", home / ".nv"]
-    for name in ("XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH"):
-        if env.get(name):
-            dirs.append(Path(env[name]))
-    return dirs
+def copy_worktree(worktree: Path, dest: Path) -> None:
+    """The worktree's files (not its .git) into `dest`: the run works on this copy, which goes away."""
+    total = 0
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        nonlocal total
+        skip = [n for n in names if n == ".git"]
+        for n in names:
+            if (
+                n not in skip
+                and os.path.isfile(os.path.join(folder, n))
+                and not os.path.islink(os.path.join(folder, n))
+            ):
+                total += os.path.getsize(os.path.join(folder, n))
+        if total > WORKTREE_LIMIT:
+            raise TrainerError(
+                f"the worktree {worktree} holds over {WORKTREE_LIMIT >> 20} MB of files; a genome is code"
+            )
+        return skip
+
+    shutil.copytree(worktree, dest, symlinks=True, ignore=ignore)
 
 
-def sandbox_policy(
-    worktree: Path,
-    *,
-    data: Path,
-    prepare_dir: Path,
-    logs: Path,
-    tmp: Path,
-    result: Path,
-    env: Mapping[str, str],
-    writable: Sequence[str | Path] = (),
-) -> Policy:
-    """What train.py may touch (see prepare.sandbox): write its worktree, temp dir and caches; read
-    prepare and the data (validation files through the metric only); nothing of the workspace's
-    git directory, store and other worktrees, or the log folder."""
-    pairs = [(str(d), WRITE) for d in [*_cache_dirs(env), *writable]]
-    pairs += [("/dev", WRITE), (str(evolve_home()), READ), (str(data), READ), (str(prepare_dir), READ)]
-    pairs += [(str(d), HIDDEN) for d in _git_dirs(worktree)]
-    pairs += [(str(logs), HIDDEN), (str(tmp), WRITE), (str(result), WRITE), (f"{result}.tmp", WRITE)]
-    pairs += [(str(worktree), WRITE), (str(worktree / ".git"), HIDDEN)]
-    val = [str(Path(data, name).resolve()) for name in ("val.bin", "val.idx")]
-    return Policy(roots=roots(pairs), metric_only=tuple(val))
+class _Run:
+    """The folders of one run: on the host, and as the run sees them."""
+
+    def __init__(self, logs: Path, isolated: bool):
+        self.root = logs / f"run-{secrets.token_hex(6)}"
+        self.work, self.tmp, self.home = self.root / "work", self.root / "tmp", self.root / "home"
+        # a socket's path must be short (108 bytes): its folder lives in the system's temp dir
+        self.sock, self.artifact = Path(tempfile.mkdtemp(prefix="evolve-sock-")), self.root / "artifact"
+        self.cache, self.staging = self.root / "cache", self.root / "cache-snapshot"
+        self.eval_tmp = self.root / "eval-tmp"
+        for d in (self.tmp, self.home, self.artifact, self.eval_tmp):
+            d.mkdir(parents=True)
+        self.isolated = isolated
+
+    def inside(self, host: Path, name: str) -> Path:
+        return INSIDE / name if self.isolated else host
 
 
-def _private_tmp(env: dict[str, str], tmp: Path) -> None:
-    """Temp files go to a folder of this run; the compile cache stays shared between runs."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in env:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = "user"
-        env["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
-    for name in ("TMPDIR", "TMP", "TEMP"):
-        env[name] = str(tmp)
+def _child_env(
+    run: _Run, env: dict[str, str], data_view: Path, writable: Sequence[str | Path]
+) -> dict[str, str]:
+    """Where the run's caches, temp files and home are (the harness's choice, never the parent's)."""
+    cache = run.inside(run.cache, "cache")
+    for sub in ("inductor", "triton", "xdg", "nv"):
+        (run.cache / sub).mkdir(parents=True, exist_ok=True)
+    tmp, home = run.inside(run.tmp, "tmp") if not run.isolated else Path("/tmp"), run.inside(run.home, "home")
+    env.update(
+        TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"),
+        TRITON_CACHE_DIR=str(cache / "triton"),
+        XDG_CACHE_HOME=str(cache / "xdg"),
+        CUDA_CACHE_PATH=str(cache / "nv"),
+        HOME=str(home),
+        TMPDIR=str(tmp),
+        TMP=str(tmp),
+        TEMP=str(tmp),
+        EVOLVE_DATA=str(data_view),
+        **{STREAM_VAR: str(run.inside(run.sock, "sock") / "data.sock")},
+    )
+    allowed = [run.inside(run.work, "work"), tmp, cache, home, Path("/dev"), *map(Path, writable)]
+    env[WRITABLE_VAR] = os.pathsep.join(str(p) for p in allowed)
+    env[READABLE_VAR] = os.pathsep.join(
+        [str(data_view), str(run.inside(run.sock, "sock")), *_pythonpath(env)]
+    )
+    # the shards are served, never read (without namespaces the data folder holds them: the
+    # tripwire is then all that guards the validation split)
+    env[SECRET_VAR] = os.pathsep.join(
+        str(data_view / f"{split}.{ext}") for split in ("train", "val") for ext in ("bin", "idx")
+    )
+    return env
 
 
-def _handover(key: str, policy: Policy) -> int:
-    """A pipe holding the key and the policy, its write end closed: the child reads it once."""
-    read_end, write_end = os.pipe()
-    try:
-        os.write(write_end, json.dumps({"key": key, "sandbox": policy.to_json()}).encode())
-    finally:
-        os.close(write_end)
-    return read_end
+def _data_view(run: _Run, data: Path) -> Path:
+    """What the run sees of the prepared data: the manifest and the tokenizer (the shards are served)."""
+    if not run.isolated:
+        return data
+    view = run.root / "data"
+    view.mkdir()
+    for name in ("manifest.json", "tokenizer.json"):
+        shutil.copy2(data / name, view / name)
+    return view
 
 
 def run(
@@ -247,28 +283,47 @@ def run(
     log_limit: int = LOG_LIMIT,
     grace: float = KILL_GRACE,
     writable: Sequence[str | Path] = (),
+    budget_unit: str | None = None,
+    window_limit: float | None = None,
+    exit_grace: float = EXIT_GRACE,
 ) -> RunResult:
-    """Run `script` in `worktree` and judge it. See the module docstring for the steps.
+    """Run `script` in a private copy of `worktree` and judge it. See the module docstring.
 
-    `profile` is a name or a Profile (default: `EVOLVE_PROFILE`, else h100); `data_dir` defaults
-    to the profile's prepared dataset; the log and result file go to `log_dir` (default: a fresh
-    temporary folder), which must be outside the worktree. train.py may write only in its worktree,
-    a temp dir of its own, the compile caches and the `writable` folders (see prepare.sandbox)."""
+    `budget` is in `budget_unit` ("seconds" or "tokens"; default the profile's). `allowance` is
+    the start-up time before the training window opens (and the time the evaluator may take);
+    `window_limit` caps the window's wall clock (default: budget x 1.25 + 30 s for seconds, 10 x
+    allowance for tokens), and `exit_grace` is how long a run may take to exit after its handover.
+    `profile` is a name or a Profile (default: `EVOLVE_PROFILE`, else h100); `data_dir` defaults to
+    the profile's prepared dataset; the log goes to `log_dir` (default: a fresh temporary folder),
+    which must be outside the worktree. `writable` folders are mounted writable into the run."""
     worktree = Path(worktree).resolve()
     script_path = (worktree / script).resolve()
-    if not script_path.is_file():
+    if not script_path.is_file() or worktree not in script_path.parents:
         raise TrainerError(f"no {script} in {worktree}: pass the worktree that holds the training script")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise TrainerError(f"depth must be a positive integer, got {depth!r}")
+    prof = _resolve_profile(profile)
+    unit = budget_unit or prof.budget_unit
+    if unit not in BUDGET_UNITS:
+        raise TrainerError(f"budget_unit must be one of {', '.join(BUDGET_UNITS)}, got {unit!r}")
     budget = float(budget)
     if not budget > 0:
-        raise TrainerError(f"budget must be > 0 seconds, got {budget}")
-    prof = _resolve_profile(profile)
+        raise TrainerError(f"budget must be > 0 {unit}, got {budget}")
     devs = normalize_devices(devices)
     on_cpu = devs[0] == "cpu"
-    limit = budget + (prof.allowance if allowance is None else float(allowance))
+    startup = prof.allowance if allowance is None else float(allowance)
+    window = window_limit or (budget * 1.25 + 30 if unit == "seconds" else 10 * startup)
+    limit = startup + window + exit_grace
+    isolated = isolation.mode() == "bwrap"
+    iso_label = f"bubblewrap {isolation.bwrap_version().split()[-1]}" if isolated else "none"
+    if not isolated:
+        warnings.warn(
+            "EVOLVE_ISOLATION=none: train.py runs without namespaces and can read the validation data, "
+            "the store and your files; its scores are marked isolation=none",
+            stacklevel=2,
+        )
 
-    data = Path(data_dir) if data_dir is not None else dataset_dir(prof)
+    data = Path(data_dir).resolve() if data_dir is not None else dataset_dir(prof).resolve()
     try:
         manifest = prepare.load_manifest(data)
     except PrepareError as exc:
@@ -278,124 +333,161 @@ def run(
             f"the data at {data} was prepared for profile {manifest.profile!r}, not {prof.name!r}; "
             f"pass the matching data_dir or profile"
         )
-
-    logs = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="evolve-run-"))
-    logs = logs.resolve()
+    logs = (Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="evolve-run-"))).resolve()
     if logs == worktree or worktree in logs.parents:
-        raise TrainerError(f"log_dir {logs} is inside the worktree; train.py could rewrite its own judge")
+        raise TrainerError(f"log_dir {logs} is inside the worktree; train.py could rewrite its own log")
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / "run.log"
-    result_path = logs / f"result-{secrets.token_hex(6)}.json"
-    key = secrets.token_hex(32)
 
+    provenance = dict(
+        depth=depth, budget=budget, seed=int(seed), profile=prof.name, devices=devs,
+        data_fingerprint=manifest.fingerprint, torch_version=_torch_version(), gpu_name=gpu_name(devs[0]),
+        commit=_commit(worktree), budget_unit=unit, isolation=iso_label,
+    )  # fmt: skip
+    run_dirs = _Run(logs, isolated)
+    try:
+        return _run(
+            run_dirs, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, int(seed), startup, limit,
+            extra_env, writable, log_path, log_limit, grace, exit_grace, provenance,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(run_dirs.root, ignore_errors=True)
+        shutil.rmtree(run_dirs.sock, ignore_errors=True)
+
+
+def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, seed, startup, limit,
+         extra_env, writable, log_path, log_limit, grace, exit_grace, provenance) -> RunResult:  # fmt: skip
+    copy_worktree(worktree, run.work)
+    cache = CompileCache.from_env(evolve_home())
+    key = tree_key(run.work)
+    warm = cache.fill(key, run.cache)
+    data_view = _data_view(run, data)
     contract = {
         "EVOLVE_DEPTH": str(depth),
-        "EVOLVE_TIME_BUDGET": repr(budget),
-        "EVOLVE_SEED": str(int(seed)),
+        "EVOLVE_BUDGET": repr(budget),
+        "EVOLVE_BUDGET_UNIT": unit,
+        "EVOLVE_SEED": str(seed),
         "EVOLVE_PROFILE": prof.name,
         "EVOLVE_DEVICE": "cpu" if on_cpu else "cuda",
         "CUDA_VISIBLE_DEVICES": "" if on_cpu else ",".join(devs),
-        "EVOLVE_RESULT": str(result_path),
-        "EVOLVE_DATA": str(Path(data).resolve()),
         "PYTHONUNBUFFERED": "1",
     }
     env = build_env(os.environ, contract, extra_env)
     python = sys.executable
-    child_prepare = _child_prepare(python, worktree, script_path.parent, env)
-    if child_prepare is None:
-        # not importable as installed: show the child where the trainer's own prepare lives
+    probe = _probe(python, run.work, run.work, env)
+    if probe is None:  # not importable as installed: show the child where the trainer's own prepare lives
         own_root = str(Path(prepare.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), own_root) if p)
-        child_prepare = _child_prepare(python, worktree, script_path.parent, env)
-    if child_prepare is None:
+        probe = _probe(python, run.work, run.work, env)
+    if probe is None:
         raise TrainerError(f"train.py could not import prepare with {python}; install autoevolve into it")
-
-    provenance = dict(
-        depth=depth,
-        budget=budget,
-        seed=int(seed),
-        profile=prof.name,
-        devices=devs,
-        data_fingerprint=manifest.fingerprint,
-        torch_version=_torch_version(),
-        gpu_name=gpu_name(devs[0]),
-        commit=_commit(worktree),
-    )
-    if child_prepare == worktree or worktree in child_prepare.parents:
-        # a prepare/ folder in the worktree would replace the fixed metric with the genome's own
+    child_prepare = Path(probe["prepare"]).resolve()
+    if child_prepare == run.work or run.work in child_prepare.parents:
+        # a prepare/ folder in the worktree would replace the harness's code with the genome's own
         return RunResult(
             status=Status.INVALID,
-            reason=f"train.py would import prepare from inside its worktree ({child_prepare}); not run",
-            metrics={},
-            wall_seconds=0.0,
-            log_path=None,
-            error_tail="",
-            returncode=None,
-            **provenance,
+            reason="train.py would import prepare from inside its worktree; not run",
+            metrics={}, wall_seconds=0.0, log_path=None, error_tail="", returncode=None, **provenance,
+        )  # fmt: skip
+    env = _child_env(run, env, run.inside(data_view, "data"), writable)
+    # the scoring code is the evaluator's: a training process that opens it is looking for a way in
+    scoring = [child_prepare / name for name in ("metric.py", "evaluate.py")]
+    env[SECRET_VAR] = os.pathsep.join([env[SECRET_VAR], *map(str, scoring)])
+    env[HIDDEN_VAR] = os.pathsep.join(
+        str(p) for p in harness_paths(worktree, data, log_path.parent, run.isolated)
+    )
+    work_inside = run.inside(run.work, "work")
+    cmd = _command(python, str(work_inside / script), len(devs))
+    if run.isolated:
+        box = isolation.Sandbox()  # the run's own folders first: later mounts may sit inside /tmp
+        box.rw(run.work, work_inside).rw(run.tmp, "/tmp").rw(run.cache, INSIDE / "cache").rw(
+            run.home, INSIDE / "home"
         )
-    prepare_before, data_before = _hashes(child_prepare, data)
+        box.ro(run.sock, INSIDE / "sock").ro(data_view, INSIDE / "data")
+        box.system()
+        paths = [*isolation.python_paths(probe), *isolation.library_paths(env), *_pythonpath(env)]
+        box.python([p for p in paths if not Path(p).resolve().is_relative_to(run.root)])
+        for folder in writable:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            box.rw(Path(folder).resolve())
+        if not on_cpu:
+            box.gpus(devs)
+        cmd = box.command(cmd, cwd=str(work_inside))
+    prepare_before = package_hash(child_prepare)
 
-    tag = secrets.token_hex(8)
-    tmp = logs / f"tmp-{tag}"
-    tmp.mkdir()
-    _private_tmp(env, tmp)
-    policy = sandbox_policy(
-        worktree,
-        data=Path(data).resolve(),
-        prepare_dir=child_prepare,
-        logs=logs,
-        tmp=tmp,
-        result=result_path,
-        env=env,
-        writable=writable,
+    evaluator = Evaluator(
+        artifact=run.artifact, data_dir=data, seq_len=prof.seq_len, eval_tokens=prof.eval_tokens,
+        device="cpu" if on_cpu else devs[0], tmp=run.eval_tmp, log_path=log_path.with_name("eval.log"),
+        isolated=run.isolated, parent_env={**os.environ, **{k: v for k, v in (extra_env or {}).items() if k == "OMP_NUM_THREADS"}},
+    )  # fmt: skip
+    server = DataServer(
+        run.sock / "data.sock", data_dir=data, seq_len=prof.seq_len, seed=seed, budget=budget, unit=unit,
+        startup=startup, artifact_dir=run.artifact, expected_world=len(devs),
+        on_window=lambda: cache.snapshot(run.cache, run.staging),
+    ).start()  # fmt: skip
+
+    def poll() -> str | None:
+        led = server.ledger
+        if led.graph_at is not None and evaluator.proc is None:
+            evaluator.start()  # from this thread, which outlives the run (a death signal follows it)
+        reason = server.tick()
+        if reason is None and led.weights_at is not None and time.monotonic() - led.weights_at > exit_grace:
+            return "exit"  # it handed over its model and did not exit: stopped, no fault
+        return reason
+
+    shown = " ".join(
+        "<import prepare, run>" if part == LAUNCH else part for part in _command(python, script, len(devs))
     )
-    cmd = _command(python, script, len(devs))
-    shown = " ".join("<import prepare, run>" if part == LAUNCH else part for part in cmd)
     log_path.write_text(
-        f"[trainer] {shown} in {worktree}: depth {depth}, budget {budget:g} s, seed {seed}, "
-        f"profile {prof.name}, devices {','.join(devs)}, limit {limit:g} s\n"
+        f"[trainer] {shown} in a copy of {worktree}: depth {depth}, budget {budget:g} {unit}, seed {seed}, "
+        f"profile {prof.name}, devices {','.join(devs)}, isolation {provenance['isolation']}, "
+        f"compile cache {'warm' if warm else 'cold'}\n"
     )
-    key_fd = _handover(key, policy)
     try:
         outcome = supervise(
-            cmd,
-            cwd=worktree,
-            env={**env, KEY_FD_VAR: str(key_fd)},
-            limit=limit,
-            log_path=log_path,
-            tag=tag,
-            log_limit=log_limit,
-            grace=grace,
-            pass_fds=(key_fd,),
-        )
+            cmd, cwd=run.work, env=env, limit=limit, log_path=log_path, tag=secrets.token_hex(8),
+            log_limit=log_limit, grace=grace, poll=poll,
+        )  # fmt: skip
     finally:
-        os.close(key_fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    prepare_after, data_after = _hashes(child_prepare, data)
+        server.close()
+    if run.isolated and outcome.returncode is not None and 128 < outcome.returncode <= 128 + 64:
+        # bubblewrap reports a child killed by signal N as exit code 128 + N
+        outcome = dataclasses.replace(outcome, returncode=128 - outcome.returncode)
+    led = server.ledger
+    if led.graph_at is not None and evaluator.proc is None:
+        evaluator.start()
     tampering = ""
-    if prepare_after != prepare_before:
+    if package_hash(child_prepare) != prepare_before:
         tampering = f"the prepare package at {child_prepare} changed during the run"
-    elif data_after != data_before:
-        tampering = f"the prepared data at {data} changed during the run"
-    expected = Expected(
-        depth=depth,
-        budget=budget,
-        seed=int(seed),
-        profile=prof.name,
-        world_size=len(devs),
-        key=key.encode(),
-        eval_tokens=prof.eval_tokens,
-        seq_len=prof.seq_len,
-        data_dir=str(Path(data).resolve()),
+    score: dict | None = None
+    handed_over = (
+        led.weights_at is not None
+        and not led.problems
+        and (outcome.returncode == 0 or outcome.stopped == "exit")
     )
-    verdict = judge(outcome, result_path, expected, tampering)
+    if handed_over and not tampering:
+        score = evaluator.go(limit=startup + 60 * (1 + prof.eval_tokens / 2**20))
+    else:
+        evaluator.abort()
+    if led.window_start is not None:
+        cache.keep(key, run.staging)
+    verdict = judge(outcome, led, score, tampering=tampering)
+    train_end = log_path.stat().st_size
+    _append_eval_log(log_path)
     with open(log_path, "a") as log:
         log.write(
             f"\n[trainer] exit code {outcome.returncode} after {outcome.wall_seconds:.1f} s: "
             f"{verdict.status.value} ({verdict.reason})\n"
         )
-    extra = {"output_bytes": outcome.output_bytes, **verdict.extra}
+        if verdict.status is Status.OK:
+            log.write(
+                "[trainer] ---\n" + "".join(f"[trainer] {k}: {v}\n" for k, v in verdict.metrics.items())
+            )
+    extra = {
+        "output_bytes": outcome.output_bytes,
+        "compile_cache": "warm" if warm else "cold",
+        **verdict.extra,
+    }
     if outcome.truncated:
         extra["log_truncated"] = True
     return RunResult(
@@ -404,8 +496,37 @@ def run(
         metrics=verdict.metrics,
         wall_seconds=outcome.wall_seconds,
         log_path=str(log_path),
-        error_tail="" if verdict.status.is_success() else tail_lines(outcome.tail),
+        error_tail=""
+        if verdict.status.is_success()
+        else tail_lines(outcome.tail + _log_after(log_path, train_end)),
         returncode=outcome.returncode,
         extra=extra,
         **provenance,
     )
+
+
+def _log_after(log_path: Path, offset: int) -> str:
+    """What was written to the log from `offset` on (the evaluator's lines, the verdict), capped."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            return f.read(64 * 1024).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _pythonpath(env: Mapping[str, str]) -> list[str]:
+    return [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _append_eval_log(log_path: Path) -> None:
+    """The evaluator's own output, at the end of the run's log (capped)."""
+    eval_log = log_path.with_name("eval.log")
+    try:
+        text = eval_log.read_bytes()[-64 * 1024 :].decode("utf-8", errors="replace")
+        eval_log.unlink()
+    except OSError:
+        return
+    if text.strip():
+        with open(log_path, "a") as log:
+            log.write("\n[evaluator] " + "\n[evaluator] ".join(text.rstrip().splitlines()) + "\n")

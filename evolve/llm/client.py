@@ -5,7 +5,9 @@ endpoint and survives what a weekend of API traffic brings: timeouts, connection
 429 (waiting as long as Retry-After says) are retried with exponential backoff and jitter; a 4xx
 other than 429 is not (a wrong model name does not get better by asking again). Every attempt,
 failed or not, is reported through the caller's `report` (the store's llm_calls table) with its
-tokens and cost, and no text that leaves this module contains the API key.
+purpose, tokens and cost, and an answered one with the messages and the answer; a failed attempt
+is recorded unusable with its error, an answered one is settled later by whoever reads the
+answer. No text that leaves this module contains the API key.
 
 `ModelBandit` picks the model of each proposal: Thompson sampling on "did the child beat its
 best parent", scaled by the configured weights, so the models whose children improve get more
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evolve.llm")
 
-ReportLLM = Callable[..., None]
+ReportLLM = Callable[..., "int | None"]  # records one call, returns its row id
 Messages = Sequence[Mapping[str, str]]
 # Keys in other people's error messages (OpenAI echoes part of a wrong key back).
 _KEY_LIKE = re.compile(r"\b(sk|pk|rk|or|key)-[A-Za-z0-9_\-*]{8,}")
@@ -63,6 +65,7 @@ class Completion:
     completion_tokens: int
     cost: float
     latency: float
+    call: int | None = None  # its llm_calls row, to settle its outcome once the answer is read
 
     @property
     def truncated(self) -> bool:
@@ -175,8 +178,10 @@ class LLMClient:
         with self._slots:
             return self._client.chat.completions.create(model=model, messages=list(messages), **kwargs)
 
-    def complete(self, messages: Messages, model: str, report: ReportLLM) -> Completion:
-        """Send `messages` to `model`; retry what is worth retrying; raise LLMError when it gives up."""
+    def complete(self, messages: Messages, model: str, report: ReportLLM, purpose: str = "") -> Completion:
+        """Send `messages` to `model`; retry what is worth retrying; raise LLMError when it gives up.
+
+        `purpose` (mutation, crossover, repair, insights) is recorded with every attempt."""
         import openai
 
         self.check_budget()
@@ -186,7 +191,7 @@ class LLMClient:
             wait: float | None = self._backoff(attempt)
             try:
                 response = self._request(model, messages)
-                return self._finish(response, model, messages, time.monotonic() - start, report)
+                return self._finish(response, model, messages, time.monotonic() - start, report, purpose)
             except openai.APITimeoutError:
                 error = f"timeout after {self.config.timeout:g}s"
             except openai.APIConnectionError as exc:
@@ -202,7 +207,8 @@ class LLMClient:
             except (openai.APIError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 error = f"unreadable response: {type(exc).__name__}: {exc}"
             error = self.redact(error)[:500]
-            report(model=model, ok=False, latency=time.monotonic() - start, error=error)
+            report(model=model, ok=False, purpose=purpose, latency=time.monotonic() - start, error=error,
+                   outcome="unusable", why="the endpoint gave no answer")  # fmt: skip
             log.warning("LLM call to %s failed (attempt %d/%d): %s", model, attempt + 1, attempts, error)
             if wait is None or attempt + 1 == attempts:
                 raise LLMError(f"LLM call to {model} failed after {attempt + 1} attempt(s): {error}")
@@ -211,7 +217,7 @@ class LLMClient:
         raise AssertionError("unreachable")
 
     def _finish(
-        self, response: Any, model: str, messages: Messages, latency: float, report: ReportLLM
+        self, response: Any, model: str, messages: Messages, latency: float, report: ReportLLM, purpose: str
     ) -> Completion:
         if isinstance(response, str):  # the package hands back a body it could not parse as JSON
             raise ValueError(f"not a chat completion: {response[:200]!r}")
@@ -229,15 +235,21 @@ class LLMClient:
         cost = self.config.price(model).cost(prompt_tokens, completion_tokens)
         with self._lock:
             self._spent += cost
-        report(
+        call = report(
             model=model,
             ok=True,
+            purpose=purpose,
             prompt_tokens=int(prompt_tokens),
             completion_tokens=int(completion_tokens),
             cost=cost,
             latency=latency,
+            prompt=[{**m, "content": self.redact(m.get("content") or "")} for m in messages],
+            answer=self.redact(text),
         )
-        return Completion(text, model, finish, int(prompt_tokens), int(completion_tokens), cost, latency)
+        call = call if isinstance(call, int) else None
+        return Completion(
+            text, model, finish, int(prompt_tokens), int(completion_tokens), cost, latency, call
+        )
 
 
 def _message(exc: openai.APIStatusError) -> str:

@@ -3,12 +3,14 @@
 Both share one `LLMSession` per run: the client (retries, calls in flight, the USD cap), the model
 bandit and the meta-insights writer, so the cap and the limit hold over every LLM call of the run.
 
-The crossover first lets git do what it can: a three-way merge of both parents' changes since
+The crossover takes the partner that complements its first parent best (`evolve.pairs`: never an
+ancestor or descendant; different knobs and code regions, both better than their common ancestor,
+first), then lets git do what it can: a three-way merge of both parents' changes since
 their common ancestor. The merged text is the draft child; where git found conflicts the draft
 takes the better parent's side and the prompt lists every conflict hunk (both sides and the
 ancestor's text). The LLM answers with SEARCH/REPLACE blocks against the draft (or, for a clean
 merge it finds already right, `NO CHANGES`), and the result is committed as a merge commit whose
-parents are both parents.
+parents are both parents; its description ends with what it took from each parent.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from typing import Any
 
 from genome.edits import Edit, apply_edit
 from genome.errors import EditError, GenomeError
-from genome.merge import ConflictHunk, commit_merge, merge_base, parse_conflicts, three_way
+from genome.merge import ConflictHunk, commit_merge, parse_conflicts, three_way
 from genome.record import Genome
 
+from ..novelty import tried_as
 from ..operators.base import (
     Operator,
     OperatorError,
@@ -32,6 +35,7 @@ from ..operators.base import (
     ProposalContext,
     register,
 )
+from ..pairs import candidates, files_at, rank_partners, took
 from ..store import LineageKind
 from .client import BudgetExhausted, Completion, LLMClient, ModelBandit
 from .config import LLMConfig, load_config
@@ -62,7 +66,7 @@ class LLMSession:
 
     def update_insights(self, ctx: ProposalContext) -> None:
         self.insights.maybe_update(
-            self.client, self.main_model, ctx.report_llm, ctx.repo, self.count, self.config.max_prompt_tokens
+            self.client, self.main_model, ctx, self.count, self.config.max_prompt_tokens
         )
 
 
@@ -155,9 +159,13 @@ class LLMMutation(_LLMOperator):
 
         def apply(edit: Edit | None, completion: Completion) -> Genome:
             assert edit is not None  # NO CHANGES is not allowed here
+            texts = files_at(ctx.repo, parent.individual.commit)
+            changed = {p: apply_edit(texts[p], edit, p) for p in edit.paths if p in texts}
+            refuse_twin(ctx, {**texts, **changed})
             return ctx.repo.apply_edit(parent.genome, edit, operator=self.name)
 
-        answer = converse(session.client, prompt.messages, model, ctx.report_llm, apply)
+        answer = converse(session.client, prompt.messages, model, ctx.report_llm, apply, purpose="mutation",
+                          settle=ctx.settle_llm)  # fmt: skip
         child = answer.result
         session.bandit.proposed(child.id, model, _best(ctx.parents))
         notes = self._notes(answer, model, prompt.tokens, prompt.trimmed)
@@ -193,13 +201,15 @@ class LLMCrossover(_LLMOperator):
         model = self._start(ctx)
         session = self.session
         repo = ctx.repo
-        first, second = ctx.parents
-        if first.individual.commit == second.individual.commit:
-            raise OperatorError(f"{first.id} and {second.id} are the same code; nothing to combine")
-        try:
-            base = merge_base(repo, first.genome, second.genome)
-        except GenomeError as exc:
-            raise OperatorError(str(exc)) from None
+        matches = rank_partners(ctx, ctx.parents[0], candidates(ctx))
+        if not matches:
+            raise OperatorError(
+                f"no candidate partner of {ctx.parents[0].id} can be crossed with it (each is its ancestor or "
+                f"descendant, or one side changed nothing since their common ancestor)"
+            )
+        match = matches[0]
+        first, second = sorted((ctx.parents[0], match.partner), key=_rank)
+        base = match.base
         texts = {
             name: {p: (repo.read_exact(c, p) or b"").decode() for p in repo.mutable}
             for name, c in (("first", first.individual.commit), ("base", base), ("second", second.individual.commit))
@@ -218,9 +228,11 @@ class LLMCrossover(_LLMOperator):
                 merged = take_first_side(merged)
             draft[path] = merged
         same_as = _same_as(draft, texts, first.id, second.id)
+        merged_before = tried_as(ctx.store, ctx.run, draft) if not hunks else None
         prompt = crossover_prompt(
-            ctx, first, second, base, draft, hunks, session.config.max_prompt_tokens, session.count
-        )
+            ctx, first, second, base, draft, hunks, session.config.max_prompt_tokens, session.count, match,
+            tried=merged_before.id if merged_before else None,
+        )  # fmt: skip
 
         def apply(edit: Edit | None, completion: Completion) -> Genome:
             if edit is None:
@@ -240,8 +252,10 @@ class LLMCrossover(_LLMOperator):
                     f"the result is identical to parent {equal}: it would be a duplicate; the child must "
                     f"combine both parents' ideas"
                 )
+            refuse_twin(ctx, files)
             description, rationale = describe(completion, edit)
-            description = description or f"combine {first.id} and {second.id}"
+            sides = [(first.id, texts["first"]), (second.id, texts["second"])]
+            description = f"{description or f'combine {first.id} and {second.id}'} ({took(texts['base'], sides, files)})"
             try:
                 return commit_merge(
                     repo, first.genome, second.genome, files, description, self.name, rationale=rationale
@@ -255,13 +269,30 @@ class LLMCrossover(_LLMOperator):
             model,
             ctx.report_llm,
             apply,
-            allow_no_changes=not hunks and same_as is None,
+            purpose="crossover",
+            settle=ctx.settle_llm,
+            allow_no_changes=not hunks and same_as is None and merged_before is None,
         )
         child = answer.result
-        session.bandit.proposed(child.id, model, _best(ctx.parents))
+        session.bandit.proposed(child.id, model, _best((first, second)))
         notes = self._notes(answer, model, prompt.tokens, prompt.trimmed)
-        notes.update(base=base, conflicts=len(hunks), kept_merge=answer.edit is None)
+        notes.update(base=base, conflicts=len(hunks), kept_merge=answer.edit is None, partner=match.summary(),
+                     tier=match.tier)  # fmt: skip
         return Proposal(child, LineageKind.CROSSOVER, notes)
+
+
+def refuse_twin(ctx: ProposalContext, files: dict[str, str]) -> None:
+    """EditError (for the repair round) when `files` are exactly the code of an individual already tried."""
+    twin = tried_as(ctx.store, ctx.run, files)
+    if twin is not None:
+        raise EditError(
+            f"the result is the same code as {twin.id} ({twin.description}), which was already tried; "
+            f"propose a different change"
+        )
+
+
+def _rank(parent: Parent) -> tuple[float, str]:
+    return (parent.score.mean if parent.score is not None else float("inf"), parent.id)
 
 
 def _same_as(files: dict[str, str], texts: dict[str, dict[str, str]], first: str, second: str) -> str | None:

@@ -5,6 +5,10 @@ parses them). When the answer is empty, cut off at the token limit, malformed, o
 to the file, the LLM is shown what went wrong (genome's errors quote the closest lines of the file
 with their numbers) and asked once more in the same conversation. A second unusable answer is a
 failed proposal (`UnusableAnswer`, an OperatorError): recorded by the engine, never fatal.
+
+Each answer's call is settled in the store once it has been read: `usable` (applied as it was),
+`repaired` (unusable, with why, but the repair answer that followed was applied) or `unusable`
+(with why). The first call carries the operator's purpose, the second `repair`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from genome.errors import EditError
 from ..operators.base import OperatorError
 from .client import Completion, LLMClient, ReportLLM
 from .prompts import NO_CHANGES
+
+Settle = Callable[[int, str, str], None]
+REPAIR = "repair"
 
 T = TypeVar("T")
 _DESCRIPTION = re.compile(r"^[\s>*#_-]*description[*_\s]*:[*_\s]*(.*)$", re.IGNORECASE)
@@ -95,27 +102,48 @@ def converse(
     report: ReportLLM,
     apply: Callable[[Edit | None, Completion], T],
     *,
+    purpose: str,
+    settle: Settle = lambda *_: None,
     allow_no_changes: bool = False,
 ) -> Answer[T]:
     """Ask, apply; on an unusable answer ask once more with the error; raise UnusableAnswer after that.
 
     `apply` turns an Edit into the result (a committed child) and raises EditError when the edit
-    does not apply; that error text goes back to the LLM as is."""
+    does not apply; that error text goes back to the LLM as is. Every answer's call is settled."""
     conversation = [dict(m) for m in messages]
     completions: list[Completion] = []
-    problem = ""
-    for round_ in range(2):
-        completion = client.complete(conversation, model, report)
-        completions.append(completion)
-        try:
-            edit = interpret(completion, allow_no_changes=allow_no_changes)
-            return Answer(apply(edit, completion), edit, tuple(completions))
-        except EditError as exc:
-            problem = str(exc)
-        if round_ == 0:
-            conversation += [
-                {"role": "assistant", "content": completion.text},
-                {"role": "user", "content": repair_message(problem)},
-            ]
-    first_line = problem.splitlines()[0] if problem else "unusable answer"
-    raise UnusableAnswer(f"{model} gave no usable answer after a repair round: {first_line}")
+    problems: list[str] = []
+    result: Answer[T] | None = None
+    try:
+        for round_ in range(2):
+            completion = client.complete(conversation, model, report, purpose if round_ == 0 else REPAIR)
+            completions.append(completion)
+            try:
+                edit = interpret(completion, allow_no_changes=allow_no_changes)
+                result = Answer(apply(edit, completion), edit, tuple(completions))
+                return result
+            except EditError as exc:
+                problems.append(str(exc))
+            if round_ == 0:
+                conversation += [
+                    {"role": "assistant", "content": completion.text},
+                    {"role": "user", "content": repair_message(problems[-1])},
+                ]
+        first_line = problems[-1].splitlines()[0] if problems[-1] else "unusable answer"
+        raise UnusableAnswer(f"{model} gave no usable answer after a repair round: {first_line}")
+    finally:
+        _settle(settle, completions, problems, result is not None)
+
+
+def _settle(settle: Settle, completions: Sequence[Completion], problems: Sequence[str], used: bool) -> None:
+    """Record each answer's outcome: the last one usable when it was applied, the ones before it
+    repaired (then) or unusable, each with the first line of what was wrong with it."""
+    for k, completion in enumerate(completions):
+        if completion.call is None:
+            continue
+        last = k == len(completions) - 1
+        if used and last:
+            settle(completion.call, "usable", "")
+            continue
+        why = problems[k].splitlines()[0] if k < len(problems) and problems[k] else "not read (an error)"
+        settle(completion.call, "repaired" if used else "unusable", why)

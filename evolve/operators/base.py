@@ -86,9 +86,13 @@ class Parent:
         )
 
 
-# report_llm(model=..., ok=..., prompt_tokens=0, completion_tokens=0, cost=0.0, latency=0.0, error="")
-# records one LLM call in the store's llm_calls table, with the run and operator filled in.
-ReportLLM = Callable[..., None]
+# report_llm(model=..., ok=..., purpose="mutation", prompt_tokens=0, completion_tokens=0, cost=0.0,
+# latency=0.0, error="", outcome="", why="", prompt=None, answer=None) records one LLM call in the
+# store's llm_calls table, with the run and operator filled in, and returns its row id; calls of
+# purpose "insights" are the run's, not the child's. settle_llm(call, outcome, why) records what
+# became of a call's answer afterwards: "usable", "repaired" or "unusable".
+ReportLLM = Callable[..., "int | None"]
+SettleLLM = Callable[[int, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,18 @@ class ProposalContext:
     store: Store
     run: str
     settings: Settings
-    parents: tuple[Parent, ...]  # `arity` of them; for two, the first is the better one
+    parents: tuple[Parent, ...]  # `arity` of them; for two, the first is the better one, and the
+    # two are never ancestor and descendant of each other
     island: int  # the island the child will live in
     depth: int
     rng: random.Random  # seeded per proposal: a run replays the same choices
     noise_floor: float | None  # the noise model's seed-to-seed std of val_bpb (None until measured)
     elites: tuple[Parent, ...] = ()  # the best members (of the island, then overall), best first
     report_llm: ReportLLM = lambda **_: None
+    settle_llm: SettleLLM = lambda *_: None
+    partners: tuple[Parent, ...] = ()  # for two parents: other members unrelated to the first, best
+    # first, that a crossover may take instead of the second (see evolve.pairs)
+    acceptance: str = ""  # the promotion rule in words (evolve.promotion.describe_rule), for prompts
 
 
 @dataclass(frozen=True)

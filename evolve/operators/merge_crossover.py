@@ -1,9 +1,12 @@
 """Merge crossover: git's three-way merge of two parents' changes since their common ancestor.
 
 No LLM: the child is a merge commit with both parents when their changes touch different lines.
-Merging a parent with its own ancestor gives back the descendant (nothing new), so when the pair
-the strategy drew is related that way the operator looks among the elites for a partner that is
-not. git calls changes to neighbouring lines a conflict; conflict blocks whose sides have as many
+Merging a parent with its own ancestor gives back the descendant (nothing new), so partners are
+never ancestor and descendant: `evolve.pairs.rank_partners` orders the drawn second parent, the
+engine's other partners and the elites by how well their changes complement the first parent's
+(different knobs and code regions, both better than their common ancestor), and the operator
+tries them in that order. The child's description says what it took from each parent. git calls
+changes to neighbouring lines a conflict; conflict blocks whose sides have as many
 lines are settled line by line (each line from the side that changed it). Where both parents
 retuned the same hyperparameter (a module-level `UPPER_CASE = ...` line), the better parent's
 value is kept, as a crossover keeps a gene of the fitter parent. Any other conflict (code changed
@@ -15,26 +18,14 @@ from __future__ import annotations
 import re
 
 from genome.errors import GenomeError
-from genome.merge import MERGE_OPERATOR, MergeStatus, commit_merge, merge_crossover
-from genome.repo import git_process
+from genome.merge import MERGE_OPERATOR, MergeStatus, commit_merge, plan_merge
 
+from ..novelty import tried_as
+from ..pairs import Match, candidates, files_at, rank_partners, took
 from ..store import LineageKind
 from .base import Operator, OperatorError, OperatorSetup, Parent, Proposal, ProposalContext, register
 
 MAX_PARTNERS = 4  # partners tried for one proposal (each try is a cheap `git merge-file`)
-
-
-def related(ctx: ProposalContext, a: Parent, b: Parent) -> bool:
-    """True when one is an ancestor of the other (or they are the same commit)."""
-    if a.individual.commit == b.individual.commit:
-        return True
-    for x, y in ((a, b), (b, a)):
-        proc = git_process(
-            ctx.repo.root, "merge-base", "--is-ancestor", x.individual.commit, y.individual.commit
-        )
-        if proc.returncode == 0:
-            return True
-    return False
 
 
 @register(MERGE_OPERATOR)
@@ -45,56 +36,51 @@ class MergeCrossover(Operator):
     def __init__(self, setup: OperatorSetup) -> None:
         self.setup = setup
 
-    def _partners(self, ctx: ProposalContext) -> list[Parent]:
-        first, second = ctx.parents
-        rest = [e for e in ctx.elites if e.id not in (first.id, second.id)]
-        ctx.rng.shuffle(rest)
-        return [second, *rest]
-
     def propose(self, ctx: ProposalContext) -> Proposal:
         if len(ctx.parents) != 2:
             raise OperatorError(f"a merge needs two parents, got {len(ctx.parents)}")
         first = ctx.parents[0]
+        matches = rank_partners(ctx, first, candidates(ctx))
         tried: list[str] = []
-        for partner in self._partners(ctx):
-            if len(tried) >= MAX_PARTNERS:
-                break
-            if related(ctx, first, partner):
-                continue
-            tried.append(partner.id)
+        for match in matches[:MAX_PARTNERS]:
+            tried.append(match.partner.id)
             # The better parent first: its side of the merge is the child's first parent.
-            a, b = sorted((first, partner), key=_rank)
+            a, b = sorted((first, match.partner), key=_rank)
             try:
-                result = merge_crossover(ctx.repo, a.genome, b.genome)
+                result = plan_merge(ctx.repo, a.genome, b.genome)
             except GenomeError as exc:
                 raise OperatorError(f"merge of {a.id} and {b.id} failed: {exc}") from None
-            if result.status is MergeStatus.CLEAN and result.genome is not None:
-                return Proposal(result.genome, kind=LineageKind.MERGE, notes={"base": result.base})
-            if result.status is MergeStatus.CONFLICT and result.merged is not None:
-                resolved = {path: resolve_linewise(text) for path, text in result.merged.items()}
-                if all(text is not None for text in resolved.values()):
-                    # Neighbouring lines changed on each side (two knobs of one block): no real conflict.
-                    files = {p: t for p, t in resolved.items() if t is not None}
-                    if any(
-                        files == {p: _text(ctx, g.commit, p) for p in files} for g in (a.genome, b.genome)
-                    ):
-                        continue  # b only retuned a's knobs: the merge is a itself
-                    try:
-                        child = commit_merge(ctx.repo, a.genome, b.genome, files, _describe(a, b), operator=self.name,
-                                             rationale=f"Line-wise three-way merge of {a.id} and {b.id}.")  # fmt: skip
-                    except GenomeError as exc:
-                        raise OperatorError(
-                            f"could not commit the merge of {a.id} and {b.id}: {exc}"
-                        ) from None
-                    return Proposal(
-                        child, kind=LineageKind.MERGE, notes={"base": result.base, "linewise": True}
+            if result.status is MergeStatus.IDENTICAL:
+                continue
+            files = dict(result.merged or {})
+            if result.status is MergeStatus.CONFLICT:
+                resolved = {path: resolve_linewise(text) for path, text in files.items()}
+                if not all(text is not None for text in resolved.values()):
+                    raise OperatorError(
+                        f"merge of {a.id} and {b.id} conflicts in {len(result.hunks)} hunk(s); "
+                        "the LLM crossover can resolve it"
                     )
-                raise OperatorError(
-                    f"merge of {a.id} and {b.id} conflicts in {len(result.hunks)} hunk(s); "
-                    "the LLM crossover can resolve it"
-                )
+                # Neighbouring lines changed on each side (two knobs of one block): no real conflict.
+                files = {p: t for p, t in resolved.items() if t is not None}
+                if any(files == {p: _text(ctx, g.commit, p) for p in files} for g in (a.genome, b.genome)):
+                    continue  # b only retuned a's knobs: the merge is a itself
+            if tried_as(ctx.store, ctx.run, files) is not None:
+                continue  # this merge was made before: a duplicate
+            description = _describe(ctx, a, b, match, files)
+            try:
+                child = commit_merge(ctx.repo, a.genome, b.genome, files, description, operator=self.name,
+                                     rationale=f"Three-way merge of {a.id} and {b.id} from their common "
+                                               f"ancestor {match.base_id or match.base[:10]}.")  # fmt: skip
+            except GenomeError as exc:
+                raise OperatorError(f"could not commit the merge of {a.id} and {b.id}: {exc}") from None
+            notes = {"base": result.base, "partner": match.summary(), "tier": match.tier}
+            if result.status is MergeStatus.CONFLICT:
+                notes["linewise"] = True
+            return Proposal(child, kind=LineageKind.MERGE, notes=notes)
         if not tried:
-            raise OperatorError(f"every candidate partner of {first.id} is its ancestor or descendant")
+            raise OperatorError(
+                f"every candidate partner of {first.id} is its ancestor or descendant, or adds nothing"
+            )
         raise OperatorError(f"merging {first.id} with {', '.join(tried)} gives nothing new")
 
 
@@ -107,8 +93,12 @@ def _rank(parent: Parent) -> tuple[float, str]:
     return (parent.score.mean if parent.score is not None else float("inf"), parent.id)
 
 
-def _describe(a: Parent, b: Parent) -> str:
-    return f"merge {a.id} ({a.individual.description}) with {b.id} ({b.individual.description})"
+def _describe(ctx: ProposalContext, a: Parent, b: Parent, match: Match, files: dict[str, str]) -> str:
+    """`merge gA + gB: from gA: X=1; from gB: code (1 hunk)`: what the child took from each."""
+    cache: dict[str, dict[str, str]] = {}
+    sides = [(p.id, files_at(ctx.repo, p.individual.commit, cache)) for p in (a, b)]
+    child = {**files_at(ctx.repo, a.individual.commit, cache), **files}
+    return f"merge {a.id} + {b.id}: {took(files_at(ctx.repo, match.base, cache), sides, child)}"
 
 
 _CONSTANT = re.compile(r"([A-Z][A-Z0-9_]*)\s*=(?!=)")  # a module-level hyperparameter line

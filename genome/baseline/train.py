@@ -1,13 +1,10 @@
-"""Generation 0: a small modern GPT trained for a fixed wall-clock budget, scored by prepare.evaluate_bpb.
+"""Generation 0: a small modern GPT, trained on what the harness serves until the budget is spent.
 
-Run it as `python train.py` (or `torchrun --nproc_per_node=N train.py`). Depth, budget, seed, device
-and sequence length come from `prepare.run_config()`; everything else is in the block below.
+Run it as `python train.py` (or `torchrun --nproc_per_node=N train.py`). Depth, seed, device and
+sequence length come from `prepare.run_config()`; everything else is in the block below. The
+harness owns the clock: `prepare.train_loader` serves batches until the budget (seconds or tokens)
+is spent, hands the model to a separate evaluator, and `loader.progress` drives the schedule.
 """
-
-# ruff: noqa: E402  (the clock starts before the heavy imports)
-import time
-
-T_PROCESS_START = time.time()  # total_seconds counts from here, imports included
 
 import contextlib
 import gc
@@ -48,7 +45,7 @@ MUON_MOMENTUM = 0.95
 MUON_MOMENTUM_START = 0.85  # ramped up to MUON_MOMENTUM over the warm-up fraction below
 MUON_MOMENTUM_WARMUP = 0.1  # fraction of the budget
 NS_STEPS = 5  # Newton-Schulz iterations per Muon update
-# schedule, as fractions of the time budget
+# schedule, as fractions of the budget
 WARMUP_FRAC = 0.0
 WARMDOWN_FRAC = 0.5
 FINAL_LR_FRAC = 0.0
@@ -103,9 +100,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-def window_mask(window: int, T: int):
-    """A sliding causal window: FlexAttention block mask on CUDA, a boolean SDPA mask elsewhere."""
-    if cuda:
+def window_mask(window: int, T: int, flex: bool):
+    """A sliding causal window: a FlexAttention block mask, or a boolean SDPA mask."""
+    if flex:
         fn = lambda b, h, q, kv: (q >= kv) & (q - kv < window)
         return create_block_mask(fn, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
     i = torch.arange(T, device=device)
@@ -181,11 +178,14 @@ class GPT(nn.Module):
         angles = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)[None, :, None, :]
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
-        # None means full causal attention (SDPA is_causal, the fastest kernel).
+        # None means full causal attention (SDPA is_causal, the fastest kernel). Training on CUDA
+        # uses FlexAttention for "S" layers; the scored model (eval mode) takes the SDPA mask.
         windows = [WINDOW_PATTERN[i % len(WINDOW_PATTERN)] for i in range(depth)]
         windows[-1] = "L"
-        short = window_mask(SHORT_WINDOW, T) if "S" in windows and SHORT_WINDOW < T else None
-        self.masks = [short if w == "S" else None for w in windows]
+        short = "S" in windows and SHORT_WINDOW < T
+        train_mask = window_mask(SHORT_WINDOW, T, flex=cuda) if short else None
+        eval_mask = window_mask(SHORT_WINDOW, T, flex=False) if short else None
+        self.masks = [(train_mask, eval_mask) if w == "S" else (None, None) for w in windows]
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -209,7 +209,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if i in self.ve_layers else None
-            x = block(x, ve, rope, self.masks[i])
+            x = block(x, ve, rope, self.masks[i][0 if self.training else 1])
         logits = self.lm_head(norm(x)).float()
         logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
         if targets is None:
@@ -220,7 +220,7 @@ class GPT(nn.Module):
         """Forward+backward FLOPs: 6 per matmul weight, plus attention scores over each layer's window."""
         lookups = self.wte.weight.numel() + sum(e.weight.numel() for e in self.value_embeds.values())
         matmul = sum(p.numel() for p in self.parameters()) - lookups
-        seen = sum(T if m is None else min(SHORT_WINDOW, T) for m in self.masks)
+        seen = sum(T if m is None else min(SHORT_WINDOW, T) for m, _ in self.masks)
         return 6 * matmul + 12 * self.dim * seen
 
 
@@ -318,27 +318,39 @@ else:
 rows = max(1, min(rows, total_tokens // (seq_len * cfg.world_size)))
 accum = max(1, total_tokens // (rows * seq_len * cfg.world_size))
 tokens_per_step = accum * rows * seq_len * cfg.world_size
-loader = prepare.make_loader("train", batch_size=rows, cfg=cfg)
-x, y = next(loader)
+loader = prepare.train_loader(raw_model, batch_size=rows, accum=accum)
 
 log(
     f"depth {cfg.depth} | dim {raw_model.dim} | heads {raw_model.n_head} | params {num_params / 1e6:.2f}M"
     f" | value-embed layers {raw_model.ve_layers} | device {cfg.device} x{cfg.world_size}"
-    f" | batch {rows}x{seq_len} x{accum} accum = {tokens_per_step} tokens/step | budget {cfg.time_budget}s"
+    f" | batch {rows}x{seq_len} x{accum} accum = {tokens_per_step} tokens/step | budget {cfg.budget:g} {cfg.budget_unit}"
 )
 
 # =====================================================================================
-# Train for the time budget
+# Warm up on random tokens (compile, lazy set-up: not charged), then train until the data ends
 # =====================================================================================
-untimed_steps = 2 if cuda else 1  # warm-up (compile on CUDA, lazy kernel set-up on CPU) is not charged
-peak_flops = 989e12 * cfg.world_size  # H100 SXM bf16 dense, datasheet
+for x, y in loader.warmup(steps=2 if cuda else 1):
+    with amp():
+        train_model(x, y).backward()
+train_model.zero_grad(set_to_none=True)
+gc.collect()  # Python's cyclic GC causes stalls of ~0.5 s; nothing below needs it
+gc.freeze()
+gc.disable()
+
+peak_flops = 989e12 * cfg.world_size  # H100 / H200 SXM bf16 dense, datasheet
 step = 0
-training_time = 0.0
-timed_tokens = 0
-while True:
-    sync()
-    t0 = time.time()
-    progress = min(1.0, training_time / cfg.time_budget)
+loss_sum = torch.zeros((), device=device)
+for i, (x, y) in enumerate(loader):
+    micro = i % accum
+    if ddp:  # all-reduce gradients only on the last micro-step
+        train_model.require_backward_grad_sync = micro == accum - 1
+    with amp():
+        loss = train_model(x, y)
+    (loss / accum).backward()
+    loss_sum += loss.detach()
+    if micro < accum - 1:
+        continue
+    progress = loader.progress  # the harness's: the same on every rank
     lrm = lr_multiplier(progress)
     for opt in optimizers:
         for group in opt.param_groups:
@@ -346,57 +358,31 @@ while True:
     ramp = min(1.0, progress / MUON_MOMENTUM_WARMUP) if MUON_MOMENTUM_WARMUP > 0 else 1.0
     for group in muon.param_groups:
         group["momentum"] = MUON_MOMENTUM_START + (MUON_MOMENTUM - MUON_MOMENTUM_START) * ramp
-
-    loss_sum = torch.zeros((), device=device)
-    for micro in range(accum):
-        if ddp:  # all-reduce gradients only on the last micro-step
-            train_model.require_backward_grad_sync = micro == accum - 1
-        with amp():
-            loss = train_model(x, y)
-        (loss / accum).backward()
-        loss_sum += loss.detach()
-        x, y = next(loader)  # the CPU packs the next batch while the GPU runs this one
     for opt in optimizers:
         opt.step()
     train_model.zero_grad(set_to_none=True)
 
     train_loss = loss_sum / accum
+    loss_sum = torch.zeros((), device=device)
     if ddp:  # every rank sees the same loss, so every rank stops together on divergence
         dist.all_reduce(train_loss)
         train_loss /= cfg.world_size
     loss_value = train_loss.item()  # also waits for the step to finish
-    sync()
-    dt = time.time() - t0
-    if ddp:  # every rank follows rank 0's clock: same lr schedule, same last step
-        clock = torch.tensor([dt], dtype=torch.float64, device=device)
-        dist.broadcast(clock, 0)
-        dt = clock.item()
     if not math.isfinite(loss_value) or loss_value > 100:
         prepare.abort_diverged(step, loss_value)
-    if step >= untimed_steps:
-        training_time += dt
-        timed_tokens += tokens_per_step
-    if step == 0:  # Python's cyclic GC causes stalls of ~0.5 s; nothing here needs it
-        gc.collect()
-        gc.freeze()
-        gc.disable()
     if step % 25 == 0:
-        tok_s = tokens_per_step / dt
+        tok_s = loader.tokens / max(loader.seconds, 1e-9)
         mfu = 100 * flops_per_token * tok_s / peak_flops if cuda else 0.0
         log(
             f"step {step:05d} | loss {loss_value:.4f} | lrm {lrm:.2f} | {tok_s:,.0f} tok/s"
-            f" | mfu {mfu:.1f}% | {training_time:.1f}/{cfg.time_budget:.0f}s"
+            f" | mfu {mfu:.1f}% | {100 * progress:.0f}% of the budget"
         )
     step += 1
-    if step > untimed_steps and training_time + dt > cfg.time_budget:
-        break  # one more step like the last would overrun the budget
 
 # =====================================================================================
-# Evaluate and report
+# Report (the harness has the weights already and scores them in a fresh process)
 # =====================================================================================
-with torch.no_grad(), amp():
-    val_bpb = prepare.evaluate_bpb(model, batch_size=rows, cfg=cfg)
-tokens_per_second = timed_tokens / max(training_time, 1e-9)
+tokens_per_second = loader.tokens / max(loader.seconds, 1e-9)
 mfu_percent = 100 * flops_per_token * tokens_per_second / peak_flops if cuda else 0.0
 peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
 if ddp:
@@ -404,12 +390,8 @@ if ddp:
     dist.destroy_process_group()
 prepare.report(
     cfg,
-    val_bpb=float(val_bpb),
-    training_seconds=training_time,
-    total_seconds=time.time() - T_PROCESS_START,
     peak_vram_mb=peak_vram_mb,
     mfu_percent=mfu_percent,
-    total_tokens_M=step * tokens_per_step / 1e6,
     num_steps=step,
     num_params_M=num_params / 1e6,
     depth=cfg.depth,

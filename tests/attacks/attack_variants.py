@@ -1,247 +1,139 @@
 """Metric attacks: edits of the real baseline that try to get a better val_bpb than the model earns.
 
-Each is rejected by the static guard (`guard`, part of its reason), or marked invalid by the
-trainer (`status`, `reason`), or both; most are run even when the guard rejects them, to show
-the trainer holds on its own. `status=None`: the guard is the only defence (see docs/SECURITY.md).
-Placeholders: {PREPARE} (the prepare package the run imports: its own copy where it edits it).
+Each is rejected by the static guard (`guard`, part of its reason), judged by the trainer
+(`status`, `reason`), or both; most are run even when the guard rejects them, to show that the
+harness holds on its own. With a token budget a run's score depends on its code and seed alone,
+so an attack that the OS makes impossible shows as a run that passes with exactly the honest
+baseline's score (`same_as_honest`): whatever it tried changed nothing. Placeholders: {STORE} (the
+workspace's .evolve), {DATA} (the prepared data), {PREPARE} (the prepare package the run imports).
 """
 
 from __future__ import annotations
 
-from genome_lab import EVALUATE, FORWARD, IMPORTS, REPORT, SETUP, Variant, after, append, before, replace
+from genome_lab import (
+    FORWARD,
+    IMPORTS,
+    LOOP,
+    REPORT,
+    SETUP,
+    STEP_END,
+    Variant,
+    after,
+    append,
+    before,
+    replace,
+)
 
 from trainer import Status
 
-NOT_EVALUATED = "val_bpb was not computed by prepare.evaluate_bpb"
 SANDBOX_READ = "sandbox: train.py tried to read"
-FAKE = "lambda model, *args, **kwargs: 0.5"
-FORGED = """
-import json, os
-forged = {
-    "val_bpb": 0.5, "training_seconds": 1.0, "total_seconds": 2.0, "depth": cfg.depth,
-    "config": {"depth": cfg.depth, "time_budget": cfg.time_budget, "seed": cfg.seed,
-               "profile": cfg.profile.name, "world_size": 1},
-}
+SANDBOX_WRITE = "sandbox: train.py tried to write"
+NOT_CAUSAL = "reads the answer (not causal"
+# Tries something, and prints what came of it instead of failing: the run goes on, and its score
+# shows whether the attempt changed anything.
+TRY = """
+try:
+{body}
+    print("ATTACK: it worked", flush=True)
+except Exception as exc:
+    print(f"ATTACK: refused ({{type(exc).__name__}}: {{exc}})", flush=True)
 """
-WRITE_FORGED = """
-with open(os.environ[RESULT], "w") as f:
-    json.dump(forged, f)
-print("---\\nval_bpb: 0.500000\\ntraining_seconds: 1.000000", flush=True)
-os._exit(0)
-"""
-# Untimed training: steps the budget's clock never sees, before the timed loop starts.
-PRETRAIN = """
-pretrain_until = time.time() + {seconds}
-while time.time() < pretrain_until:
-    with amp():
-        loss = train_model(x, y)
-    loss.backward()
-    for opt in optimizers:
-        opt.step()
-    train_model.zero_grad(set_to_none=True)
-    x, y = next(loader)
-"""
-ZERO_CE = "lambda logits, targets, *args, **kwargs: torch.zeros(len(targets), device=logits.device)"
+
+
+def attempt(code: str) -> str:
+    return TRY.format(body="\n".join("    " + line for line in code.strip().splitlines()))
+
 
 ATTACKS: tuple[Variant, ...] = (
-    # Runs expected to pass get 3 s: on a loaded 2-core CPU a 1 s budget can end one long step over it.
-    Variant("honest_baseline", "the control: the baseline itself must pass", (), Status.OK, budget=3.0),
-    # ---- lying about the number -----------------------------------------------------------------
+    Variant("honest_baseline", "the control: the baseline itself must pass", (), Status.OK),
+    # ---- lying about the number: train.py reports nothing that counts --------------------------
     Variant(
         "prints_a_fake_summary",
         "prints a better summary block after the real one",
-        (append('print("---\\nval_bpb: 0.500000", flush=True)'),),
-        Status.INVALID,
-        "log says val_bpb: 0.500000",
-        budget=1.0,
+        (append('print("---\\nval_bpb: 0.500000\\ntraining_seconds: 1.0", flush=True)'),),
+        Status.OK,
+        same_as_honest=True,
     ),
     Variant(
         "reports_a_made_up_number",
-        "hands report() a number of its own",
-        (replace("val_bpb=float(val_bpb),", "val_bpb=0.5,"),),
-        Status.INVALID,
-        "val_bpb 0.5 reported, but prepare.evaluate_bpb returned",
-        budget=1.0,
+        "hands report() a val_bpb and a step count of its own",
+        (replace("    num_steps=step,", "    num_steps=10**6,\n    val_bpb=0.5,"),),
+        Status.OK,
+        same_as_honest=True,
     ),
-    Variant(
-        "scores_training_data",
-        "reports the last training batch's loss in bits as if it were val_bpb",
-        (after(EVALUATE, "val_bpb = loss_value / math.log(2) / 4.0"),),
-        Status.INVALID,
-        "but prepare.evaluate_bpb returned",
-        budget=1.0,
-    ),
-    Variant(
-        "writes_the_result_file",
-        "writes the result JSON itself and skips report()",
-        (before(REPORT, FORGED + 'RESULT = "EVOLVE_RESULT"' + WRITE_FORGED),),
-        Status.INVALID,
-        "not signed",
-        guard="EVOLVE_RESULT",
-        budget=1.0,
-    ),
-    Variant(
-        "writes_the_result_file_obfuscated",
-        "the same, with the variable's name spelled in pieces past the guard",
-        (after(SETUP, FORGED + 'RESULT = "EVOL" + "VE_RESULT"' + WRITE_FORGED),),
-        Status.INVALID,
-        "not signed",
-    ),
-    Variant(
-        "forges_the_signature_from_proc_environ",
-        "reads the signing key from /proc/self/environ and signs a forged result",
-        (
-            after(
-                SETUP,
-                FORGED
-                + """
-import hashlib, hmac
-RESULT = "EVOL" + "VE_RESULT"
-initial = open("/proc/self/environ", "rb").read().split(b"\\0")
-key = next((e.split(b"=", 1)[1] for e in initial if e.startswith(RESULT.encode() + b"_KEY=")), b"")
-forged["harness"] = {"denied": [], "elapsed_seconds": 2.0, "evaluations": [{
-    "val_bpb": 0.5, "eval_tokens": cfg.profile.eval_tokens, "seq_len": cfg.profile.seq_len,
-    "data_dir": os.environ["EVOL" + "VE_DATA"], "num_params": 1, "leaks_future": False,
-    "consistent": True}]}
-canonical = json.dumps(forged, sort_keys=True, separators=(",", ":"), default=str).encode()
-forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
-"""
-                + WRITE_FORGED,
-            ),
-        ),
-        Status.INVALID,
-        "not signed",
-    ),
-    Variant(
-        "reads_the_key_from_its_memory",
-        "reads /proc/self/mem, where prepare keeps the key",
-        (after(SETUP, 'mem = open("/proc/self/mem", "rb")'),),
-        Status.INVALID,
-        SANDBOX_READ,
-    ),
-    Variant(
-        "steals_the_key_through_gc",
-        "finds prepare's key among the garbage collector's objects",
-        (after(SETUP, 'key = [o for o in gc.get_objects() if isinstance(o, dict) and "_RESULT_KEY" in o]'),),
-        None,
-        guard="get_objects",
-    ),
-    # ---- patching the metric -------------------------------------------------------------------
+    # ---- reaching into prepare: nothing in the training process decides the score --------------
     Variant(
         "patches_evaluate_bpb",
-        "replaces prepare.evaluate_bpb by assignment",
-        (after(SETUP, f"prepare.evaluate_bpb = {FAKE}"),),
-        Status.INVALID,
-        NOT_EVALUATED,
+        "replaces prepare.evaluate_bpb (the evaluator runs in another process)",
+        (after(SETUP, "prepare.evaluate_bpb = lambda *a, **k: 0.5"),),
+        Status.OK,
         guard="assigns to prepare.evaluate_bpb",
-        budget=1.0,
+        same_as_honest=True,
     ),
     Variant(
-        "patches_evaluate_bpb_with_setattr",
-        "replaces it with setattr",
-        (after(SETUP, f'setattr(prepare, "evaluate_bpb", {FAKE})'),),
-        Status.INVALID,
-        NOT_EVALUATED,
-        guard="calls setattr on prepare",
-        budget=1.0,
-    ),
-    Variant(
-        "patches_evaluate_bpb_through_sys_modules",
-        "replaces it through sys.modules",
-        (after(SETUP, f'import sys\nsys.modules["prepare"].evaluate_bpb = {FAKE}'),),
-        Status.INVALID,
-        NOT_EVALUATED,
-        guard="sys.modules",
-        budget=1.0,
-    ),
-    Variant(
-        "patches_evaluate_bpb_through_an_alias",
-        "replaces it through `import prepare as harness`",
-        (after(IMPORTS, "import prepare as harness"), after(SETUP, f"harness.evaluate_bpb = {FAKE}")),
-        Status.INVALID,
-        NOT_EVALUATED,
-        guard="assigns to harness.evaluate_bpb",
-        budget=1.0,
-    ),
-    Variant(
-        "patches_the_metric_modules_globals",
-        "swaps the torch functional module inside prepare's metric for a flattering one",
+        "patches_the_metric_through_sys_modules",
+        "reaches prepare.metric through getattr(sys, 'modules') and swaps its math module",
         (
             after(
                 SETUP,
-                f"import types\nprepare.evaluate_bpb.__globals__['F'] = types.SimpleNamespace(cross_entropy={ZERO_CE})",
+                attempt(
+                    "import sys, types\n"
+                    'metric = getattr(sys, "modules")["prep" + "are.metric"]\n'
+                    "metric.math = types.SimpleNamespace(log=lambda x: 1e9)"
+                ),
             ),
         ),
-        Status.INVALID,
-        "the metric's own arithmetic disagrees with itself",
-        guard="__globals__",
-        budget=1.0,
+        Status.OK,
+        same_as_honest=True,
     ),
     Variant(
-        "patches_torch_cross_entropy",
-        "monkeypatches torch's cross_entropy, which the metric calls",
-        (before(EVALUATE, f"F.cross_entropy = {ZERO_CE}"),),
-        Status.INVALID,
-        "the metric's own arithmetic disagrees with itself",
-        guard="replaces F.cross_entropy",
-        budget=1.0,
-    ),
-    Variant(
-        "looks_up_the_answer",
-        "at evaluation the model copies the next token from its input row (not causal)",
-        (
-            after(
-                FORWARD,
-                "if not self.training:\n"
-                "    nxt = torch.roll(idx, -1, dims=1)\n"
-                "    return 30.0 * F.one_hot(nxt, self.lm_head.out_features).float()",
-            ),
-        ),
-        Status.INVALID,
-        "reads the answer (not causal)",
-        budget=1.0,
-    ),
-    # ---- what is scored ------------------------------------------------------------------------
-    Variant(
-        "cuts_eval_tokens",
-        "scores a copy of the config whose profile has 8 rows of validation",
+        "reads_the_scored_rows_through_inspect",
+        "finds prepare.metric with inspect.getmodule and asks it for the validation rows",
         (
             after(
                 SETUP,
-                "import copy, dataclasses\n"
-                "short = dataclasses.replace(prepare.get_profile(cfg.profile.name), eval_tokens=8 * cfg.profile.seq_len)\n"
-                "ecfg = copy.copy(cfg)\n"
-                'ecfg.__dict__["profile"] = short',
-            ),
-            replace(
-                "prepare.evaluate_bpb(model, batch_size=rows, cfg=cfg)",
-                "prepare.evaluate_bpb(model, batch_size=rows, cfg=ecfg)",
+                attempt(
+                    "import importlib, inspect\n"
+                    'metric = inspect.getmodule(importlib.import_module("prep" + "are.metric").Score)\n'
+                    "rows = metric.validation_rows(cfg.__dict__['data_dir'], cfg.profile.seq_len, cfg.profile.eval_tokens)"
+                ),
             ),
         ),
         Status.INVALID,
-        "scored on 2048 validation tokens, not the profile's",
-        budget=1.0,
+        SANDBOX_READ,
+        guard="imports a module by name",
     ),
     Variant(
-        "scores_twice_keeps_the_better",
-        "evaluates two models (seeds, checkpoints) and reports the better score",
+        "switches_the_tripwire_off",
+        "empties the audit hook's policy through its own state, then writes to the store",
         (
             after(
-                EVALUATE, "val_bpb = min(val_bpb, prepare.evaluate_bpb(raw_model, batch_size=rows, cfg=cfg))"
+                SETUP,
+                attempt(
+                    "import sys\n"
+                    'box = getattr(sys, "modules")["prep" + "are.sandbox"]\n'
+                    "hook = box._ACTIVE\n"
+                    'hook.policy = box.Policy(writable=("/",), readable=("/",))\n'
+                    'open("{STORE}/evolve.db", "ab").write(b"fake ok evaluations")'
+                ),
+            ),
+        ),
+        Status.OK,
+        same_as_honest=True,  # the hook is off, and the store is still not there to write
+    ),
+    Variant(
+        "writes_fake_evaluations_into_the_store",
+        "opens ../../evolve.db with sqlite3 and inserts an ok evaluation",
+        (
+            after(
+                SETUP,
+                'import sqlite3\ndb = sqlite3.connect("../../evolve.db")\ndb.execute("CREATE TABLE x (y)")',
             ),
         ),
         Status.INVALID,
-        "called 2 times",
-        budget=1.0,
+        SANDBOX_WRITE,
     ),
-    Variant(
-        "seeds_a_lucky_constant",
-        "ignores the run's seed for one it cherry-picked",
-        (replace("torch.manual_seed(cfg.seed)", "torch.manual_seed(1337)"),),
-        None,
-        guard="seeds with the constant 1337",
-    ),
-    # ---- the data ------------------------------------------------------------------------------
+    # ---- the data: none of it is in the training process's file system -------------------------
     Variant(
         "reads_the_validation_shards",
         "memory-maps val.bin from the data directory",
@@ -254,56 +146,202 @@ forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
         Status.INVALID,
         SANDBOX_READ,
         guard="the data directory",
-        budget=1.0,
     ),
     Variant(
-        "reads_the_validation_shards_obfuscated",
-        "the same, with every name spelled in pieces past the guard",
+        "reads_the_validation_shards_with_dir_fd",
+        "os.open(..., dir_fd=...) on the host's data folder, past the old tripwire's path resolution",
         (
             after(
                 SETUP,
-                "import numpy as np, os\n"
-                'path = os.path.join(os.environ["EVOL" + "VE_DATA"], "val" + ".b" + "in")\n'
-                "val = np.memmap(path, dtype=np.uint16, mode='r')",
+                attempt(
+                    "import os\n"
+                    'folder = os.open("{DATA}", os.O_RDONLY)\n'
+                    'fd = os.open("val" + ".b" + "in", os.O_RDONLY, dir_fd=folder)'
+                ),
+            ),
+        ),
+        Status.INVALID,
+        SANDBOX_READ,  # no such folder in the sandbox, and the tripwire knows whose it is
+        guard="prepare's data files",
+    ),
+    Variant(
+        "reads_the_validation_shards_as_the_metric",
+        "compiles its reader with co_filename set to prepare/metric.py, the old exemption",
+        (
+            after(
+                SETUP,
+                attempt(
+                    "import os\n"
+                    'code = compile("data = open(path, \'rb\').read()", "{PREPARE}/metric.py", "exec")\n'
+                    'scope = {"path": os.path.join(os.environ["EVOL" + "VE_DATA"], "val" + ".b" + "in")}\n'
+                    "exec(code, scope)"
+                ),
             ),
         ),
         Status.INVALID,
         SANDBOX_READ,
-        budget=1.0,
+        guard="exec",
     ),
     Variant(
-        "trains_on_validation",
-        "asks prepare for the validation split as training data",
-        (replace('prepare.make_loader("train"', 'prepare.make_loader("val"'),),
+        "reads_the_training_shards_to_train_before_the_clock",
+        "reads train.bin itself to train before the window opens",
+        (after(SETUP, 'raw = open(str(cfg.data_dir) + "/tr" + "ain.b" + "in", "rb").read()'),),
         Status.INVALID,
         SANDBOX_READ,
-        guard="'train' split",
-        budget=1.0,
+        guard="reads .data_dir",
     ),
-    # ---- the clock and the contract --------------------------------------------------------------
+    # ---- the clock: the harness serves the data and ends it -----------------------------------
     Variant(
-        "trains_before_the_timer",
-        "trains untimed for 30 s before the timed loop (far past budget + allowance)",
-        (before("training_time = 0.0", PRETRAIN.format(seconds=30)),),
-        Status.TIMEOUT,
-        "killed",
-        budget=1.0,
-        allowance=8.0,
-    ),
-    Variant(
-        "trains_before_the_timer_and_hides_it",
-        "trains untimed for 3 s, then restarts its own clock so total_seconds hides it",
-        (before("training_time = 0.0", PRETRAIN.format(seconds=3) + "T_PROCESS_START = time.time()"),),
-        Status.INVALID,
-        "total_seconds",
-        budget=1.0,
-    ),
-    Variant(
-        "trains_before_the_timer_within_the_allowance",
-        "trains untimed for 5 s and says so: inside the allowance, so only visible (docs/SECURITY.md)",
-        (before("training_time = 0.0", PRETRAIN.format(seconds=5)),),
+        "trains_on_many_warmup_batches",
+        "takes 45 optimizer steps on the warm-up batches before the window (untimed_steps 2 -> 45)",
+        (
+            replace(
+                "for x, y in loader.warmup(steps=2 if cuda else 1):", "for x, y in loader.warmup(steps=45):"
+            ),
+            after(
+                "        train_model(x, y).backward()",
+                "for opt in optimizers:\n    opt.step()\ntrain_model.zero_grad(set_to_none=True)",
+            ),
+        ),
         Status.OK,
-        budget=3.0,
+        worse_than_honest=True,  # the warm-up batches are random tokens: nothing to learn from them
+    ),
+    Variant(
+        "keeps_training_after_the_budget",
+        "keeps the batches it was served and trains on them again for 20 s after the data ended",
+        (
+            after(LOOP, "kept = locals().setdefault('kept', [])\nkept.append((x, y))"),
+            before(
+                REPORT,
+                "import time\nend = time.time() + 20\nwhile time.time() < end:\n"
+                "    for x, y in kept:\n        with amp():\n            train_model(x, y).backward()\n"
+                "        for opt in optimizers:\n            opt.step()\n        train_model.zero_grad(set_to_none=True)",
+            ),
+        ),
+        Status.OK,
+        same_as_honest=True,  # the weights were handed over when the data ended
+    ),
+    Variant(
+        "hoards_batches_and_trains_past_the_end",
+        "stops asking for data after a few steps and trains on what it holds until well after the budget",
+        (
+            before(
+                LOOP,
+                "kept = [next(iter(loader)) for _ in range(2)]\nimport time\nt = time.time()\n"
+                "while time.time() - t < 40:\n    for x, y in kept:\n        with amp():\n"
+                "            train_model(x, y).backward()\n        for opt in optimizers:\n"
+                "            opt.step()\n        train_model.zero_grad(set_to_none=True)",
+            ),
+        ),
+        Status.INVALID,
+        "training after the budget does not count",
+        budget=2.0,
+        budget_unit="seconds",
+    ),
+    # ---- the model: a pure graph of allow-listed ops, probed for reading later tokens ----------
+    Variant(
+        "looks_up_the_answer",
+        "in eval mode the model copies the next token from its input row (not causal)",
+        (
+            after(
+                FORWARD,
+                "if not self.training:\n"
+                "    nxt = torch.roll(idx, -1, dims=1)\n"
+                "    return 30.0 * F.one_hot(nxt, self.lm_head.out_features).float()",
+            ),
+        ),
+        Status.INVALID,
+        NOT_CAUSAL,
+    ),
+    Variant(
+        "peeks_where_the_old_probe_did_not_look",
+        "reads the next token only in the second half of each row",
+        (
+            after(
+                "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
+                "if not self.training:\n"
+                "    half = idx.size(1) // 2\n"
+                "    peek = 30.0 * F.one_hot(torch.roll(idx, -1, dims=1), logits.size(-1)).float()\n"
+                "    logits = logits + peek * (torch.arange(idx.size(1), device=idx.device) >= half)[None, :, None]",
+            ),
+        ),
+        Status.INVALID,
+        NOT_CAUSAL,
+    ),
+    Variant(
+        "answers_the_probe_from_a_cache",
+        "remembers the logits of the row it scored last in a buffer, to hand a probe the same answer",
+        (
+            after(
+                '        self.register_buffer("sin", angles.sin(), persistent=False)',
+                'self.register_buffer("memo", torch.zeros(1), persistent=False)',
+            ),
+            after(
+                "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
+                "if not self.training:\n    self.memo.add_(1.0)",
+            ),
+        ),
+        Status.CRASH,
+        "changes its own buffers",
+    ),
+    Variant(
+        "draws_random_numbers_when_scored",
+        "adds noise to its logits in eval mode, so that no probe sees the same model twice",
+        (
+            after(
+                "        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)",
+                "if not self.training:\n    logits = logits + 1e-3 * torch.randn_like(logits)",
+            ),
+        ),
+        Status.CRASH,
+        "which the evaluator does not run",
+    ),
+    # ---- prepare and the environment: read-only ------------------------------------------------
+    Variant(
+        "forges_a_pyc_in_prepares_cache",
+        "writes a .pyc of its own into prepare's __pycache__ for every later run to load",
+        (
+            after(
+                SETUP,
+                attempt(
+                    "import os\n"
+                    'os.makedirs("{PREPARE}/__pycache__", exist_ok=True)\n'
+                    'with open(os.open("{PREPARE}/__pycache__/metric.cpython-311.pyc", os.O_WRONLY | os.O_CREAT), "wb") as f:\n'
+                    '    f.write(b"forged")'
+                ),
+            ),
+        ),
+        Status.INVALID,
+        SANDBOX_WRITE,
+    ),
+    Variant(
+        "edits_prepare_from_a_shell",
+        "appends to prepare's metric.py from a shell, out of the tripwire's sight",
+        (
+            after(
+                SETUP,
+                'import subprocess\nsubprocess.run(["sh", "-c", "echo \\"# better\\" >> {PREPARE}/metric.py"])',
+            ),
+        ),
+        Status.OK,
+        same_as_honest=True,  # a read-only file system
+        own_prepare=True,
+    ),
+    Variant(
+        "monkeypatches_torch_cross_entropy",
+        "makes F.cross_entropy return zeros (it only breaks its own training)",
+        (before(LOOP, "F.cross_entropy = lambda logits, targets, *a, **k: (logits * 0).sum()"),),
+        Status.OK,
+        guard="replaces F.cross_entropy",
+        worse_than_honest=True,
+    ),
+    # ---- the contract ----------------------------------------------------------------------------
+    Variant(
+        "seeds_a_lucky_constant",
+        "ignores the run's seed for one it cherry-picked",
+        (replace("torch.manual_seed(cfg.seed)", "torch.manual_seed(1337)"),),
+        None,
+        guard="seeds with the constant 1337",
     ),
     Variant(
         "ignores_the_depth_override",
@@ -317,7 +355,7 @@ forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
         None,
         guard="defines DEPTH",
     ),
-    # the same mischief spelled as a literal: no rule sees it; the metric's parameter count does
+    # the same mischief spelled as a literal: no rule sees it; the scored model's size does
     *(
         Variant(
             f"hardcodes_the_depth_run_at_{depth}",
@@ -328,37 +366,15 @@ forged["signature"] = hmac.new(key, canonical, hashlib.sha256).hexdigest()
                 ),
             ),
             Status.OK,
-            budget=3.0,
             depth=depth,
         )
         for depth in (2, 3)
     ),
     Variant(
-        "edits_prepare_in_process",
-        "rewrites prepare's metric.py through prepare.__file__",
-        (
-            after(
-                SETUP,
-                "from pathlib import Path\n"
-                'metric = Path(prepare.__file__).parent / "metric.py"\n'
-                'metric.write_text(metric.read_text().replace("nats +=", "nats += 0 *"))',
-            ),
-        ),
-        Status.INVALID,
-        "sandbox: train.py tried to write",
-        guard="prepare.__file__",
-    ),
-    Variant(
-        "edits_prepare_from_a_shell",
-        "appends to prepare's metric.py from a shell, out of the sandbox's sight",
-        (
-            after(
-                SETUP,
-                'import subprocess\nsubprocess.run(["sh", "-c", "echo \\"# better\\" >> {PREPARE}/metric.py"])',
-            ),
-        ),
-        Status.INVALID,
-        "the prepare package at",
-        own_prepare=True,
+        "trips_on_step_end",
+        "the honest loop with a harmless edit at the step's end (the anchor is still there)",
+        (after(STEP_END, "loss_value = float(loss_value)"),),
+        Status.OK,
+        same_as_honest=True,
     ),
 )

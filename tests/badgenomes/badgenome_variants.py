@@ -15,7 +15,7 @@ from genome_lab import (
     EARLY,
     FORWARD,
     IMPORTS,
-    REPORT,
+    LOOP,
     SETUP,
     STEP_END,
     Lab,
@@ -29,7 +29,8 @@ from genome_lab import (
 
 from trainer import Status
 
-HANG = dict(budget=1.0, allowance=4.0)  # SIGTERM at 5 s (SIGKILL 5 s later if ignored)
+# A second of window after 4 s of start-up, then a second of exit grace: SIGTERM at 6 s (SIGKILL 5 s later)
+HANG = dict(budget=1.0, budget_unit="seconds", allowance=4.0, window_limit=1.0, exit_grace=1.0)
 
 
 def no_survivors(outcome: Outcome, lab: Lab) -> None:
@@ -48,15 +49,20 @@ def log_capped(outcome: Outcome, lab: Lab) -> None:
     assert os.path.getsize(result.log_path) < 60 * 2**20  # the default cap is 50 MB
 
 
-def data_copy_lost(outcome: Outcome, lab: Lab) -> None:
-    """The documented limit: a shell is outside the sandbox, so the copy is gone; the hash saw it."""
-    assert not (lab.root / f"data-{outcome.variant.name}" / "train.bin").exists()
+def data_intact(outcome: Outcome, lab: Lab) -> None:
+    """The shell met a read-only mount (or no data at all): the copy of the data is still whole."""
+    assert (lab.root / f"data-{outcome.variant.name}" / "train.bin").exists()
+    assert "Read-only file system" in open(outcome.result.log_path).read()
 
 
-def temp_cleaned(outcome: Outcome, lab: Lab) -> None:
-    """The run's private temp dir went with it; its scratch files stay in its worktree."""
-    assert not list((lab.logs / outcome.variant.name).glob("tmp-*"))
-    assert len(list(outcome.worktree.glob("scratch-*.txt"))) == 200
+def nothing_left(outcome: Outcome, lab: Lab) -> None:
+    """What it wrote went with its run: the worktree holds none of it, the log folder no run folder."""
+    assert not list(outcome.worktree.glob("scratch-*.txt"))
+    assert not list((lab.logs / outcome.variant.name).glob("run-*"))
+
+
+def worktree_intact(outcome: Outcome, lab: Lab) -> None:
+    assert (outcome.worktree / ".git").is_file()  # the run had a copy without it
 
 
 def step_one(code: str) -> str:
@@ -118,8 +124,7 @@ VARIANTS: tuple[Variant, ...] = (
         "hands the metric flattened logits",
         (replace("            return logits\n", "            return logits.flatten(0, 1)\n"),),
         Status.CRASH,
-        "PrepareError: model(x) must return logits of shape",
-        budget=1.0,
+        "model(x) must return logits of shape",
     ),
     Variant(
         "exception_in_evaluation",
@@ -127,7 +132,6 @@ VARIANTS: tuple[Variant, ...] = (
         (after(FORWARD, 'if not self.training:\n    raise RuntimeError("the eval path was never tested")'),),
         Status.CRASH,
         "RuntimeError: the eval path was never tested",
-        budget=1.0,
     ),
     Variant(
         "recursion",
@@ -221,17 +225,20 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "sleep_past_budget",
         "sleeps an hour once set up",
-        (after(SETUP, 'print("sleeping", flush=True)\ntime.sleep(3600)'),),
+        (after(SETUP, 'import time\nprint("sleeping", flush=True)\ntime.sleep(3600)'),),
         Status.TIMEOUT,
         "killed",
-        budget=1.0,
-        allowance=8.0,
         check=asleep,
+        **{**HANG, "allowance": 8.0},
     ),
     Variant(
         "ignores_sigterm",
         "ignores SIGTERM and hangs: only the SIGKILL after the grace ends it",
-        (after(EARLY, "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"),),
+        (
+            after(
+                EARLY, "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(3600)"
+            ),
+        ),
         Status.TIMEOUT,
         "killed",
         **HANG,
@@ -242,7 +249,7 @@ VARIANTS: tuple[Variant, ...] = (
         (
             after(
                 SETUP,
-                'import subprocess\nsubprocess.Popen(["sleep", "{MARK}"], process_group=0)\ntime.sleep(3600)',
+                'import subprocess, time\nsubprocess.Popen(["sleep", "{MARK}"], process_group=0)\ntime.sleep(3600)',
             ),
         ),
         Status.TIMEOUT,
@@ -253,12 +260,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "ddp_barrier_hang",
         "under torchrun, rank 1 never reaches DDP's first collective, so rank 0 waits forever",
-        (before("train_model = DDP(", "if cfg.rank == 1:\n    time.sleep(3600)"),),
+        (before("train_model = DDP(", "import time\nif cfg.rank == 1:\n    time.sleep(3600)"),),
         Status.TIMEOUT,
         "killed",
         devices=2,
-        budget=1.0,
-        allowance=8.0,
+        **{**HANG, "allowance": 8.0},
     ),
     # ---- processes ----------------------------------------------------------------------------
     Variant(
@@ -309,12 +315,11 @@ VARIANTS: tuple[Variant, ...] = (
         check=no_survivors,
     ),
     Variant(
-        "exit_zero_before_report",
-        "os._exit(0) right before reporting",
-        (before(REPORT, "import os\nos._exit(0)"),),
+        "exit_zero_before_training",
+        "os._exit(0) right before the training loop: nothing trained, nothing handed over",
+        (before(LOOP, "import os\nos._exit(0)"),),
         Status.INVALID,
-        "no result file",
-        budget=1.0,
+        "no model was handed over",
     ),
     # ---- files --------------------------------------------------------------------------------
     Variant(
@@ -351,10 +356,11 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "deletes_worktree_git_link",
-        "deletes its worktree's .git file",
+        "deletes its worktree's .git file (the run works on a copy that has none)",
         (after(EARLY, 'import os\nos.remove(".git")'),),
-        Status.INVALID,
-        "sandbox",
+        Status.CRASH,
+        "FileNotFoundError",
+        check=worktree_intact,
     ),
     Variant(
         "reads_another_worktree",
@@ -380,13 +386,12 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "deletes_the_data_from_a_shell",
-        "deletes the data from a shell, which the in-process sandbox cannot see (a copy: it is lost)",
+        "deletes the data from a shell, which the tripwire cannot see: the mount is read-only",
         (after(SETUP, 'import subprocess\nsubprocess.run(["sh", "-c", "rm -rf \\"$EVOLVE_DATA\\""])'),),
-        Status.INVALID,
-        "the prepared data at",
+        Status.OK,
         guard="EVOLVE_DATA",
         own_data=True,
-        check=data_copy_lost,
+        check=data_intact,
     ),
     Variant(
         "chmods_prepare",
@@ -412,7 +417,7 @@ VARIANTS: tuple[Variant, ...] = (
             ),
         ),
         Status.OK,
-        check=temp_cleaned,
+        check=nothing_left,
     ),
     Variant(
         "gigabytes_of_stdout",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +18,14 @@ from genome import GuardResult, WorktreePool, check, init_workspace, rewrite_hyp
 from trainer import Job, LocalExecutor, RunResult, Status
 
 BASELINE = Path(genome.baseline.__path__[0]) / "train.py"
-# Smaller CPU steps, so that even a loaded machine takes several steps in a budget of seconds.
+# Smaller CPU steps: a budget of 4096 tokens is four of them.
 FAST = {"CPU_TOTAL_BATCH_TOKENS": 1024, "CPU_DEVICE_BATCH_SIZE": 4}
 # Anchors in the baseline that the variants edit around (a semantic line each, not a line number).
-EARLY = "import time"  # the first line: before the heavy imports, so a quick mistake fails fast
+EARLY = "import contextlib"  # the first line: before the heavy imports, so a quick mistake fails fast
 SETUP = "cfg = prepare.run_config()"
 IMPORTS = "import prepare"
 STEP_END = "loss_value = train_loss.item()"
-EVALUATE = "val_bpb = prepare.evaluate_bpb("
+LOOP = "for i, (x, y) in enumerate(loader):"
 REPORT = "prepare.report("
 FORWARD = "def forward(self, idx, targets=None):"
 
@@ -89,13 +90,18 @@ class Variant:
     status: Status | None  # the trainer's verdict when run (even past the guard); None: not run
     reason: str = ""  # part of the trainer's reason
     guard: str | None = None  # part of the guard's reason when the guard must reject it first
-    budget: float = 3.0
+    budget: float = 4096  # training tokens (4 steps); or seconds with budget_unit="seconds"
+    budget_unit: str | None = None
     allowance: float = 60.0
+    window_limit: float | None = None
+    exit_grace: float | None = None
     own_data: bool = False  # run on a throwaway copy of the data (the variant destroys it)
     own_prepare: bool = False  # import a throwaway copy of prepare (the variant edits it)
     devices: int = 1
     depth: int = 2
     check: Callable[[Outcome, Lab], None] | None = None  # more to assert about the aftermath
+    same_as_honest: bool = False  # it passes with exactly the honest baseline's score (tests/attacks)
+    worse_than_honest: bool = False  # it passes with a worse score than the honest baseline's
 
 
 @dataclass
@@ -155,8 +161,9 @@ class Lab:
         self.workspace = init_workspace(self.root / "ws", run="lab", profile="tiny")
         self.repo = self.workspace.repo()
         self.base = self.repo.baseline()
-        self.sentinel = self.root / "users-files"
-        self.sentinel.mkdir()
+        # The user's files live outside /tmp (where pytest keeps everything else): a run's /tmp is
+        # its own, so only a folder elsewhere shows what the sandbox makes of the rest of the disk.
+        self.sentinel = Path(tempfile.mkdtemp(prefix="evolve-users-files-", dir="/var/tmp"))
         (self.sentinel / "keep.txt").write_text("the user's own file\n")
         self.logs = self.root / "logs"
 
@@ -180,7 +187,8 @@ class Lab:
         """Commit each variant as a child of the baseline, guard it, check it out in a worktree of
         its own, and run them all (guard or not) through a LocalExecutor with `slots` CPU slots."""
         sources, children = {}, {}
-        marks = {v.name: str(10_000 + i) for i, v in enumerate(variants)}
+        # seconds to sleep, and a command-line argument no other process on the machine has
+        marks = {v.name: f"{770_000 + i}.{os.getpid() % 1000:03d}" for i, v in enumerate(variants)}
         prepares = {v.name: self.prepare_copy for v in variants}
         for v in variants:
             if v.own_prepare:
@@ -216,6 +224,9 @@ class Lab:
                     extra_env={"PYTHONPATH": str(prepares[v.name].parent), "OMP_NUM_THREADS": "1"},
                     allowance=v.allowance,
                     gpus_per_run=v.devices,
+                    budget_unit=v.budget_unit,
+                    window_limit=v.window_limit,
+                    exit_grace=v.exit_grace,
                 )
                 futures[v.name] = executor.submit(job)
             results = {name: f.result(timeout=timeout) for name, f in futures.items()}

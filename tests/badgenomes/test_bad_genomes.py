@@ -30,7 +30,8 @@ def lab(tiny_data, tmp_path_factory):
         "PREPARE": str(prepare_copy),
     }
     lab.outcomes = lab.run_all(VARIANTS)
-    return lab
+    yield lab
+    shutil.rmtree(lab.sentinel, ignore_errors=True)
 
 
 def test_there_are_at_least_thirty_distinct_bad_genomes():

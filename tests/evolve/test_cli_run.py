@@ -46,7 +46,7 @@ def evolve_env(home: Path, data: Path) -> dict[str, str]:
 def evolved(tmp_path_factory, tiny_data):
     """One real evolution: 10 children on 2 CPU slots, run by `evolve run` with no terminal."""
     root = tmp_path_factory.mktemp("e2e")
-    ws = init_workspace(root / "ws", run="e2e", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(root / "ws", run="e2e", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)

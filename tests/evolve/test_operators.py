@@ -37,7 +37,7 @@ class World:
 
     def __init__(self, root: Path):
         self.ws = init_workspace(
-            root / "ws", run="ops", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM
+            root / "ws", run="ops", profile="tiny", islands=2, budget=81920, train_py=BIGRAM
         )
         self.repo = self.ws.repo()
         self.store = Store(self.ws.state_dir / "evolve.db")
@@ -262,6 +262,20 @@ def test_merge_crossover_combines_two_siblings_into_a_merge_commit(world):
         1:
     ]
     assert [p.decode() for p in git_parents] == [world.repo.get(a).commit, world.repo.get(b).commit]
+    # The description says what it took from each parent.
+    assert child.description == f"merge {a} + {b}: from {a}: EMB_LR=0.01; from {b}: HEAD_LR=0.02"
+
+
+def test_merge_crossover_takes_the_partner_whose_changes_complement_the_first_parent(world):
+    a = world.child("g0000", {"EMB_LR": 0.01}, 3.70)
+    same = world.child("g0000", {"EMB_LR": 0.02, "INIT_STD": 0.05}, 3.71)  # retuned a's knob too
+    other = world.child("g0000", {"BETA1": 0.8}, 3.75)  # different knob, both better than g0000
+    op = make_operator("merge_crossover", world.setup("merge_crossover"))
+    proposal = op.propose(world.context(a, same, elites=("g0000", other)))
+    assert set(proposal.genome.parents) == {a, other} and proposal.notes["tier"] == 0
+    assert (
+        proposal.genome.description == f"merge {a} + {other}: from {a}: EMB_LR=0.01; from {other}: BETA1=0.8"
+    )
 
 
 def test_merge_crossover_keeps_the_better_parents_value_of_a_knob_both_retuned(world):

@@ -60,7 +60,7 @@ def _kill_orphans(worktrees: Path) -> None:
 
 
 def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, tiny_data):
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     db = ws.state_dir / "evolve.db"
@@ -121,7 +121,7 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_pa
 
 
 def test_sigterm_finishes_the_runs_in_flight_and_leaves_nothing_running(tmp_path, tiny_data):
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     db = ws.state_dir / "evolve.db"

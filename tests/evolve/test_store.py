@@ -222,6 +222,35 @@ def test_operator_stats_credit_children_that_beat_their_parent(store):
     assert store.children_counts("r1") == {"base": 4}
 
 
+def test_operator_stats_agree_with_the_schemas_view_and_stay_linear(store):
+    """Store.operator_stats computes the `operator_stats` view's numbers without its quadratic subquery."""
+    import random
+
+    rng = random.Random(3)
+    store.record_evaluation(ev("base", 0, 1.0))
+    store.record_evaluation(ev("base", 0, 0.9, depth=8))  # a second search depth: one row per depth
+    ids = ["base"]
+    for k in range(60):
+        parents = tuple(rng.sample(ids, 2)) if k % 5 == 4 else (rng.choice(ids),)
+        op = rng.choice(["mutate", "tweak", "merge"]) if len(parents) == 1 else "cross"
+        status = "rejected" if k % 11 == 10 else "queued"
+        child(store, f"c{k}", parents=parents, operator=op, status=status)
+        ids.append(f"c{k}")
+        if status == "queued":
+            for depth in (4, 8) if k % 3 == 0 else (4,):
+                bpb = None if k % 7 == 6 else rng.uniform(0.8, 1.1)
+                store.record_evaluation(ev(f"c{k}", 0, bpb, status="ok" if bpb else "crash", depth=depth))
+            if k % 4 == 0:
+                store.record_evaluation(ev(f"c{k}", 1, rng.uniform(0.8, 1.1), purpose="reeval"))
+                store.record_evaluation(ev(f"c{k}", 0, 0.5, purpose="validation", depth=12))
+    view = {
+        r["operator"]: {k: int(r[k] or 0) for k in ("children", "evaluated", "improvements", "failures")}
+        for r in store._query("SELECT * FROM operator_stats WHERE run = 'r1'")
+    }
+    assert store.operator_stats("r1") == view and sum(v["improvements"] for v in view.values()) > 5
+    assert store.operator_stats("other") == {}
+
+
 def test_find_by_code_hash_only_returns_evaluated_individuals(store):
     child(store, "a", code_hash="h1", status="queued")
     assert store.find_by_code_hash("h1") is None
@@ -242,7 +271,11 @@ def test_events_llm_calls_insights_and_disk_use(store, tmp_path):
     store.add_llm_call(
         model="gpt", ok=True, prompt_tokens=100, completion_tokens=20, cost=0.01, latency=2.0, run="r1"
     )
-    store.add_llm_call(model="gpt", ok=False, error="429", latency=4.0, run="r1")
+    failed = store.add_llm_call(model="gpt", ok=False, error="429", latency=4.0, run="r1")
+    store.assign_llm_calls([failed], "base")
+    (mine,) = store.llm_calls(individual="base")
+    assert mine.id == failed and mine.ok is False and mine.error == "429" and mine.model == "gpt"
+    assert [c.ok for c in store.llm_calls(run="r1")] == [True, False] and store.llm_calls(run="r2") == []
     spend = store.llm_spend("r1")
     assert spend["calls"] == 2 and spend["failures"] == 1 and spend["prompt_tokens"] == 100
     assert spend["cost"] == pytest.approx(0.01) and spend["mean_latency"] == pytest.approx(3.0)
@@ -301,6 +334,7 @@ def test_readonly_store_reads_but_cannot_write(store, db, tmp_path):
     assert ro.scores(4, "r1")["base"].mean == 1.0
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         ro.add_event("x")
+    assert ro._conn().execute("PRAGMA query_only").fetchone()[0] == 1  # a second lock on top of mode=ro
     with pytest.raises(EvolveError, match="no store"):
         Store(tmp_path / "nowhere" / "evolve.db", readonly=True)
 
@@ -347,3 +381,30 @@ def test_a_second_process_reads_consistent_snapshots_while_a_run_writes(store, d
         assert writer.wait(timeout=60) == 0
     assert seen == sorted(seen) and seen[-1] == n
     assert any(0 < k < n for k in seen), "the reader never ran while the writer was writing"
+
+
+def test_notes_of_an_older_store_become_versions_and_llm_calls_gain_outcomes(db):
+    old = Store(db, migrations=tuple(m for m in MIGRATIONS if m.version < 20))
+    old.add_run("r1", strategy="population", profile="tiny")
+    conn = old._conn()
+    for run, text in (("r1", "first"), (None, "elsewhere"), ("r1", "second")):
+        conn.execute("INSERT INTO meta_insights (time, run, text) VALUES (0, ?, ?)", (run, text))
+    conn.execute("INSERT INTO llm_calls (time, run, model, ok) VALUES (0, 'r1', 'm1', 1)")
+    old.close()
+    new = Store(db)
+    assert new.applied == [20, 21]
+    assert [(v.version, v.text) for v in new.insight_versions("r1")] == [(1, "first"), (2, "second")]
+    assert new.add_insight("third", run="r1", items=[{"kind": "helped", "text": "x", "cites": []}]) == 3
+    (latest,) = new.insight_versions("r1", limit=1)
+    assert (
+        latest.text == "third" and latest.items[0]["kind"] == "helped" and new.insights("r1")[-1] == "third"
+    )
+    (call,) = new.llm_calls("r1")
+    assert (call.purpose, call.outcome) == ("", "") and new.llm_text(call.id) is None  # not recorded then
+    kept = new.add_llm_call(model="m1", ok=True, run="r1", purpose="repair", prompt=[{"role": "user", "content": "hi"}],
+                            answer="DESCRIPTION: x")  # fmt: skip
+    new.settle_llm_call(kept, "unusable", "no SEARCH/REPLACE blocks found")
+    assert new.llm_text(kept) == ([{"role": "user", "content": "hi"}], "DESCRIPTION: x")
+    assert new.llm_spend("r1")["unusable"] == 1
+    with pytest.raises(ValueError):
+        new.settle_llm_call(kept, "fine")

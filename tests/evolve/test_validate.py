@@ -30,12 +30,10 @@ from trainer import LocalExecutor
 
 pytestmark = pytest.mark.slow
 
-# A bigram model trained for a fixed number of steps on one thread: its score depends only on the
-# code, the depth and the seed. SHALLOW_BOOST multiplies the learning rates at depth <= 2 and
+# A bigram model trained on one thread under the tiny profile's token budget: its score depends only
+# on the code, the depth and the seed. SHALLOW_BOOST multiplies the learning rates at depth <= 2 and
 # divides them deeper: a stand-in for a trick that helps the small model and hurts the large one.
 TRAIN_DEPTH = '''"""A bigram whose best learning rate depends on depth (for evolve validate's tests)."""
-
-import time
 
 import torch
 import torch.distributed as dist
@@ -48,7 +46,6 @@ EMB_LR = 0.002  # too low on purpose
 HEAD_LR = 0.002  # too low on purpose
 SHALLOW_BOOST = 1.0  # learning rates x this at depth <= 2, / this deeper
 DIM = 32
-STEPS = 30
 BATCH_SIZE = 8
 
 cfg = prepare.run_config()
@@ -65,21 +62,16 @@ for p in (emb.weight, head.weight):
 model = torch.nn.Sequential(emb, head)
 opt = torch.optim.Adam([{"params": emb.parameters(), "lr": EMB_LR * boost},
                         {"params": head.parameters(), "lr": HEAD_LR * boost}])
-loader = prepare.make_loader("train", batch_size=BATCH_SIZE)
-start = time.time()
-for steps in range(1, STEPS + 1):
-    x, y = next(loader)
+loader = prepare.train_loader(model, batch_size=BATCH_SIZE)
+for x, y in loader:
     loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
     opt.zero_grad()
     loss.backward()
     opt.step()
-training_seconds = time.time() - start
-with torch.no_grad():
-    val_bpb = prepare.evaluate_bpb(model, batch_size=16, cfg=cfg)
 if cfg.world_size > 1:
     dist.barrier()
     dist.destroy_process_group()
-prepare.report(cfg, val_bpb=val_bpb, training_seconds=training_seconds, num_steps=steps, depth=cfg.depth)
+prepare.report(cfg, num_steps=loader.steps, depth=cfg.depth)
 '''
 SEARCH = """
 [search]
@@ -107,7 +99,7 @@ def searched(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("searched")
     script = root / "train_depth.py"
     script.write_text(TRAIN_DEPTH)
-    ws = init_workspace(root / "ws", run="v", profile="tiny", islands=1, budget=3.0, train_py=script)
+    ws = init_workspace(root / "ws", run="v", profile="tiny", islands=1, budget=61440, train_py=script)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(SEARCH)
     run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
@@ -159,7 +151,7 @@ def test_validate_reruns_the_elites_deeper_keeps_verdicts_and_the_champion_trans
     root, good, shallow = _copy(searched, tmp_path)
     runner = CliRunner()
     w = ["-w", str(root)]
-    args = ["validate", *w, "--depth", "4", "--top", "2", "--budget", "3", "--gpus", "cpu:2", "--json"]
+    args = ["validate", *w, "--depth", "4", "--top", "2", "--budget", "61440", "--gpus", "cpu:2", "--json"]
     with Store(root / ".evolve" / "evolve.db", readonly=True) as store:
         before = store.evaluations(run="v")
         statuses = {i.id: (i.status, i.decision) for i in store.individuals("v")}
@@ -180,7 +172,7 @@ def test_validate_reruns_the_elites_deeper_keeps_verdicts_and_the_champion_trans
     assert sorted((e.individual, e.seed) for e in rows) == sorted(
         (i, s) for i in ("g0000", good, shallow) for s in (42, 43)
     )
-    assert all(e.ok and e.depth == 4 and e.metrics["depth"] == 4 and e.budget == 3.0 for e in rows)
+    assert all(e.ok and e.depth == 4 and e.metrics["depth"] == 4 and e.budget == 61440.0 for e in rows)
     assert all(e.profile == "tiny" and e.data_fingerprint == before[0].data_fingerprint for e in rows)
     assert all(e.log_path.endswith(".gz") and Path(e.log_path).is_file() for e in rows)
     with Store(root / ".evolve" / "evolve.db", readonly=True) as store:
@@ -227,8 +219,8 @@ def test_validate_reruns_the_elites_deeper_keeps_verdicts_and_the_champion_trans
     shown = git_process(root, "show", "next:train.py").stdout
     assert shown == git_process(root, "show", f"{good_commit}:train.py").stdout
 
-    other = runner.invoke(main, [*args, "--seeds", "2", "--budget", "4"])
-    assert other.exit_code == 1 and other.output.count("\n") == 1 and "pass --budget 3" in other.output
+    other = runner.invoke(main, [*args, "--seeds", "2", "--budget", "81920"])
+    assert other.exit_code == 1 and other.output.count("\n") == 1 and "pass --budget 61440" in other.output
     same = runner.invoke(main, [*args, "--depth", "2"])
     assert same.exit_code == 1 and "is the search depth" in same.output
 
@@ -237,7 +229,7 @@ def test_several_devices_per_run_go_through_torchrun(searched, tmp_path, use_tin
     root, good, shallow = _copy(searched, tmp_path)
     ws = open_workspace(root)
     result = validate(
-        ws, ValidationSpec(depth=3, top=1, seeds=1, budget=10.0, gpus_per_run=2), ("cpu", "cpu")
+        ws, ValidationSpec(depth=3, top=1, seeds=1, budget=61440, gpus_per_run=2), ("cpu", "cpu")
     )
     rows = _validation_rows(root)
     why = [(e.individual, e.status, e.reason, e.error_tail[-500:]) for e in rows if not e.ok]
@@ -268,7 +260,7 @@ def test_validation_beside_a_live_evolve_run_shares_the_store_safely(searched, t
             time.sleep(0.5)
         validator = subprocess.run(
             [cmd[0], "validate", "-w", str(root), "--depth", "4", "--top", "1", "--seeds", "2",
-             "--budget", "3", "--gpus", "cpu:1", "--json"],
+             "--budget", "61440", "--gpus", "cpu:1", "--json"],
             env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         out, _ = proc.communicate(timeout=600)
@@ -303,7 +295,7 @@ def test_validation_beside_a_live_evolve_run_shares_the_store_safely(searched, t
 def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, tmp_path, tiny_data):
     root, good, shallow = _copy(searched, tmp_path)
     with open(root / SETTINGS_FILE, "a") as f:
-        f.write("\n[validate]\ntop = 1\nseeds = 1\nbudget = 3.0\n")
+        f.write("\n[validate]\ntop = 1\nseeds = 1\nbudget = 61440\n")
     run_git(root, "commit", "-q", "-m", "validate settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
     env = _env(tmp_path / "home", tiny_data)
     evolve = str(Path(sys.executable).with_name("evolve"))
@@ -321,7 +313,7 @@ def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, t
         rounds = store.events("v", kind="validation")
         search = [e for e in store.evaluations(run="v") if e.purpose != Purpose.VALIDATION]
     assert sessions[-1] == ["cpu"]  # one slot left to the search
-    assert rows and all(e.ok and e.depth == 4 and e.budget == 3.0 for e in rows)
+    assert rows and all(e.ok and e.depth == 4 and e.budget == 61440.0 for e in rows)
     assert {e.individual for e in rows} <= {"g0000", *(i for r in rounds for i in r.payload["verdicts"])}
     assert ("g0000", 42) in {(e.individual, e.seed) for e in rows}
     assert len({(e.individual, e.seed) for e in rows}) == len(rows)  # later rounds did not repeat runs

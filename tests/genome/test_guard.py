@@ -109,14 +109,6 @@ CASES = {
     "own RunConfig": (after_setup("other = prepare.RunConfig(depth=4)"), "builds its own RunConfig"),
     "DEPTH constant": (SOURCE.replace("N_HEAD = 4\n", "N_HEAD = 4\nDEPTH = 8\n"), "defines DEPTH"),
     "constant seed": (after_setup("torch.manual_seed(1234)"), "seeds with the constant 1234"),
-    "loader seed": (
-        SOURCE.replace(
-            'make_loader("train", batch_size=BATCH_SIZE, cfg=cfg)',
-            'make_loader("train", batch_size=BATCH_SIZE, cfg=cfg, seed=0)',
-        ),
-        "data order's seed",
-    ),
-    "val loader": (SOURCE.replace('make_loader("train"', 'make_loader("val"'), "'train' split"),
     "exec": (after_setup('exec("prepare.evaluate_bpb = None")'), "calls exec()"),
     "patch by name": (
         after_setup(

@@ -50,7 +50,7 @@ def test_a_conflict_returns_hunks_and_leaves_the_repository_as_it_was(repo, work
     assert result.status is MergeStatus.CONFLICT and result.genome is None
     assert snapshot(workspace.root) == before
     (hunk,) = result.hunks
-    assert hunk.path == "train.py" and hunk.line == 18
+    assert hunk.path == "train.py" and hunk.line == 17
     assert hunk.ours == "LEARNING_RATE = 4e-3  # AdamW\n"
     assert hunk.base == "LEARNING_RATE = 3e-3  # AdamW\n"
     assert hunk.theirs == "LEARNING_RATE = 5e-3  # AdamW\n"

@@ -32,7 +32,7 @@ def test_a_new_workspace_holds_train_py_program_md_and_settings(tmp_path):
     assert ".evolve/" in (root / ".gitignore").read_text().split()
     assert (root / ".evolve").is_dir() and git(root, "status", "--porcelain") == ""
     settings = load_settings(root / "evolve.toml")
-    assert (settings.name, settings.profile, settings.budget, settings.depth) == ("exp1", "tiny", 10.0, 2)
+    assert (settings.name, settings.profile, settings.budget, settings.depth) == ("exp1", "tiny", 65536.0, 2)
     assert settings.mutable == ("train.py",) and settings.llm["api_key_env"] == "OPENAI_API_KEY"
     base = ws.repo().baseline()
     assert base.commit == git(root, "rev-parse", "HEAD")  # the first commit is generation 0

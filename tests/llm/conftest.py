@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from loopback import SECRET, LLMServer, Run
 
@@ -27,3 +29,12 @@ def run(tmp_path, llm_server):
     r = Run(tmp_path / "ws", llm)
     yield r
     r.store.close()
+
+
+@pytest.fixture
+def env(tmp_path, tiny_data, llm_server):
+    """`evolve`'s environment: the endpoint comes only from the flags, the key from the variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOLVE_", "OPENAI_"))}
+    env.update(EVOLVE_HOME=str(tmp_path / "home"), EVOLVE_DATA=str(tiny_data), OMP_NUM_THREADS="1",
+               OPENAI_API_KEY=SECRET)  # fmt: skip
+    return env

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 SECRET = "sk-test-SECRET0123456789abcdef"
+BIGRAM = Path(__file__).parents[1] / "evolve" / "data" / "train_bigram.py"
 
 
 @dataclass
@@ -160,16 +164,22 @@ class Run:
         self.score(base.id, 1.30)
 
     def add(self, genome, *, island: int = 0, val_bpb: float | None = None, error: str = "", status="queued"):
+        from evolve.novelty import tree_hash
+        from evolve.pairs import files_at
+
         self.store.add_individual(id=genome.id, run="t", commit=genome.commit, branch=genome.branch,
                                   parents=genome.parents, operator=genome.operator,
-                                  description=genome.description, island=island, status=status)  # fmt: skip
+                                  description=genome.description, island=island, status=status,
+                                  code_hash=tree_hash(files_at(self.repo, genome.commit)))  # fmt: skip
         if status == "queued":
             self.score(genome.id, val_bpb, error)
         return self.store.get(genome.id)
 
-    def score(self, ind: str, val_bpb: float | None, error: str = "", seed: int = 42) -> None:
+    def score(self, ind: str, val_bpb: float | None, error: str = "", seed: int = 42, metrics=None) -> None:
         from evolve.store import Evaluation, Status
 
+        if self.store.get(ind).status is not Status.QUEUED:
+            self.store.set_status(ind, Status.QUEUED)  # a re-evaluation
         self.store.set_status(ind, Status.RUNNING)
         self.store.record_evaluation(
             Evaluation(
@@ -180,6 +190,8 @@ class Run:
                 profile="tiny",
                 status="ok" if val_bpb is not None else "crash",
                 val_bpb=val_bpb,
+                metrics=dict(metrics or {}),
+                device="cpu",
                 error_tail=error,
                 reason="exit code 1" if error else "",
             )  # fmt: skip
@@ -203,4 +215,28 @@ class Run:
             parents=tuple(parent(i) for i in parent_ids), island=0, depth=self.depth,
             rng=random.Random(seed), noise_floor=None, elites=tuple(parent(i) for i in elites),
             report_llm=lambda **kw: self.store.add_llm_call(run="t", operator=operator, **kw),
+            settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# `evolve` itself, in a subprocess, on a bigram workspace
+# ---------------------------------------------------------------------------------------------
+def make_workspace(root: Path, search: str, prices: dict[str, list[float]], insights_every: int = 0):
+    """A tiny bigram workspace (2 islands in evolve.toml) whose [llm] table has a [llm.prices] table."""
+    from genome.repo import MACHINE_IDENTITY, run_git
+    from genome.settings import SETTINGS_FILE, to_toml
+    from genome.workspace import init_workspace
+
+    ws = init_workspace(root / "ws", run="mix", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
+    llm = {"tokenizer": "approx", "insights_every": insights_every, "timeout": 10.0, "backoff": 0.01,
+           "max_backoff": 0.05, "prices": prices}  # fmt: skip
+    (ws.root / SETTINGS_FILE).write_text(to_toml(ws.settings.with_changes(llm=llm)) + search)
+    run_git(ws.root, "commit", "-q", "-m", "test settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
+    return ws
+
+
+def evolve(ws, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`evolve ARGS[0] -w WORKSPACE ARGS[1:]` with `env` (see the `env` fixture)."""
+    cmd = [str(Path(sys.executable).with_name("evolve")), args[0], "-w", str(ws.root), *args[1:]]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

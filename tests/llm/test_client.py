@@ -26,8 +26,8 @@ def make_client(server, **llm) -> tuple[LLMClient, list[dict]]:
     return client, calls
 
 
-def ask(client: LLMClient, calls: list[dict], model: str = "m1"):
-    return client.complete([{"role": "user", "content": "hi"}], model, lambda **kw: calls.append(kw))
+def ask(client: LLMClient, calls: list[dict], model: str = "m1", purpose: str = "mutation"):
+    return client.complete([{"role": "user", "content": "hi"}], model, lambda **kw: calls.append(kw), purpose)
 
 
 def test_an_answer_is_returned_with_its_tokens_and_cost(llm_server):
@@ -36,14 +36,18 @@ def test_an_answer_is_returned_with_its_tokens_and_cost(llm_server):
     out = ask(client, calls)
     assert out.text == "hello" and out.prompt_tokens == 1000 and out.completion_tokens == 500
     assert out.cost == pytest.approx((1000 * 2.0 + 500 * 8.0) / 1e6)
+    # The purpose, the messages and the answer go with the call (for `evolve show`).
     assert calls == [
         dict(
             model="m1",
             ok=True,
+            purpose="mutation",
             prompt_tokens=1000,
             completion_tokens=500,
             cost=out.cost,
             latency=calls[0]["latency"],
+            prompt=[{"role": "user", "content": "hi"}],
+            answer="hello",
         )
     ]
     request = llm_server.requests[0]
@@ -58,6 +62,8 @@ def test_timeout_500_and_reset_are_retried_and_each_attempt_recorded(llm_server)
     out = ask(client, calls)
     assert out.text == "finally"
     assert [c["ok"] for c in calls] == [False, False, False, True]
+    # A failed attempt gave no answer: unusable, with its error.
+    assert [c.get("outcome") for c in calls[:3]] == ["unusable"] * 3 and all(c["error"] for c in calls[:3])
     errors = [c["error"] for c in calls[:3]]
     assert "timeout" in errors[0] and errors[1].startswith("500") and "connection" in errors[2]
 

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from loopback import SECRET, Reply, answer
+from loopback import BIGRAM, SECRET, Reply, answer, evolve, make_workspace
 
 import analysis
 from evolve.cli import main
@@ -21,12 +17,11 @@ from evolve.engine import Engine, EngineConfig
 from evolve.errors import EvolveError
 from evolve.scheduler import StopReason
 from evolve.store import Status, Store
-from genome.repo import MACHINE_IDENTITY, git_process, run_git
-from genome.settings import SETTINGS_FILE, to_toml
+from genome.repo import git_process
+from genome.settings import SETTINGS_FILE
 from genome.workspace import init_workspace
 from trainer import LocalExecutor
 
-BIGRAM = Path(__file__).parents[1] / "evolve" / "data" / "train_bigram.py"
 OPERATORS = ("llm_mutation", "llm_crossover", "merge_crossover", "optuna_tweak")
 PROMPT, COMPLETION = 100, 20  # the tokens every scripted answer reports (loopback's default usage)
 PRICES = {"m1": [100.0, 200.0]}  # USD per million tokens: each call costs $0.014
@@ -58,7 +53,7 @@ weight = 6
 
 class Researcher:
     """The scripted LLM: a mutation raises HEAD_LR or INIT_STD of the parent in the prompt; a
-    crossover raises BETA1 of the draft. Every answer applies and makes new code."""
+    crossover lowers BETA1 of the draft. Every answer applies and makes new code."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -70,37 +65,17 @@ class Researcher:
             n = self.calls
         user = body["messages"][-1]["content"]
         if "## The draft child" in user:
-            knob, text, factor = "BETA1", user.split("## The draft child", 1)[1], 1.0 + 0.01 * n
-        else:
-            knob, text, factor = ("HEAD_LR", "INIT_STD")[n % 2], user.split("## train.py of", 1)[1], 3.0
+            knob, text, factor = "BETA1", user.split("## The draft child", 1)[1], 1.0 - 0.01 * n
+        else:  # a new value every time: never code already tried (that would be sent back for repair)
+            knob, text, factor = (
+                ("HEAD_LR", "INIT_STD")[n % 2],
+                user.split("## train.py of", 1)[1],
+                3.0 + 0.01 * n,
+            )
         match = re.search(rf"^{knob} = ([0-9.e-]+).*$", text, re.MULTILINE)
         assert match, f"no {knob} line in the prompt"
         new = f"{knob} = {min(0.99, float(match.group(1)) * factor):.4g}"
         return Reply(text=answer(f"{knob} {match.group(1)} -> {new.split()[-1]}", match.group(0), new))
-
-
-def make_workspace(root: Path, search: str):
-    """A tiny bigram workspace (2 islands in evolve.toml) whose [llm] table has a [llm.prices] table."""
-    ws = init_workspace(root / "ws", run="mix", profile="tiny", islands=2, budget=3.0, train_py=BIGRAM)
-    llm = {"tokenizer": "approx", "insights_every": 0, "timeout": 10.0, "backoff": 0.01, "max_backoff": 0.05,
-           "prices": PRICES}  # fmt: skip
-    (ws.root / SETTINGS_FILE).write_text(to_toml(ws.settings.with_changes(llm=llm)) + search)
-    run_git(ws.root, "commit", "-q", "-m", "test settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    return ws
-
-
-@pytest.fixture
-def env(tmp_path, tiny_data, llm_server):
-    """`evolve`'s environment: the endpoint comes only from the flags, the key from the variable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EVOLVE_", "OPENAI_"))}
-    env.update(EVOLVE_HOME=str(tmp_path / "home"), EVOLVE_DATA=str(tiny_data), OMP_NUM_THREADS="1",
-               OPENAI_API_KEY=SECRET)  # fmt: skip
-    return env
-
-
-def evolve(ws, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).with_name("evolve")), args[0], "-w", str(ws.root), *args[1:]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _count(n: int) -> str:
@@ -119,7 +94,7 @@ def ok_children(store: Store, run: str) -> dict[str, list]:
 @pytest.mark.slow
 def test_every_operator_trains_children_and_status_shows_llm_calls_tokens_and_cost(tmp_path, env, llm_server):
     llm_server.default = Researcher()
-    ws = make_workspace(tmp_path, MIX)
+    ws = make_workspace(tmp_path, MIX, PRICES)
     flags = ("--llm-model", "m1", "--llm-base-url", llm_server.url, "--max-llm-usd", "50")
     run = evolve(ws, env, "run", "--gpus", "cpu:1", "--islands", "1", "--max-experiments", "8",
                  "--interval", "1", *flags)  # fmt: skip
@@ -170,7 +145,7 @@ def test_every_operator_trains_children_and_status_shows_llm_calls_tokens_and_co
 @pytest.mark.slow
 def test_the_usd_cap_stops_llm_proposals_and_the_other_operators_go_on(tmp_path, env, llm_server):
     llm_server.default = Researcher()
-    ws = make_workspace(tmp_path, SEQUENTIAL)
+    ws = make_workspace(tmp_path, SEQUENTIAL, PRICES)
     cap = ("--llm-model", "m1", "--llm-base-url", llm_server.url, "--max-llm-usd", str(CALL_USD / 2))
     # Only the LLM mutation: its first call crosses the cap, its child is trained, the run stops.
     first = evolve(ws, env, "run", "--gpus", "cpu:1", "--operators", "llm_mutation", *cap)
@@ -210,7 +185,7 @@ def test_weight_zero_leaves_an_llm_operator_out_so_no_endpoint_is_needed(
 ):
     for name in ("OPENAI_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    ws = init_workspace(tmp_path / "ws", run="w0", profile="tiny", budget=3.0, train_py=BIGRAM)
+    ws = init_workspace(tmp_path / "ws", run="w0", profile="tiny", budget=81920, train_py=BIGRAM)
     named = {"operators": ("llm_mutation", "optuna_tweak")}
     executor = LocalExecutor.cpu(1)
     refused = Engine(ws, EngineConfig.from_workspace(ws, **named), executor)

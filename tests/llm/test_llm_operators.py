@@ -61,6 +61,11 @@ def test_a_malformed_answer_is_repaired_in_the_same_conversation(run, llm_server
     assert retry[2]["content"] == "I would lengthen the warm-down."
     assert "no SEARCH/REPLACE blocks found" in retry[3]["content"]
     assert [c[2] for c in calls(run)] == [1, 1]
+    # Each call says what it was for and what became of its answer.
+    first, second = run.store.llm_calls("t")
+    assert (first.purpose, first.outcome) == ("mutation", "repaired") and "no SEARCH/REPLACE" in first.why
+    assert (second.purpose, second.outcome, second.why) == ("repair", "usable", "")
+    assert run.store.llm_text(second.id)[1] == GOOD and run.store.llm_text(first.id)[0][1]["role"] == "user"
 
 
 @pytest.mark.parametrize(
@@ -88,6 +93,22 @@ def test_non_applying_twice_is_a_failed_proposal_that_quotes_the_closest_lines(r
     assert "SEARCH matches nowhere" in repair and f"53 | {WARMDOWN}" in repair
     assert branches(run) == ["g0000"]  # nothing committed
     assert len(calls(run)) == 2
+    outcomes = [(c.purpose, c.outcome) for c in run.store.llm_calls("t")]
+    assert outcomes == [("mutation", "unusable"), ("repair", "unusable")]
+    assert all("SEARCH matches nowhere" in c.why for c in run.store.llm_calls("t"))
+    assert run.store.llm_spend("t")["unusable"] == 2
+
+
+def test_an_answer_that_remakes_code_already_tried_is_sent_back_for_repair(run, llm_server, mutation):
+    llm_server.push(Reply(text=GOOD))
+    first = mutation.propose(run.context("g0000")).genome
+    run.add(first, val_bpb=1.29)
+    again = answer("longer warm-down, once more", WARMDOWN, "WARMDOWN_FRAC = 0.6  # the same value")
+    llm_server.push(Reply(text=again), Reply(text=answer("lr", MATRIX, "MATRIX_LR = 0.05")))
+    child = mutation.propose(run.context("g0000")).genome
+    repair = llm_server.bodies()[-1]["messages"][-1]["content"]
+    assert f"the same code as {first.id}" in repair and "already tried" in repair
+    assert "MATRIX_LR = 0.05" in run.repo.read(child) and branches(run) == ["g0000", first.id, child.id]
 
 
 def test_a_failing_endpoint_is_a_failed_proposal_with_every_attempt_recorded(run, llm_server, mutation):
@@ -159,6 +180,38 @@ def test_a_conflicting_crossover_is_resolved_and_committed_as_a_merge(run, llm_s
     assert "WARMDOWN_FRAC = 0.65" in run.repo.read(child) and "<<<<<<<" not in run.repo.read(child)
     prompt = llm_server.bodies()[-1]["messages"][1]["content"]
     assert "Conflict 1" in prompt and "WARMDOWN_FRAC = 0.7" in prompt and "WARMDOWN_FRAC = 0.6" in prompt
+    # Both lineages, why they were paired, the setting and the rule.
+    assert f"Lineage of {a.id} (newest first)" in prompt and f"Lineage of {b.id} (newest first)" in prompt
+    assert "Since their common ancestor g0000 (overlapping changes)" in prompt
+    assert f"{a.id} changed WARMDOWN_FRAC 0.5 -> 0.6" in prompt and "trains at depth 2" in prompt
+    assert "How a child is judged" in prompt
+    # The description says what it took: the conflict was resolved to a new value.
+    assert (
+        child.description
+        == "warm-down 0.65, between both (from g0001: nothing; from g0002: nothing; new: WARMDOWN_FRAC=0.65)"
+    )
+
+
+def test_a_crossover_never_pairs_a_parent_with_its_ancestor(run, llm_server, mutation):
+    llm_server.push(Reply(text=GOOD))
+    a = mutation.propose(run.context("g0000")).genome
+    run.add(a, val_bpb=1.27)
+    op = LLMCrossover(run.setup())
+    try:
+        with pytest.raises(OperatorError, match="ancestor or descendant"):
+            op.propose(run.context(a.id, "g0000", operator="llm_crossover"))
+        assert llm_server.requests[1:] == []  # no call spent on it
+        llm_server.push(Reply(text=answer("matrix lr 0.05", MATRIX, "MATRIX_LR = 0.05")))
+        b = mutation.propose(run.context("g0000")).genome
+        run.add(b, val_bpb=1.28)
+        # The drawn pair is related, but an unrelated elite is there: it becomes the partner.
+        llm_server.push(Reply(text="DESCRIPTION: both\nRATIONALE: independent.\n\nNO CHANGES"))
+        child = op.propose(
+            run.context(a.id, "g0000", elites=("g0000", b.id), operator="llm_crossover")
+        ).genome
+        assert child.parents == (a.id, b.id)
+    finally:
+        op.close()
 
 
 def test_a_clean_crossover_may_keep_the_merge_and_must_not_copy_a_parent(run, llm_server, mutation):
@@ -173,38 +226,17 @@ def test_a_clean_crossover_may_keep_the_merge_and_must_not_copy_a_parent(run, ll
         child = op.propose(run.context(a.id, b.id, operator="llm_crossover")).genome
         text = run.repo.read(child)
         assert "WARMDOWN_FRAC = 0.6" in text and "MATRIX_LR = 0.05" in text
-        assert child.description == "both changes" and len(git_parents(run, child.commit)) == 2
+        # The description says what the child took from each parent.
+        assert (
+            child.description == f"both changes (from {a.id}: WARMDOWN_FRAC=0.6; from {b.id}: MATRIX_LR=0.05)"
+        )
+        assert len(git_parents(run, child.commit)) == 2
         # An answer that undoes one side yields a copy of a parent: repaired, then refused.
         undo = Reply(text=answer("undo", "MATRIX_LR = 0.05", MATRIX))
         llm_server.push(undo, undo)
         with pytest.raises(OperatorError):
             op.propose(run.context(a.id, b.id, operator="llm_crossover"))
         assert "identical to parent" in llm_server.bodies()[-1]["messages"][-1]["content"]
-    finally:
-        op.close()
-
-
-def test_meta_insights_are_written_every_k_children_and_shown_later(run, llm_server):
-    run.ws.settings.llm["insights_every"] = 2
-    op = LLMMutation(run.setup())
-    try:
-        llm_server.push(Reply(text=GOOD), Reply(text=answer("lr", MATRIX, "MATRIX_LR = 0.05")))
-        a = op.propose(run.context("g0000")).genome
-        b = op.propose(run.context("g0000")).genome
-        run.add(a, val_bpb=1.27)
-        run.add(b, error="RuntimeError: boom")
-        notes = "What worked\n- warm-down 0.6: -0.03"
-        llm_server.push(Reply(text=notes), Reply(text=answer("lr 0.03", MATRIX, "MATRIX_LR = 0.03")))
-        op.propose(run.context(a.id))
-        assert run.store.insights("t") == [notes]
-        insight_request, mutation_request = llm_server.bodies()[-2:]
-        shown = insight_request["messages"][1]["content"]
-        assert f"{a.id} [llm_mutation] warm-down over 60% of the budget: 1.270000 (-0.030000" in shown
-        assert f"{b.id} [llm_mutation] lr: failed: exit code 1" in shown
-        assert notes in mutation_request["messages"][1]["content"]
-        llm_server.push(Reply(text=answer("lr 0.02", MATRIX, "MATRIX_LR = 0.02")))
-        op.propose(run.context(a.id))
-        assert len(llm_server.requests) == 5 and len(run.store.insights("t")) == 1  # due again after 2 more
     finally:
         op.close()
 

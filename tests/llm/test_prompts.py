@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import tiktoken
 from loopback import answer
@@ -12,55 +14,117 @@ WARMDOWN = "WARMDOWN_FRAC = 0.5"
 MATRIX = "MATRIX_LR = 0.04  # Muon, every 2-D matrix inside the blocks"
 
 
+METRICS = {"num_steps": 120, "training_seconds": 10.0, "total_tokens_M": 0.4915, "mfu_percent": 0.0,
+           "peak_vram_mb": 0.0, "num_params_M": 1.05}  # fmt: skip
+
+
 @pytest.fixture
 def family(run):
-    """g0000 -> parent (1.28) -> a crashed child; an elite (1.25) on another island; a scratchpad."""
+    """g0000 -> parent (1.28, with a training summary) -> a crashed child and a worse child (1.29);
+    an elite (1.25) on another island; a noise floor from the baseline's two seeds; notes."""
     repo, base = run.repo, run.repo.baseline()
+    run.score("g0000", 1.32, seed=43)  # two baseline seeds: the noise floor
     parent = repo.apply_edit(base, answer("warm-down 0.6", WARMDOWN, "WARMDOWN_FRAC = 0.6"))
-    run.add(parent, val_bpb=1.28)
+    run.add(parent, status="proposed")
+    run.score(parent.id, 1.28, metrics=METRICS)
     crashed = repo.apply_edit(parent, answer("fused loss", MATRIX, "MATRIX_LR = undefined_name"))
     run.add(crashed, error="Traceback ...\nNameError: name 'undefined_name' is not defined")
+    worse = repo.apply_edit(
+        parent,
+        answer(
+            "embedding lr 0.4",
+            "EMBEDDING_LR = 0.3  # AdamW, token and value embeddings",
+            "EMBEDDING_LR = 0.4",
+        ),
+    )
+    run.add(worse, val_bpb=1.29)
     elite = repo.apply_edit(base, answer("matrix lr 0.05", MATRIX, "MATRIX_LR = 0.05"))
     run.add(elite, val_bpb=1.25, island=1)
-    run.store.add_insight("What worked\n- a longer warm-down", run="t")
-    return parent, crashed, elite
+    run.store.add_insight(f"What helped\n- a longer warm-down [{parent.id} -0.02]", run="t")
+    return parent, crashed, elite, worse
+
+
+def context(run, parent, elite):
+    from evolve.promotion import describe_rule
+
+    ctx = run.context(parent.id, elites=(elite.id, parent.id))
+    floor = run.store.noise_floor(run.depth, "t")
+    return replace(ctx, noise_floor=floor, acceptance=describe_rule(floor, max_seeds=3, margin=2.0))
 
 
 def test_the_mutation_prompt_has_everything_a_researcher_needs(run, family):
-    parent, crashed, elite = family
-    ctx = run.context(parent.id, elites=(elite.id, parent.id))
+    parent, crashed, elite, worse = family
+    ctx = context(run, parent, elite)
     prompt = mutation_prompt(ctx, ctx.parents[0], 100_000, approx_tokens)
     system, user = (m["content"] for m in prompt.messages)
     assert "## Fair game in train.py" in system and "DESCRIPTION:" in system  # program.md
     assert run.repo.read(parent).strip() in user  # the parent's whole train.py
     assert f"The parent: {parent.id}" in user and "val_bpb 1.280000" in user
-    assert "baseline g0000: 1.300000" in user and f"best so far {elite.id}: 1.250000" in user
+    # the run's setting and the parent's training summary
+    assert "trains at depth 2 for 10 s on cpu, profile tiny (sequence 256, vocabulary 1024)" in user
+    assert "Only the CPU code path of train.py runs" in user
+    assert "Its training (one run): steps 120, tokens/s 49,150, MFU 0.0%, peak memory 0 MiB" in user
+    # where the run stands, the noise floor and the rule promotion applies (twice the floor)
+    assert "baseline g0000: 1.310000" in user and f"best so far {elite.id}: 1.250000" in user
+    assert "noise floor of val_bpb: ±0.0141" in user and "2 x 0.0141 = 0.0283" in user
+    # the parent's children already tried, with their deltas or why they have none
+    tried = user.split("already tried (newest first)")[1].split("##")[0]
+    assert (
+        f"- {worse.id} [llm_mutation] embedding lr 0.4 {{EMBEDDING_LR 0.3 -> 0.4}}: 1.290000 (+0.010000 vs {parent.id})"
+        in tried
+    )
+    assert (
+        f"- {crashed.id} [llm_mutation] fused loss {{MATRIX_LR 0.04 -> not a constant; 1 code hunk(s)}}: failed: exit code 1"
+        in tried
+    )
+    assert tried.index(worse.id) < tried.index(crashed.id)  # newest first
     assert "- g0000 [baseline] baseline" in user  # lineage
     assert f"{crashed.id} (crash)" in user and "NameError: name 'undefined_name'" in user  # failures
-    assert f"{elite.id} (elite, 1.250000, -0.050000 vs its parent): matrix lr 0.05" in user
+    assert f"{elite.id} (elite, 1.250000, -0.060000 vs its parent): matrix lr 0.05" in user
     assert "+MATRIX_LR = 0.05" in user  # the inspiration's diff
-    assert "- a longer warm-down" in user  # meta-insights
+    assert "notes version 1" in user and "- a longer warm-down" in user  # meta-insights
     assert prompt.trimmed == ()
 
 
-def test_a_small_budget_drops_context_but_never_the_parents_code(run, family):
-    parent, crashed, elite = family
-    ctx = run.context(parent.id, elites=(elite.id,))
-    full = mutation_prompt(ctx, ctx.parents[0], 100_000, approx_tokens)
-    # Room for everything except about half of the inspiration: the inspirations go first.
-    inspiration = approx_tokens("+MATRIX_LR = 0.05") * 8
-    trimmed = mutation_prompt(run.context(parent.id, elites=(elite.id,)), ctx.parents[0],
-                              full.tokens - inspiration, approx_tokens)  # fmt: skip
-    user = trimmed.messages[1]["content"]
-    assert trimmed.trimmed == ("Inspirations: 1 dropped",) and trimmed.tokens <= full.tokens - inspiration
-    assert "NameError" in user and "a longer warm-down" in user
-    tiny = mutation_prompt(run.context(parent.id, elites=(elite.id,)), ctx.parents[0], 1000, approx_tokens)
-    user = tiny.messages[1]["content"]
-    assert {t.split(":")[0] for t in tiny.trimmed} == {
-        "Inspirations", "Recent failures in this lineage", "Its lineage (newest first)",
-        "What the search has learned so far",
-    }  # fmt: skip
-    assert run.repo.read(parent).strip() in user
+# What a tight budget drops, in order: the first part here loses all its items before the next
+# loses any. The parent's header (setting, training, rule), its train.py and the task stay.
+DROP_ORDER = (
+    "Inspirations",
+    "Recent failures in this lineage",
+    "Its lineage (newest first)",
+    "What the search has learned so far",
+    "already tried (newest first)",
+)
+
+
+def test_a_tight_budget_drops_context_in_a_pinned_order_and_never_the_essentials(run, family):
+    parent, crashed, elite, worse = family
+    full = mutation_prompt(
+        context(run, parent, elite), run.context(parent.id).parents[0], 100_000, approx_tokens
+    )
+    emptied: list[str] = []
+    for budget in range(full.tokens, 1000, -40):
+        prompt = mutation_prompt(
+            context(run, parent, elite), run.context(parent.id).parents[0], budget, approx_tokens
+        )
+        user = prompt.messages[1]["content"]
+        for essential in (run.repo.read(parent).strip(), "trains at depth 2 for 10 s on cpu", "Its training",
+                          "How a child is judged", "Propose ONE change"):  # fmt: skip
+            assert essential in user, (budget, essential)
+        present = [t for t in DROP_ORDER if t in user]
+        gone = [t for t in DROP_ORDER if t not in present]
+        for title in gone:
+            if title not in emptied:
+                emptied.append(title)
+        # Nothing of a more important part goes while a less important one still has items.
+        for t in prompt.trimmed:
+            title = t.split(":")[0]
+            rank = next(i for i, d in enumerate(DROP_ORDER) if d in title)
+            assert all(d not in user for d in DROP_ORDER[:rank]), (budget, prompt.trimmed)
+        assert prompt.tokens <= budget or not present, budget
+        if not present:
+            break
+    assert emptied == list(DROP_ORDER)
 
 
 def test_fit_counts_with_tiktoken_and_drops_the_lowest_priority_items_first():
@@ -95,10 +159,10 @@ def _byte_encoding() -> tiktoken.Encoding:
 @pytest.fixture
 def fresh_counters(monkeypatch):
     """No encodings loaded yet in this process; the default encoding name is what the run asks for."""
-    from evolve.llm import prompts
+    from evolve.llm import budget
 
-    monkeypatch.setattr(prompts, "_ENCODINGS", {})
-    return prompts
+    monkeypatch.setattr(budget, "_ENCODINGS", {})
+    return budget
 
 
 def test_offline_the_default_encoding_falls_back_to_an_approximate_count_with_one_warning(

@@ -30,7 +30,7 @@ ENV_DUMP = (
 @pytest.mark.slow
 def test_an_llm_mutation_is_trained_and_the_key_never_reaches_it(tmp_path, llm_server, use_tiny_data):
     llm_server.default = lambda body: Reply(text=ENV_DUMP)
-    ws = init_workspace(tmp_path / "ws", "e2e", profile="tiny", budget=5.0)
+    ws = init_workspace(tmp_path / "ws", "e2e", profile="tiny", budget=4096)
     llm = {
         "model": "m1",
         "tokenizer": "approx",

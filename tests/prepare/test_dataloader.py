@@ -53,7 +53,7 @@ def config(
 ) -> RunConfig:
     profile = replace(get_profile("tiny"), seq_len=seq_len)
     return RunConfig(
-        depth=2, time_budget=5.0, seed=seed, profile=profile, device="cpu", result_path=None,
+        depth=2, budget=5.0, budget_unit="seconds", seed=seed, profile=profile, device="cpu",
         data_dir=data_dir, rank=rank, local_rank=rank, world_size=world_size,
     )  # fmt: skip
 

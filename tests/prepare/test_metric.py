@@ -1,24 +1,16 @@
-"""evaluate_bpb: agreement with a float64 brute force, the uniform-model identity, BOS exclusion, invariances, DDP."""
+"""evaluate_bpb: agreement with a float64 brute force, the uniform-model identity, BOS exclusion, invariances, causality probes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import runpy
-import socket
-import subprocess
-import sys
-import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from prepare.contract import RunConfig
 from prepare.errors import PrepareError
 from prepare.metric import evaluate_bpb
 from prepare.profiles import get_profile
@@ -66,12 +58,10 @@ def docs_of_lengths(lengths, seed: int = 0) -> list[np.ndarray]:
     return docs
 
 
-def config(data_dir: Path, eval_tokens: int, seed: int = 42) -> RunConfig:
-    profile = replace(get_profile("tiny"), seq_len=T, vocab_size=V, eval_tokens=eval_tokens)
-    return RunConfig(
-        depth=2, time_budget=5.0, seed=seed, profile=profile, device="cpu", result_path=None,
-        data_dir=data_dir, rank=0, local_rank=0, world_size=1,
-    )  # fmt: skip
+def score(model, data_dir: Path, eval_tokens: int, **kw) -> float:
+    """evaluate_bpb on the test layout (rows of T tokens), probes seeded so runs repeat."""
+    kw.setdefault("seed", 0)
+    return evaluate_bpb(model, data_dir, T, eval_tokens, **kw).val_bpb
 
 
 class TinyLM(torch.nn.Module):
@@ -146,7 +136,7 @@ def test_agrees_with_float64_brute_force(one_doc_per_row, token_bytes, dtype, ev
     model = TinyLM(dtype)
     rows = np.stack(docs[: math.ceil(eval_tokens / T)])
     expected = brute_force_bpb(model, rows, eval_tokens, token_bytes[1])
-    got = evaluate_bpb(model, cfg=config(data_dir, eval_tokens))
+    got = score(model, data_dir, eval_tokens)
     assert got == pytest.approx(expected, rel=1e-6)
     assert 2 < got < 20  # a random model over 300 tokens: several bits per byte
 
@@ -154,7 +144,7 @@ def test_agrees_with_float64_brute_force(one_doc_per_row, token_bytes, dtype, ev
 def test_uniform_model_scores_log2_vocab_per_mean_token_bytes(two_docs_per_row, token_bytes):
     data_dir, docs = two_docs_per_row
     eval_tokens = 4 * T
-    got = evaluate_bpb(ConstantLM(torch.zeros(V)), cfg=config(data_dir, eval_tokens))
+    got = score(ConstantLM(torch.zeros(V)), data_dir, eval_tokens)
     targets = np.concatenate([np.concatenate([docs[2 * i], docs[2 * i + 1]])[1:] for i in range(4)])
     assert len(targets) == eval_tokens and (targets == BOS).sum() == 4
     counted = token_bytes[1][targets]
@@ -169,100 +159,92 @@ def test_bos_targets_are_not_scored(two_docs_per_row, token_bytes):
     data_dir, docs = two_docs_per_row
     logits = torch.zeros(V)
     logits[BOS] = -30.0
-    got = evaluate_bpb(ConstantLM(logits), cfg=config(data_dir, 4 * T))
+    got = score(ConstantLM(logits), data_dir, 4 * T)
     targets = np.concatenate([np.concatenate([docs[2 * i], docs[2 * i + 1]])[1:] for i in range(4)])
     counted = token_bytes[1][targets[targets != BOS]]
     per_token = math.log(V - 1 + math.exp(-30.0))
     assert got == pytest.approx(per_token * len(counted) / (math.log(2) * counted.sum()), rel=1e-6)
 
 
-def test_result_does_not_depend_on_batch_size_or_seed(two_docs_per_row):
+def test_result_does_not_depend_on_batch_size_or_probe_seed(two_docs_per_row):
     data_dir, _ = two_docs_per_row
     model = TinyLM()
-    cfg = config(data_dir, 7 * T + 3)
-    reference = evaluate_bpb(model, cfg=cfg)
+    reference = score(model, data_dir, 7 * T + 3)
     for batch_size in (1, 3, 64):
-        assert evaluate_bpb(model, batch_size=batch_size, cfg=cfg) == pytest.approx(reference, rel=1e-12)
-    assert evaluate_bpb(model, cfg=config(data_dir, 7 * T + 3, seed=7)) == pytest.approx(reference, rel=1e-12)
+        assert score(model, data_dir, 7 * T + 3, batch_size=batch_size) == pytest.approx(reference, rel=1e-12)
+    assert score(model, data_dir, 7 * T + 3, seed=7) == pytest.approx(reference, rel=1e-12)
     # a different eval_tokens scores different targets
-    assert evaluate_bpb(model, cfg=config(data_dir, 5 * T)) != pytest.approx(reference, rel=1e-6)
+    assert score(model, data_dir, 5 * T) != pytest.approx(reference, rel=1e-6)
 
 
-def test_runs_without_gradients_in_eval_mode_and_restores_the_mode(one_doc_per_row):
+def test_a_static_batch_graph_is_fed_padded_batches(one_doc_per_row):
     data_dir, _ = one_doc_per_row
     model = TinyLM()
-    model.train()
-    evaluate_bpb(model, batch_size=2, cfg=config(data_dir, 5 * T))
-    assert model.calls and all(call == (False, False) for call in model.calls)
-    assert model.training
-    model.eval()
-    evaluate_bpb(model, cfg=config(data_dir, 5 * T))
-    assert not model.training
+    reference = score(model, data_dir, 5 * T)
+    assert score(model, data_dir, 5 * T, static_batch=4, batch_size=3) == pytest.approx(reference, rel=1e-12)
 
 
 def test_wrong_logits_shape_is_reported(one_doc_per_row):
     data_dir, _ = one_doc_per_row
     with pytest.raises(PrepareError, match="logits of shape"):
-        evaluate_bpb(ConstantLM(torch.zeros(V - 1)), cfg=config(data_dir, 2 * T))
+        score(ConstantLM(torch.zeros(V - 1)), data_dir, 2 * T)
 
 
 def test_too_small_validation_split_is_an_error(one_doc_per_row):
     data_dir, docs = one_doc_per_row
     with pytest.raises(PrepareError, match="fills only 12 of the 13 rows"):
-        evaluate_bpb(TinyLM(), cfg=config(data_dir, (len(docs) + 1) * T))
+        score(TinyLM(), data_dir, (len(docs) + 1) * T)
     with pytest.raises(PrepareError, match="evolve prepare"):
-        evaluate_bpb(TinyLM(), cfg=config(data_dir.parent / "missing", T))
+        score(TinyLM(), data_dir.parent / "missing", T)
 
 
-WORKER = """
-import os
-from dataclasses import replace
-import torch, torch.distributed as dist
-from prepare.contract import run_config
-from prepare.metric import evaluate_bpb
-from test_metric import TinyLM, config
+class Peeker(torch.nn.Module):
+    """TinyLM that also reads the next token at a share of positions (every `every`-th one)."""
 
-world = int(os.environ.get("WORLD_SIZE", "1"))
-if world > 1:
-    dist.init_process_group("gloo")
-cfg = replace(config(run_config().data_dir, {eval_tokens}), rank=int(os.environ.get("RANK", 0)), world_size=world)
-model = TinyLM()
-bpb = evaluate_bpb(model, batch_size=2, cfg=cfg)
-print(model.rows_seen, repr(bpb))
-if world > 1:
-    dist.destroy_process_group()
-"""
+    def __init__(self, every: int):
+        super().__init__()
+        self.base, self.every = TinyLM(), every
+        self.cheat = torch.nn.Embedding(V, V)
+        with torch.no_grad():
+            self.cheat.weight.copy_(torch.eye(V) * 20)
+
+    def forward(self, x):
+        logits = self.base(x)
+        nxt = torch.cat([x[:, 1:], x[:, -1:]], 1)
+        where = (torch.arange(x.shape[1]) % self.every == 0)[None, :, None]
+        return logits + self.cheat(nxt) * where
 
 
-def test_ranks_share_rows_and_agree_under_ddp(one_doc_per_row, tmp_path, monkeypatch):
-    """Two real processes over gloo on 127.0.0.1 (as torchrun would start them) score 7 rows 4 + 3."""
-    data_dir, _ = one_doc_per_row
-    script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(WORKER.format(eval_tokens=7 * T)))
-    monkeypatch.setenv("EVOLVE_DATA", str(data_dir))
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    single = runpy.run_path(str(script))["bpb"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
-               GLOO_SOCKET_IFNAME="lo", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script)],
-            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for r in range(2)
-    ]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, err[-2000:]
-    rows, values = zip(*(out.split()[-2:] for out, _ in outputs), strict=True)
-    assert rows == ("6", "5")  # 4 + 3 scored, plus each rank's 2-row causality probe of its first batch
-    assert float(values[0]) == float(values[1]) == pytest.approx(single, rel=1e-12)
+class Hider(torch.nn.Module):
+    """Peeks only in the second half of each row: the old probe (change the second half, compare the
+    first) never saw it."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = TinyLM()
+
+    def forward(self, x):
+        logits = self.base(x)
+        half = x.shape[1] // 2
+        peek = torch.nn.functional.one_hot(torch.cat([x[:, 1:], x[:, -1:]], 1), V).float() * 20
+        return logits + peek * (torch.arange(x.shape[1]) >= half)[None, :, None]
+
+
+def test_an_honest_model_passes_the_causality_probes_exactly(two_docs_per_row):
+    data_dir, _ = two_docs_per_row
+    result = evaluate_bpb(TinyLM(), data_dir, T, 12 * T, probes=12, seed=3)
+    assert result.probes == 12 and result.probe_max_diff == 0.0 and not result.leaks_future
+
+
+@pytest.mark.parametrize(
+    "model", [Peeker(every=1), Peeker(every=4), Hider()], ids=["everywhere", "a quarter", "second half"]
+)
+def test_a_model_that_reads_later_tokens_is_caught(two_docs_per_row, model):
+    data_dir, _ = two_docs_per_row
+    cheat = evaluate_bpb(model, data_dir, T, 8 * T, probes=12, seed=1)
+    honest = score(TinyLM(), data_dir, 8 * T)
+    assert cheat.val_bpb < honest  # it would have scored better ...
+    assert cheat.leaks_future and cheat.probe_max_diff > 1  # ... and the probes see why
 
 
 def test_uniform_model_on_the_prepared_tiny_dataset(use_tiny_data):
@@ -272,7 +254,9 @@ def test_uniform_model_on_the_prepared_tiny_dataset(use_tiny_data):
 
     profile = get_profile("tiny")
     tok = load_tokenizer()
-    got = evaluate_bpb(ConstantLM(torch.zeros(tok.vocab_size)))
+    got = evaluate_bpb(
+        ConstantLM(torch.zeros(tok.vocab_size)), use_tiny_data, profile.seq_len, profile.eval_tokens
+    ).val_bpb
     rows = validation_rows(use_tiny_data, profile.seq_len, profile.eval_tokens)
     targets = rows[:, 1:].reshape(-1)[: profile.eval_tokens]
     counted = tok.token_bytes()[targets]

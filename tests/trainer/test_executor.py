@@ -23,31 +23,40 @@ class ExecutorContract:
     @pytest.fixture
     def jobs(self, tmp_path, tiny_data, prepare_copy):
         """jobs(n, script="sleeper", **job_fields) -> n Jobs on fresh worktrees; each leaves its marks
-        in its own worktree (the one place outside its temp dir that train.py may write)."""
+        in a folder of its own that the job may write (`Job.writable`: a run works on a copy of its
+        worktree, which goes away with it). The budget is one batch of tokens."""
         trees = []
 
         made = iter(range(10**6))
 
-        def make(n: int, script: str = "sleeper", sleep: float = 1.0, **fields) -> list[Job]:
+        barrier = tmp_path / "barrier"
+        barrier.mkdir()
+
+        def make(
+            n: int, script: str = "sleeper", sleep: float = 1.0, together: int = 0, **fields
+        ) -> list[Job]:
             out = []
             for _ in range(n):
                 i = next(made)  # also the seed, so every job's mark file is its own
-                tree = tmp_path / f"{script}-{i}"
+                tree, marks = tmp_path / f"{script}-{i}", tmp_path / f"marks-{i}"
                 tree.mkdir()
+                marks.mkdir()
                 shutil.copy(SCRIPTS / f"{script}.py", tree / "train.py")
-                trees.append(tree)
-                env = {"MARK_DIR": str(tree), "SLEEP": str(sleep), "PYTHONPATH": str(prepare_copy.parent)}
+                trees.append(marks)
+                env = {"MARK_DIR": str(marks), "SLEEP": str(sleep), "PYTHONPATH": str(prepare_copy.parent),
+                       "BARRIER_DIR": str(barrier), "BARRIER_N": str(together)}  # fmt: skip
                 out.append(
                     Job(
                         worktree=tree,
                         depth=2,
-                        budget=5.0,
+                        budget=2048,
                         seed=i,
                         profile="tiny",
                         data_dir=tiny_data,
                         log_dir=tmp_path / f"logs-{script}-{i}",
                         extra_env=env,
                         allowance=30.0,
+                        writable=(marks, barrier),
                         **fields,
                     )
                 )
@@ -69,7 +78,7 @@ class ExecutorContract:
     def test_runs_as_many_jobs_at_once_as_it_has_slots_and_no_more(self, executor, jobs):
         with executor(("cpu", "cpu")) as ex:
             assert ex.slots == 2
-            results = [f.result(timeout=120) for f in [ex.submit(j) for j in jobs(4)]]
+            results = [f.result(timeout=180) for f in [ex.submit(j) for j in jobs(4, together=2)]]
         assert all(r.status is Status.OK for r in results), [r.reason for r in results]
         marks = self._marks(jobs)
         assert len(marks) == 4

@@ -1,4 +1,4 @@
-"""What a run cannot do: see secrets, outlive its run, fill the disk, or change prepare or the data."""
+"""What a run cannot do: see secrets or the validation data, outlive its run, fill the disk, change prepare or the data."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from trainer_support import alive
+from trainer_support import beating
 
 import trainer
 from trainer import Status
@@ -25,37 +25,48 @@ SECRETS = {
 }
 
 
-def test_no_secret_reaches_train_py(run_script, monkeypatch, tmp_path):
+def test_no_secret_and_no_data_reach_train_py(run_script, monkeypatch, tmp_path, tiny_data):
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SOME_UNRELATED_SETTING", "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    dump = tmp_path / "env.json"
+    # a cache folder that does not exist: the harness chooses the run's caches and makes them
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "no" / "such" / "inductor"))
+    out = tmp_path / "out"
+    dump = out / "env.json"
+    private = tmp_path / "private" / "id_rsa"  # one of the user's files, outside what the run is given
+    private.parent.mkdir()
+    private.write_text("secret")
+    look_for = [private, Path.home() / ".ssh", tiny_data / "val.bin", tiny_data / "train.bin"]
 
-    result = run_script("envdump", depth=3, seed=11, extra_env={"DUMP_PATH": str(dump)}, writable=[tmp_path])
+    result = run_script(
+        "envdump", depth=3, seed=11, writable=[out],
+        extra_env={"DUMP_PATH": str(dump), "LOOK_FOR": ":".join(map(str, look_for))},
+    )  # fmt: skip
 
     assert result.status is Status.OK, result.reason
     seen = json.loads(dump.read_text())
-    before, initial = seen["environ"], seen["initial"]
+    before = seen["environ"]
     text = json.dumps(seen)
     for name, value in SECRETS.items():
         assert name not in before and value not in text
     assert "SOME_UNRELATED_SETTING" not in before
     # what training needs does arrive
     assert before["OMP_NUM_THREADS"] == "1" and before["NCCL_NVLS_ENABLE"] == "0"
-    assert before["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
     assert before["PATH"] and before["PYTHONUNBUFFERED"] == "1"
     assert (before["EVOLVE_DEPTH"], before["EVOLVE_SEED"], before["EVOLVE_PROFILE"]) == ("3", "11", "tiny")
     assert before["EVOLVE_DEVICE"] == "cpu" and before["CUDA_VISIBLE_DEVICES"] == ""
-    # the signing key comes through a pipe that prepare read before train.py started: neither the
-    # environment nor the process's initial environment in /proc/self/environ holds it
-    assert not any(name.startswith("EVOLVE_RESULT_KEY") for name in before)
-    assert [e for e in initial if e.startswith("EVOLVE_RESULT_KEY")] == [
-        e for e in initial if e.startswith("EVOLVE_RESULT_KEY_FD=") and e.split("=", 1)[1].isdigit()
-    ]
-    assert Path(before["EVOLVE_RESULT"]).parent == Path(result.log_path).parent  # outside the worktree
+    # the caches, the temp dir and the home are the run's own, inside its sandbox
+    assert before["TORCHINDUCTOR_CACHE_DIR"] == "/evolve/cache/inductor" and before["TMPDIR"] == "/tmp"
+    assert before["HOME"] == "/evolve/home" and seen["cwd"] == "/evolve/work"
+    assert not (tmp_path / "no").exists()
+    # the file system: no home, no store, no shards; the data folder holds the tokenizer and manifest
+    listing = seen["listing"]
+    assert "home" not in listing["/"] and listing["/evolve"] == ["cache", "data", "home", "sock", "work"]
+    assert seen["found"] == {str(p): False for p in look_for}
+    assert listing["/evolve/data"] == ["manifest.json", "tokenizer.json"]
+    assert not any(k.startswith("EVOLVE_RESULT") for k in before)  # no key, no result file
 
 
 def test_a_secret_cannot_be_smuggled_through_extra_env(run_script):
@@ -69,46 +80,48 @@ def test_gpu_devices_become_cuda_visible_devices():
 
 
 def test_nothing_the_run_started_outlives_it(run_script, tmp_path):
-    pid_path = tmp_path / "pids"
+    beat = tmp_path / "beat"
+    beat.mkdir()
 
-    result = run_script("grandchild", extra_env={"PID_PATH": str(pid_path)}, writable=[tmp_path])
+    result = run_script("grandchild", extra_env={"BEAT_DIR": str(beat)}, writable=[beat])
 
     assert result.status is Status.OK, result.reason
-    pids = [int(p) for p in pid_path.read_text().split()]
-    assert len(pids) == 2  # one in the run's process group, one that left it with setsid
-    assert not any(alive(pid) for pid in pids)
+    assert sorted(p.name for p in beat.iterdir()) == ["child", "detached"]  # both ran
+    assert beating(beat) == []  # and neither, not even the one in a session of its own, runs on
 
 
 def test_a_flood_of_output_is_capped_in_the_log(run_script):
     result = run_script("spam", extra_env={"SPAM_MB": "40"}, log_limit=2**20)
 
     log = Path(result.log_path)
-    assert log.stat().st_size < 2**20 + 4096
+    assert log.stat().st_size < 2**20 + 8192
     assert result.extra["output_bytes"] > 40 * 2**20 and result.extra["log_truncated"]
     assert "log capped" in log.read_text()
     assert "the end of the spam" in result.error_tail  # the real end is still seen
-    assert result.status is Status.INVALID  # it exited 0 without a result
+    assert result.status is Status.INVALID  # it exited 0 without handing over a model
 
 
-def test_editing_the_prepare_it_imports_makes_the_run_invalid(run_script, prepare_copy):
+def test_the_prepare_it_imports_is_read_only(run_script, prepare_copy):
     import prepare
 
     result = run_script("tamper")
 
-    assert result.status is Status.INVALID
-    assert "prepare package" in result.reason and "changed during the run" in result.reason
-    assert "# a better metric" in (prepare_copy / "metric.py").read_text()
+    assert result.status is Status.CRASH, result.reason
+    assert "Read-only file system" in result.error_tail
+    assert "# a better metric" not in (prepare_copy / "metric.py").read_text()
     assert "# a better metric" not in (Path(prepare.__file__).parent / "metric.py").read_text()
 
 
-def test_touching_the_prepared_data_makes_the_run_invalid(run_script, tiny_data, tmp_path):
+def test_the_validation_data_is_not_there(run_script, tiny_data, tmp_path):
     data = tmp_path / "data-copy"
     shutil.copytree(tiny_data, data)
+    stamp = (data / "val.bin").stat().st_mtime_ns
 
     result = run_script("tamper_data", data_dir=data)
 
-    assert result.status is Status.INVALID
-    assert "prepared data" in result.reason
+    assert result.status is Status.CRASH
+    assert "['manifest.json', 'tokenizer.json']" in result.error_tail
+    assert (data / "val.bin").stat().st_mtime_ns == stamp
 
 
 def test_a_prepare_inside_the_worktree_is_refused_unrun(worktree_with, tiny_data, tmp_path):
@@ -118,8 +131,32 @@ def test_a_prepare_inside_the_worktree_is_refused_unrun(worktree_with, tiny_data
     shutil.copytree(Path(prepare.__file__).parent, tree / "prepare")
 
     result = trainer.run(
-        tree, depth=2, budget=1, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tmp_path / "l"
+        tree, depth=2, budget=4096, seed=0, profile="tiny", data_dir=tiny_data, log_dir=tmp_path / "l"
     )
 
     assert result.status is Status.INVALID
     assert "inside its worktree" in result.reason and result.wall_seconds == 0.0
+
+
+def test_without_bubblewrap_the_trainer_says_how_to_get_it(run_script, monkeypatch, tmp_path):
+    from trainer import isolation
+
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    isolation.bwrap_version.cache_clear()
+    try:
+        with pytest.raises(trainer.TrainerError, match="apt-get install bubblewrap.*EVOLVE_ISOLATION=none"):
+            run_script("ok")
+    finally:
+        isolation.bwrap_version.cache_clear()
+
+
+def test_running_without_isolation_is_loud_and_recorded(run_script, monkeypatch):
+    monkeypatch.setenv("EVOLVE_ISOLATION", "none")
+
+    with pytest.warns(UserWarning, match="EVOLVE_ISOLATION=none"):
+        result = run_script("ok")
+
+    assert result.status is Status.OK, result.reason
+    assert result.isolation == "none"

@@ -60,15 +60,3 @@ def test_a_crash_reason_names_the_exception():
     )
     assert last_error(log) == "torch.OutOfMemoryError: CUDA out of memory. Tried"
     assert last_error("all fine\n") == ""
-
-
-def test_the_budget_allows_one_average_step_past_it_and_no_more():
-    from trainer.judge import training_limit
-
-    # A 1 s run whose last of 3 steps ran long on a loaded CPU: one step over is tolerated.
-    assert 1.37 <= training_limit(1.0, 1.37, 3)
-    # A 300 s run that kept going for 20 more steps of ~0.9 s is not.
-    assert 318.0 > training_limit(300.0, 318.0, 350)
-    # One step is capped at a quarter of the budget, and no step count means no step slack.
-    assert training_limit(10.0, 30.0, 2) == 10.0 * 1.02 + 0.25 + 2.5
-    assert training_limit(10.0, 20.0, None) == 10.0 * 1.02 + 0.25

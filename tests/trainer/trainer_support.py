@@ -12,6 +12,15 @@ import trainer
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
+def beating(folder: Path, wait: float = 1.0) -> list[str]:
+    """Names of the files in `folder` that some process still touches (their mtime moves in `wait` s)."""
+    import time
+
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    time.sleep(wait)
+    return [p.name for p in folder.iterdir() if before.get(p.name) != p.stat().st_mtime_ns]
+
+
 def alive(pid: int) -> bool:
     """True while `pid` is a live process (a zombie waiting to be reaped counts as dead)."""
     try:
@@ -54,14 +63,15 @@ def prepare_copy(tmp_path) -> Path:
 
 @pytest.fixture
 def run_script(worktree_with, tiny_data, tmp_path, prepare_copy):
-    """run_script("ok", budget=2) -> the RunResult of that script run by trainer.run (tiny profile)."""
+    """run_script("ok", budget=4096) -> the RunResult of that script run by trainer.run (tiny
+    profile: the budget is in training tokens unless budget_unit="seconds" is passed)."""
     count = 0
 
     def go(name: str, **kwargs) -> trainer.RunResult:
         nonlocal count
         count += 1
         kwargs.setdefault("depth", 2)
-        kwargs.setdefault("budget", 2.0)
+        kwargs.setdefault("budget", 4096)
         kwargs.setdefault("seed", 1)
         kwargs.setdefault("profile", "tiny")
         kwargs.setdefault("data_dir", tiny_data)

@@ -1,7 +1,6 @@
 """A small train.py in the shape of the baseline: the file the corpus' LLM answers edit."""
 
 import math
-import time
 
 import torch
 import torch.nn as nn
@@ -89,40 +88,30 @@ model = GPT(tokenizer.vocab_size, cfg.depth).to(device)
 optimizer = torch.optim.AdamW(
     model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY
 )
-loader = prepare.make_loader("train", batch_size=BATCH_SIZE, cfg=cfg)
 accum = max(1, TOTAL_BATCH_TOKENS // (BATCH_SIZE * seq_len))
+loader = prepare.train_loader(model, batch_size=BATCH_SIZE, accum=accum)
 
-start = time.time()
-training_time = 0.0
 step = 0
-while training_time < cfg.time_budget:
-    t0 = time.time()
-    lrm = lr_multiplier(training_time / cfg.time_budget)
+for i, (x, y) in enumerate(loader):
+    loss = model(x, y)
+    (loss / accum).backward()
+    if (i + 1) % accum:
+        continue
+    lrm = lr_multiplier(loader.progress)
     for group in optimizer.param_groups:
         group["lr"] = LEARNING_RATE * lrm
-    for _ in range(accum):
-        x, y = next(loader)
-        loss = model(x, y)
-        (loss / accum).backward()
     if GRAD_CLIP > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if not math.isfinite(loss.item()):
         prepare.abort_diverged(step, loss.item())
-    training_time += time.time() - t0
     step += 1
 
-with torch.no_grad():
-    val_bpb = prepare.evaluate_bpb(model, batch_size=BATCH_SIZE, cfg=cfg)
 prepare.report(
     cfg,
-    val_bpb=float(val_bpb),
-    training_seconds=training_time,
-    total_seconds=time.time() - start,
     peak_vram_mb=0.0,
     mfu_percent=0.0,
-    total_tokens_M=step * accum * BATCH_SIZE * seq_len / 1e6,
     num_steps=step,
     num_params_M=sum(p.numel() for p in model.parameters()) / 1e6,
     depth=cfg.depth,

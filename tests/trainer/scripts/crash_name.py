@@ -4,4 +4,4 @@ import prepare
 
 cfg = prepare.run_config()
 print("training...", flush=True)
-prepare.report(cfg, val_bpb=learning_rate * 2, training_seconds=0.1)  # noqa: F821
+prepare.report(cfg, lr=learning_rate * 2)  # noqa: F821

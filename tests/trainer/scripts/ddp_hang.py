@@ -1,13 +1,14 @@
-"""A torchrun worker that records its pid to $PID_DIR and then hangs, ignoring SIGTERM."""
+"""A torchrun worker that touches $BEAT_DIR/<rank> forever, ignoring SIGTERM."""
 
 import os
 import signal
 import time
+from pathlib import Path
 
 import prepare
 
 cfg = prepare.run_config()
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-with open(os.path.join(os.environ["PID_DIR"], str(cfg.rank)), "w") as f:
-    f.write(str(os.getpid()))
-time.sleep(1000)
+while True:
+    Path(os.environ["BEAT_DIR"], str(cfg.rank)).touch()
+    time.sleep(0.05)

@@ -1,4 +1,4 @@
-"""Training ran to the end but the model it scored gives a NaN val_bpb."""
+"""Trains to the end, but the model it hands over gives NaN logits: the evaluator's val_bpb is NaN."""
 
 import torch
 
@@ -7,6 +7,6 @@ import prepare
 cfg = prepare.run_config()
 vocab = prepare.load_tokenizer().vocab_size
 model = torch.nn.Embedding(vocab, vocab)
-torch.nn.init.constant_(model.weight, float("nan"))  # the weights it ended with
-val_bpb = prepare.evaluate_bpb(model)
-prepare.report(cfg, val_bpb=val_bpb, training_seconds=0.0)  # it trained nothing
+for _x, _y in prepare.train_loader(model, batch_size=8):
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))  # the weights it ends with

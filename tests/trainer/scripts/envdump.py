@@ -1,4 +1,4 @@
-"""Dumps the environment it sees (os.environ and the process's initial /proc/self/environ) to $DUMP_PATH."""
+"""Dumps the environment and the file system it sees to $DUMP_PATH, then trains a bigram honestly."""
 
 import json
 import os
@@ -10,9 +10,14 @@ import prepare
 seen = dict(os.environ)
 with open("/proc/self/environ", "rb") as f:
     initial = [entry.decode(errors="replace") for entry in f.read().split(b"\0") if entry]
+listing = {d: sorted(os.listdir(d)) for d in ("/", "/evolve", "/evolve/data") if os.path.isdir(d)}
+found = {p: os.path.exists(p) for p in seen.get("LOOK_FOR", "").split(":") if p}
 with open(seen["DUMP_PATH"], "w") as f:
-    json.dump({"environ": seen, "initial": initial}, f)
+    json.dump(
+        {"environ": seen, "initial": initial, "listing": listing, "cwd": os.getcwd(), "found": found}, f
+    )
 cfg = prepare.run_config()
 vocab = prepare.load_tokenizer().vocab_size
-val_bpb = prepare.evaluate_bpb(torch.nn.Embedding(vocab, vocab))  # a real score of an untrained bigram
-prepare.report(cfg, val_bpb=val_bpb, training_seconds=0.0)  # it trained nothing
+model = torch.nn.Embedding(vocab, vocab)
+for _x, _y in prepare.train_loader(model, batch_size=8):
+    pass
