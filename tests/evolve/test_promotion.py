@@ -211,3 +211,23 @@ def test_evidence_reads_the_store_by_seed_with_failures_and_the_noise_key(tmp_pa
     model, note = Evidence(store, "r", 4).model_for("gpu")
     assert model.sigma == pytest.approx(MODEL.sigma) and "no replicate on H200" in note
     store.close()
+
+
+def test_the_rule_in_words_states_the_gains_judge_accepts_at():
+    # What the LLM prompts are told (`describe_rule`) is what `judge` does: a child whose mean
+    # paired gain over two seeds is the stated one (a hair more) is kept, a hair less is not.
+    text = POLICY.describe(MODEL)
+    need = float(text.split("a mean gain of at least ")[1].split(" val_bpb over 2 seeds")[0])
+    assert "alpha 0.05" in text and "over 4 seeds" in text and "3 fresh seeds" in text
+    for margin, kept in ((1.01, True), (0.99, False)):  # the text rounds to 4 decimals
+        gain = need * margin
+        child = {42: PARENT[42] - gain * 0.9, 43: PARENT[43] - gain * 1.1}
+        d = judge(child, PARENT, MODEL, POLICY)
+        assert (d.action is Action.ACCEPT) is kept, (margin, d.reason)
+    # after one seed a child not ahead by the stated amount is dropped at once
+    first = float(text.split("after one seed it must be ahead by ")[1].split(" ")[0])
+    assert judge({42: PARENT[42] - first * 0.98}, PARENT, MODEL, POLICY).action is Action.REJECT
+    assert judge({42: PARENT[42] - first * 1.02}, PARENT, MODEL, POLICY).action is Action.REEVALUATE
+    assert "not measured yet" in POLICY.describe(None) and "not measured yet" in POLICY.describe(
+        NoiseModel.build({}, [])
+    )
