@@ -25,8 +25,9 @@ the simulation checks the arithmetic and the arithmetic checks the simulation.
 `--json` prints one object with the headline (the `steady` state at `--rho`): false_keep_rate
 (no change), worse_keep_rate (0.5 sigma worse), power_1sigma, power_2sigma, mean_seeds_null.
 
-`real` trains for real: a workspace with the default train.py on the tiny profile (CPU), the real
-engine, and an operator that proposes children that change nothing (each adds one unused
+`real` trains for real: a workspace with the default train.py on the tiny profile (CPU; its budget
+is in training tokens, which the harness's data stream counts, so the machine's load changes a
+run's wall clock, not its steps), the real engine, and an operator that proposes children that change nothing (each adds one unused
 assignment to train.py: a comment alone would be refused by the novelty check as the same code).
 It reports how many of them the engine accepted, the seeds it spent, and how long it took.
 
@@ -227,11 +228,12 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="promotion-real-"))
     os.environ.setdefault("EVOLVE_HOME", str(work / "home"))
+    from prepare.profiles import get_profile
+
     if args.data:
         os.environ["EVOLVE_DATA"] = str(args.data)
     else:
         from prepare.pipeline import prepare_dataset
-        from prepare.profiles import get_profile
 
         os.environ["EVOLVE_DATA"] = str(prepare_dataset(get_profile("tiny"), source="builtin").path)
     ws = init_workspace(work / "ws", run="null", profile="tiny", islands=2, budget=args.budget)
@@ -267,6 +269,8 @@ def real(args: argparse.Namespace) -> dict[str, Any]:
         "child_seeds_mean": sum(seeds.values()) / max(1, len(seeds)),
         "child_seeds": seeds,
         "baseline_runs": base_runs,
+        "budget": config.budget,
+        "budget_unit": get_profile("tiny").budget_unit,
         "noise": engine._evidence().model().describe(),
         "wall_seconds": round(wall, 1),
         "workspace": str(ws.root),
@@ -301,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--children", type=int, default=30, help="real: children that change nothing")
     ap.add_argument("--slots", type=int, default=2, help="real: CPU slots")
-    ap.add_argument("--budget", type=float, default=10.0, help="real: training seconds per run (tiny: 10)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="real: the training budget per run, in the profile's unit (default: tiny's, 65536 tokens)")  # fmt: skip
     ap.add_argument("--data", type=Path, help="real: a prepared tiny dataset (default: the builtin one)")
     ap.add_argument("--workdir", type=Path, help="real: where the workspace goes (default: a temp folder)")
     args = ap.parse_args(argv)

@@ -218,7 +218,9 @@ _STOP_TEXT = {
     help="Chance that a child which changes nothing is kept (default 0.05).",
 )
 @click.option(
-    "--budget", type=click.FloatRange(min=0, min_open=True), help="Seconds of training per experiment."
+    "--budget",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Training per experiment, in the profile's unit (seconds; training tokens for tiny).",
 )
 @click.option("--depth", type=click.IntRange(min=1), help="Model depth during the search.")
 @click.option(
