@@ -301,11 +301,14 @@ def judge(
         verdict = bounds.look(k, t)
         if verdict == "continue":
             continue
-        acc, rej = -bounds.accept[k - 1], -bounds.reject[k - 1]
-        if k >= policy.max_seeds:
-            rej = acc  # the last look: whatever is not accepted is rejected
+        acc, rej = None, -bounds.reject[k - 1]  # no accept line before MIN_OK_SEEDS
+        if k >= MIN_OK_SEEDS:
+            acc = -bounds.accept[k - 1]
+            if k >= policy.max_seeds:
+                rej = acc  # the last look: whatever is not accepted is rejected
+        lines = f"accept at <= {acc:+.2f}" if acc is not None else f"no accept before {MIN_OK_SEEDS} seeds"
         text = (f"paired on seed {_seeds(pairs)}: child - parent {mean:+.6f}, t {t:+.2f} "
-                f"(accept at <= {acc:+.2f}, reject at >= {rej:+.2f}; tau {tau:.5f}, dof {dof})")  # fmt: skip
+                f"({lines}, reject at >= {rej:+.2f}; tau {tau:.5f}, dof {dof})")  # fmt: skip
         if verdict == "accept":
             why = f"better than its parent at alpha {policy.alpha:g}: {text}"
             return Decision(Action.ACCEPT, why, tuple(pairs), mean, t, acc, rej)

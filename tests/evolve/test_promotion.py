@@ -95,6 +95,8 @@ def test_a_clear_loser_stops_after_one_seed_and_a_no_change_child_mostly_too():
     assert worse.action is Action.REJECT and worse.pairs == (42,) and worse.t > worse.reject_at
     same = judge({42: 1.000}, PARENT, MODEL, POLICY)
     assert same.action is Action.REJECT
+    # one seed has no accept line: the reason says so rather than quote one that does not apply
+    assert worse.accept_at is None and "(no accept before 2 seeds, reject at >= -0.59;" in worse.reason
 
 
 def test_an_undecided_child_runs_up_to_max_seeds_and_is_rejected_there():
