@@ -12,11 +12,18 @@ Every run of the workspace is in one frame (the `run` column); ids are unique ac
 run started from an exported champion has, in its baseline's `origin` column, the earlier run's
 individual it came from: `ancestry` and `descendants` follow that link, so the champion of the
 third run traces back to the first run's baseline.
+
+The rules are evolve's own, called on the frame's data, never re-derived here: the noise model
+(`evolve.judging.model_from_runs`, the `noise_floor` attribute), the bound elites are ranked by
+(`evolve.promotion.pessimistic`, the `bound` column), the transfer verdict (`evolve.champion.
+verdict`) and the champion (`evolve.champion.pick_champion`, `champion()`). `analysis` imports
+those pure functions; `evolve` never imports `analysis`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,19 +34,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evolve.champion import Candidate, pick_champion, verdict
+from evolve.judging import NoiseKey, RunFact, main_key, model_for_key, model_from_runs
+from evolve.promotion import NoiseModel, Score, pessimistic, pessimistic_many, pooled_std
+
 from .errors import AnalysisError
 
 STATE_DIR = ".evolve"
 DB_NAME = "evolve.db"
-# A child that improves on the baseline at validation depth by more than this many noise floors
-# transfers (the same margin as promotion's).
-TRANSFER_MARGIN = 2.0
 VERDICTS = ("transfers", "does not transfer", "inconclusive")
 
 LINEAGE_COLUMNS = (
     "id", "run", "commit", "branch", "parents", "parent", "kind", "origin", "operator", "island", "generation",
     "status", "decision", "created", "started", "finished", "depth", "val_bpb_mean", "val_bpb_std",
-    "val_bpb_n", "delta_parent", "delta_baseline", "validation_depth", "validation_bpb_mean",
+    "val_bpb_n", "bound", "confirmation", "confirmed_bpb_mean", "confirmed_bpb_n", "confirmed_seeds",
+    "delta_parent", "delta_baseline", "validation_depth", "validation_bpb_mean",
     "validation_bpb_n", "validation_delta_baseline", "verdict", "description", "guard_reason",
     "evaluations", "failures", "gpu_seconds", "llm_prompt_tokens", "llm_completion_tokens",
     "llm_tokens", "llm_cost",
@@ -144,14 +153,95 @@ def _scores(pos: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarra
     return mean, std, n
 
 
-def _pooled_floor(std: np.ndarray, n: np.ndarray, run_code: np.ndarray, n_runs: int) -> np.ndarray:
-    """Per run: seed-to-seed std pooled over individuals with n >= 2; NaN with none."""
-    dof = np.where(n >= 2, n - 1, 0)
-    var = np.where(n >= 2, std, 0.0) ** 2
-    num = np.bincount(run_code, weights=dof * var, minlength=n_runs)
-    den = np.bincount(run_code, weights=dof, minlength=n_runs)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, np.sqrt(num / den), np.nan)
+def _noise(
+    df: pd.DataFrame,
+    evs: pd.DataFrame,
+    epos: np.ndarray,
+    m: np.ndarray,
+    run_code: np.ndarray,
+    n_runs: int,
+    mean: np.ndarray,
+    std: np.ndarray,
+    n: np.ndarray,
+    alphas: list[float],
+) -> tuple[list[NoiseModel | None], np.ndarray]:
+    """Per run, evolve's noise model at the run's main key; per row, the bound it is ranked by."""
+    ids = df["id"].to_numpy(dtype=object)
+    accepted_row = (df["decision"] == "accept").to_numpy()
+    sel = np.flatnonzero(m)
+    rows = epos[sel]
+    keys = pd.DataFrame({
+        "profile": evs["profile"].to_numpy(dtype=object)[sel], "depth": evs["depth"].to_numpy(dtype=np.int64)[sel],
+        "budget": np.round(evs["budget"].to_numpy(dtype=float)[sel], 6),
+        "kind": pd.Series(evs["gpu_name"].to_numpy(dtype=object)[sel]).fillna("").replace("", "cpu").to_numpy(),
+    })  # fmt: skip
+    key_code, uniques = pd.factorize(pd.MultiIndex.from_frame(keys)) if len(keys) else (np.zeros(0, int), [])
+    key_list = [NoiseKey(str(p), int(d), float(b), str(k)) for p, d, b, k in uniques]
+    seed = evs["seed"].to_numpy(dtype=np.int64)[sel]
+    ok = evs["ok"].to_numpy(dtype=bool)[sel]
+    bpb = evs["val_bpb"].to_numpy(dtype=float)[sel]
+    erun = run_code[rows]
+
+    def facts(where: np.ndarray) -> list[RunFact]:
+        return [
+            RunFact(
+                ids[rows[i]], int(seed[i]), NoiseKey(*key_list[key_code[i]]), float(bpb[i]) if ok[i] else None
+            )
+            for i in np.flatnonzero(where)
+        ]
+
+    models: list[NoiseModel | None] = []
+    bound = np.full(len(df), np.nan)
+    for code in range(n_runs):
+        members = np.flatnonzero(run_code == code)
+        accepted = [ids[r] for r in members if accepted_row[r]]
+        scored = members[n[members] > 0]
+        in_run = erun == code
+        if len(np.unique(key_code[in_run])) <= 1:
+            # One key (the usual case): the model needs only the accepted individuals' runs, and
+            # one model ranks every row. `model_from_runs` ignores the others anyway.
+            mine = facts(in_run & accepted_row[rows])
+            key = key_list[key_code[in_run][0]] if in_run.any() else None
+            models.append(model_from_runs(mine, accepted, key) if key is not None else None)
+            if models[-1] is not None:
+                bound[scored] = pessimistic_many(mean[scored], n[scored], models[-1], alphas[code])
+            continue
+        everything = facts(in_run)
+        models.append(model_from_runs(everything, accepted, main_key(everything)))
+        by_ind: dict[str, list[RunFact]] = {}
+        for f in everything:
+            by_ind.setdefault(f.individual, []).append(f)
+        cache: dict = {}
+        for r in scored:
+            if ids[r] not in by_ind:
+                continue
+            k = main_key(by_ind[ids[r]])
+            if k not in cache:
+                cache[k] = model_for_key(everything, accepted, k)[0]
+            bound[r] = pessimistic(Score(float(mean[r]), float(std[r]), int(n[r])), cache[k], alphas[code])
+    return models, bound
+
+
+def _confirmations(conn: sqlite3.Connection, df: pd.DataFrame) -> None:
+    """The fresh-seed confirmations evolve recorded (migration 10), per individual at its run's depth."""
+    cols = ("confirmation", "confirmed_bpb_mean", "confirmed_bpb_n", "confirmed_seeds")
+    df["confirmation"], df["confirmed_bpb_mean"] = None, np.nan
+    df["confirmed_bpb_n"], df["confirmed_seeds"] = 0, None
+    if "confirmations" not in {
+        r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+    }:
+        return
+    rows = _read(conn, "SELECT individual, depth, status, mean, n, first_seed, seeds FROM confirmations")
+    if rows.empty:
+        return
+    rows = rows.merge(df[["id", "depth"]].astype({"depth": "float64"}), left_on=["individual", "depth"],
+                      right_on=["id", "depth"])  # fmt: skip
+    at = df.reset_index().set_index("id")["index"]
+    for r in rows.itertuples():
+        i = at[r.individual]
+        last = r.first_seed + r.seeds - 1
+        df.loc[i, list(cols)] = [r.status, r.mean if r.mean is not None else np.nan, int(r.n),
+                                 f"{r.first_seed}-{last}" if r.seeds > 1 else str(r.first_seed)]  # fmt: skip
 
 
 def lineage(path: str | Path = ".", run: str | None = None) -> pd.DataFrame:
@@ -205,7 +295,8 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     evs = _read(
         conn,
         "SELECT i.rowid AS r, e.depth AS depth, e.purpose = 'validation' AS validation,"
-        " (e.status = 'ok' AND e.val_bpb IS NOT NULL) AS ok, e.val_bpb AS val_bpb,"
+        " (e.status = 'ok' AND e.val_bpb IS NOT NULL) AS ok, e.val_bpb AS val_bpb, e.seed AS seed,"
+        " e.profile AS profile, e.budget AS budget, e.gpu_name AS gpu_name,"
         " COALESCE(e.wall_seconds, 0) * (LENGTH(e.device) - LENGTH(REPLACE(e.device, ',', '')) + 1) AS gpu"
         " FROM evaluations e JOIN individuals i ON i.id = e.individual ORDER BY e.id",
     )
@@ -240,10 +331,14 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     for code, name in enumerate(run_names):
         if search_depth[code] < 0 and isinstance(settings.get(name, {}).get("depth"), int):
             search_depth[code] = settings[name]["depth"]
-    m = ok & ~val & (depth == search_depth[erun])
+    searched = ~val & (depth == search_depth[erun])
+    m = ok & searched
     mean, std, n = _scores(epos[m], bpb[m], n_rows)
     df["depth"] = pd.array(np.where(search_depth[run_code] >= 0, search_depth[run_code], None), dtype="Int64")
     df["val_bpb_mean"], df["val_bpb_std"], df["val_bpb_n"] = mean, std, n
+    alphas = [float(settings.get(name, {}).get("alpha", 0.05)) for name in run_names]
+    models, df["bound"] = _noise(df, evs, epos, searched, run_code, n_runs, mean, std, n, alphas)
+    _confirmations(conn, df)
 
     # Delta vs parent: against the best-scoring parent (a crossover must beat both to improve).
     best_parent = np.full(n_rows, np.nan)
@@ -252,7 +347,6 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     base = _baselines(df, counts, run_code, n_runs)
     base_mean = np.where(base >= 0, mean[np.maximum(base, 0)], np.nan)
     df["delta_baseline"] = mean - base_mean[run_code]
-    floors = _pooled_floor(std, n, run_code, n_runs)
 
     # Validation: evaluations with purpose `validation` at the deepest depth validated in the run.
     vdepth = np.full(n_runs, -1, dtype=np.int64)
@@ -263,17 +357,19 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     df["validation_bpb_mean"], df["validation_bpb_n"] = vmean, vn
     vbase = np.where(base >= 0, vmean[np.maximum(base, 0)], np.nan)
     df["validation_delta_baseline"] = vmean - vbase[run_code]
-    vfloors = np.where(vdepth >= 0, _pooled_floor(vstd, vn, run_code, n_runs), np.nan)
+    vgroups: list[dict[int, list[float]]] = [{} for _ in range(n_runs)]
+    for r, v in zip(epos[m], bpb[m], strict=True):
+        vgroups[run_code[r]].setdefault(int(r), []).append(float(v))
+    vfloors = np.array([pooled_std(g.values()) if vdepth[c] >= 0 else None for c, g in enumerate(vgroups)],
+                       dtype=float)  # fmt: skip
     gain = -df["validation_delta_baseline"].to_numpy()
     floor = vfloors[run_code]
     is_base = np.zeros(n_rows, dtype=bool)
     is_base[base[base >= 0]] = True
-    verdict = np.select(
-        [np.isnan(gain) | is_base, gain <= 0, ~np.isnan(floor) & (gain > TRANSFER_MARGIN * floor)],
-        [None, "does not transfer", "transfers"],
-        default="inconclusive",
-    )
-    df["verdict"] = pd.Series(verdict, index=df.index, dtype=object)
+    verdicts = np.full(n_rows, None, dtype=object)
+    for i in np.flatnonzero(~np.isnan(gain) & ~is_base):  # the validated rows only: evolve's rule
+        verdicts[i] = verdict(float(gain[i]), None if np.isnan(floor[i]) else float(floor[i])).value
+    df["verdict"] = pd.Series(verdicts, index=df.index, dtype=object)
     _stored_verdicts(conn, df)
 
     # Cost: device-seconds of every evaluation (a multi-GPU run counts each device), LLM usage.
@@ -285,7 +381,12 @@ def _lineage(conn: sqlite3.Connection, run: str | None) -> pd.DataFrame:
     df = df[list(LINEAGE_COLUMNS)].reset_index(drop=True)
     df.attrs.update(
         search_depth={name: int(search_depth[c]) for c, name in enumerate(run_names) if search_depth[c] >= 0},
-        noise_floor={name: float(floors[c]) for c, name in enumerate(run_names)},
+        noise_floor={
+            name: float(models[c].sigma)
+            if models[c] is not None and models[c].sigma is not None
+            else math.nan
+            for c, name in enumerate(run_names)
+        },
         validation_noise_floor={
             name: float(vfloors[c]) for c, name in enumerate(run_names) if vdepth[c] >= 0
         },
@@ -479,21 +580,35 @@ def leaderboard(df: pd.DataFrame, top: int | None = 10) -> pd.DataFrame:
 
 
 def champion(df: pd.DataFrame) -> pd.Series | None:
-    """The champion by `evolve export champion`'s rule (evolve.champion.choose_champion), for one run.
-
-    The transferring individual with the best mean at the validation depth; without one, the best
-    accepted individual at the search depth that was not shown not to transfer, the baseline
-    excepted (else the best accepted one, else the best scored one)."""
-    board = leaderboard(df, None)
-    if board.empty:
+    """The champion of one run, by evolve's own rule (`evolve.champion.pick_champion`, what
+    `evolve export champion` ships): the transferring individual with the best mean at the
+    validation depth; else the elite confirmed on fresh seeds with the best fresh-seed mean; else
+    the best accepted child by its bound not shown to fail deeper (the baseline last)."""
+    scored = df[df["val_bpb_mean"].notna()]
+    if scored.empty:
         return None
-    transfers = board[(board["verdict"] == "transfers") & board["validation_bpb_mean"].notna()]
-    if len(transfers):
-        return transfers.sort_values(["validation_bpb_mean", "id"], kind="stable").iloc[0]
-    accepted = board[board["decision"] == "accept"]
-    board = accepted if len(accepted) else board
-    eligible = board[(board["verdict"] != "does not transfer") & (board["parents"].map(len) > 0)]
-    return (eligible if len(eligible) else board).iloc[0]
+    col = lambda name, default=None: (
+        scored[name] if name in scored else pd.Series(default, index=scored.index)
+    )
+    nan = lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+    cands = [
+        Candidate(
+            id=str(r.id), baseline=len(r.parents) == 0, accepted=r.decision == "accept",
+            mean=float(r.val_bpb_mean), bound=nan(b), confirmation=nan(c), fresh_mean=nan(fm),
+            fresh_n=int(nan(fn) or 0), fresh_seeds=str(nan(fs) or ""), verdict=nan(r.verdict),
+            validation_mean=nan(vm), validation_depth=nan(vd),
+        )
+        for r, b, c, fm, fn, fs, vm, vd in zip(
+            scored.itertuples(), col("bound"), col("confirmation"), col("confirmed_bpb_mean"),
+            col("confirmed_bpb_n", 0), col("confirmed_seeds"), col("validation_bpb_mean"),
+            col("validation_depth"), strict=True,
+        )
+    ]  # fmt: skip
+    depth = col("depth").dropna()
+    picked = pick_champion(cands, int(depth.iloc[0]) if len(depth) else 0)
+    if picked is None:
+        return None
+    return df.loc[df["id"] == picked.id].iloc[0]
 
 
 def operator_stats(df: pd.DataFrame) -> pd.DataFrame:

@@ -58,6 +58,7 @@ from loopback import LLMServer, Reply  # noqa: E402
 from overhead import prepared_data  # noqa: E402
 
 from evolve.engine import Engine, EngineConfig  # noqa: E402
+from evolve.judging import Evidence  # noqa: E402
 from evolve.pairs import changes, files_at  # noqa: E402
 from evolve.scheduler import StopConditions  # noqa: E402
 from evolve.store import Store  # noqa: E402
@@ -281,7 +282,7 @@ def figures(ws, store: Store, run: str, wall: float, served: list[dict[str, Any]
         "device_runs": len(runs),
         "median_steps": statistics.median(steps) if steps else None,
         "runs_over_budget": sum(1 for e in runs if "over the budget" in e.reason),
-        "noise_floor": store.noise_floor(depth, run),
+        "noise_floor": Evidence(store, run, depth).model().sigma,  # the judge's sigma
         "wall_seconds": round(wall, 1),
         "served": served,
     }  # fmt: skip

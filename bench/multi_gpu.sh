@@ -33,7 +33,7 @@ PY
 WARM=$!
 sleep 1
 python3 bench/scaling.py --profile $PROFILE --source $SOURCE --gpus $GPUS --counts all,1 --budget $BUDGET \
-  --minutes $MINUTES --baseline-seeds 1 --workdir $W --out $OUT/scaling.json > $OUT/scaling.log 2>&1 &
+  --minutes $MINUTES --baseline-seeds 2 --workdir $W --out $OUT/scaling.json > $OUT/scaling.log 2>&1 &
 SC=$!
 until grep -q "^\[scaling\] 1 device" $OUT/scaling.log 2>/dev/null || ! kill -0 $SC 2>/dev/null; do sleep 1; done
 wait $WARM; cat $OUT/warm.log | tail -3

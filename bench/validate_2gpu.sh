@@ -16,7 +16,7 @@ ev prepare --profile $PROFILE --source $SOURCE > $OUT/prepare.log 2>&1 || { tail
 el prepared
 sed 's/^COMPILE = True/COMPILE = False/' genome/baseline/train.py > /tmp/train_nocompile.py
 ev init $W --run v --profile $PROFILE --source $SOURCE --budget $BUDGET --train /tmp/train_nocompile.py > $OUT/init.log 2>&1 || { cat $OUT/init.log; exit 1; }
-ev run -w $W --gpus $GPUS --baseline-seeds 1 --max-experiments 2 --operators optuna_tweak --interval 15 > $OUT/run.log 2>&1
+ev run -w $W --gpus $GPUS --baseline-seeds 2 --max-experiments 2 --operators optuna_tweak --interval 15 > $OUT/run.log 2>&1
 el "search rc=$?"
 # The best child at the search depth, whatever the search decided: `--id` makes the path certain.
 BEST=$(python3 - $W <<'PY'

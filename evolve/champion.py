@@ -2,19 +2,21 @@
 
 Per individual validated at depth D (purpose `validation` in the store), two improvements over
 the baseline: at the search depth and at D, each read against that depth's noise floor (the
-seed-to-seed std pooled over every individual with two or more ok runs there; at D that is the
-baseline's seeds and the candidates' seeds, as `analysis` computes it). The verdict uses only the
-improvement at D, with the same rule as `analysis.frames`:
+seed-to-seed std: at the search depth the noise model's sigma (`evolve.judging`), at D pooled over
+every individual with two or more ok runs there, the baseline's seeds and the candidates'; `analysis`
+calls the same functions). The verdict (`verdict`) uses only the improvement at D:
 
 - `transfers`: better than the baseline at D by more than `TRANSFER_MARGIN` noise floors;
 - `does not transfer`: not better at all (or no ok run at D: it fails at that size);
 - `inconclusive`: better, but not clearly (or no noise floor at D yet).
 
 Verdicts are kept in the `transfer_verdicts` table (one row per individual and validation depth),
-which `analysis.lineage()` reads as its `verdict` column. The champion is the transferring
-individual with the best mean at the deepest validated depth; when none transfers, the best
-accepted individual at the search depth not shown to fail deeper, marked unvalidated.
-`resolve_champion` and `lineage_scores` are the hooks `evolve export champion` looks for.
+which `analysis.lineage()` reads as its `verdict` column. The champion (`pick_champion`, one rule
+that `analysis` calls too) is the transferring individual with the best mean at the deepest
+validated depth; when none transfers, the elite confirmed on fresh seeds with the best mean over
+those seeds (`evolve.confirmation`); before any is confirmed, the best accepted individual by its
+bound not shown to fail deeper, marked unconfirmed. `resolve_champion` and `lineage_scores` are
+the hooks `evolve export champion` looks for.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ import pandas as pd
 
 from genome import GenomeError, open_workspace
 
+from .confirmation import confirmations
 from .errors import EvolveError
-from .promotion import Score, pooled_std
+from .judging import Evidence, run_alpha
+from .promotion import PromotionPolicy, Score, pooled_std
 from .store import Individual, Purpose, Store
 
 DB_FILE = "evolve.db"
@@ -164,7 +168,7 @@ def transfer_report(
     search = store.scores(search_depth, run)
     values = store.values(validation_depth, run, purposes=(Purpose.VALIDATION,))
     validation = {ind: Score.of(v) for ind, v in values.items()}
-    search_floor = store.noise_floor(search_depth, run)
+    search_floor = Evidence(store, run, search_depth).model().sigma
     validation_floor = pooled_std(values.values())
     base_s, base_v = search.get(base.id), validation.get(base.id)
     rows = []
@@ -287,55 +291,134 @@ def validated_depths(store: Store, run: str) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """What the champion rule needs to know about one individual (`pick_champion`)."""
+
+    id: str
+    baseline: bool
+    accepted: bool
+    mean: float | None  # mean over all its ok runs at the search depth
+    bound: float | None  # the pessimistic bound elites are ranked by (evolve.promotion.pessimistic)
+    confirmation: str | None = None  # pending, confirmed, failed (evolve.confirmation), or None
+    fresh_mean: float | None = None  # mean over its fresh confirmation seeds alone
+    fresh_n: int = 0
+    fresh_seeds: str = ""  # e.g. "45-47"
+    verdict: str | None = None  # the transfer verdict kept by `evolve validate`
+    validation_mean: float | None = None
+    validation_depth: int | None = None
+
+
+@dataclass(frozen=True)
 class Champion:
     id: str
     validated: bool  # True: its improvement transfers to `validation_depth`
-    search_mean: float | None
+    search_mean: float | None  # its reported score at the search depth: the fresh-seed mean once confirmed
     validation_depth: int | None
     validation_mean: float | None
     reason: str
+    confirmed: bool = False  # scored on fresh seeds it was never chosen on
+    fresh_n: int = 0
 
     def label(self) -> str:
         if self.validated:
             return f"{self.id} (transfers to depth {self.validation_depth})"
+        if self.confirmed:
+            return f"{self.id} (confirmed on {self.fresh_n} fresh seeds; unvalidated)"
         return f"{self.id} (unvalidated: {self.reason})"
 
 
-def choose_champion(store: Store, run: str, search_depth: int) -> Champion | None:
-    """The best transferring individual at the deepest validated depth (by its mean there).
+def _reported(c: Candidate) -> float | None:
+    return c.fresh_mean if c.confirmation == "confirmed" else c.mean
 
-    Without one: the best accepted individual at the search depth that was not shown not to
-    transfer (else the best accepted one), marked unvalidated."""
-    scores = store.scores(search_depth, run)
-    kept = stored_verdicts(store, run)
-    transfers = [v for v in kept if v.verdict is Verdict.TRANSFERS and v.validation_mean is not None]
+
+def pick_champion(candidates: Iterable[Candidate], search_depth: int) -> Champion | None:
+    """The champion rule, on plain facts (the store's through `choose_champion`, a frame's in analysis).
+
+    1. the transferring individual with the best mean at its validation depth;
+    2. else the confirmed elite (scored on fresh seeds) with the best fresh-seed mean, unless
+       shown not to transfer or its fresh-seed mean does not beat the baseline's mean;
+    3. else the best accepted individual by its bound that was not shown to fail deeper (nor
+       failed or lost its confirmation), the baseline last, marked unconfirmed;
+    4. else the best scored individual."""
+    cands = [c for c in candidates if c.mean is not None]
+    transfers = [c for c in cands if c.verdict == Verdict.TRANSFERS.value and c.validation_mean is not None]
     if transfers:
-        best = min(transfers, key=lambda v: (v.validation_mean, v.individual))
-        s = scores.get(best.individual)
-        return Champion(best.individual, True, s.mean if s else None, best.validation_depth,
-                        best.validation_mean, f"best of {len(transfers)} that transfer")  # fmt: skip
-    # Otherwise the best elite at the search depth, preferring one not shown to fail deeper.
-    board = store.leaderboard(search_depth, run, limit=None, accepted_only=True) or store.leaderboard(
-        search_depth, run, limit=None
-    )
+        best = min(transfers, key=lambda c: (c.validation_mean, c.id))
+        return Champion(best.id, True, _reported(best), best.validation_depth, best.validation_mean,
+                        f"best of {len(transfers)} that transfer", best.confirmation == "confirmed",
+                        best.fresh_n)  # fmt: skip
+    failing = {c.id for c in cands if c.verdict == Verdict.DOES_NOT_TRANSFER.value}
+    base = next((c for c in cands if c.baseline), None)
+    # a fresh-seed mean that does not beat the baseline's refutes the elite as the best
+    refuted = {c.id for c in cands if c.confirmation == "confirmed" and c.fresh_mean is not None
+               and base is not None and base.mean is not None and c.fresh_mean >= base.mean}  # fmt: skip
+    confirmed = [c for c in cands if c.accepted and not c.baseline and c.confirmation == "confirmed"
+                 and c.fresh_mean is not None and c.id not in failing | refuted]  # fmt: skip
+    if confirmed:
+        best = min(confirmed, key=lambda c: (c.fresh_mean, c.id))
+        reason = (
+            f"confirmed: mean over {best.fresh_n} fresh seeds ({best.fresh_seeds}) at depth {search_depth}"
+        )
+        if len(confirmed) > 1:
+            reason += f", best of {len(confirmed)} confirmed"
+        return Champion(best.id, False, best.fresh_mean, best.validation_depth, best.validation_mean, reason,
+                        True, best.fresh_n)  # fmt: skip
+    accepted = [c for c in cands if c.accepted]
+    board = sorted(accepted or cands, key=lambda c: (c.bound if c.bound is not None else c.mean, c.id))
     if not board:
         return None
-    failing = {v.individual for v in kept if v.verdict is Verdict.DOES_NOT_TRANSFER}
-    base = baseline_of(store, run)
-    failing.add(base.id if base else "")  # the reference itself is no champion to export
-    top = next((line for line in board if line.individual.id not in failing), board[0])
-    mine = next((v for v in kept if v.individual == top.individual.id), None)
-    if mine is not None:
-        reason = f"best at depth {search_depth}; {mine.verdict.value} at depth {mine.validation_depth}"
-    elif kept:
+    broken = {c.id for c in board if c.confirmation == "failed"} | refuted  # never, while another is left
+    bases = {c.id for c in board if c.baseline}
+    top = next(
+        (c for ok in (lambda c: c.id not in failing | bases | broken, lambda c: c.id not in bases | broken,
+                      lambda c: c.id not in broken, lambda c: True)
+         for c in board if ok(c)),
+    )  # fmt: skip
+    deeper = [c for c in cands if c.verdict is not None]
+    if top.verdict is not None:
+        reason = f"best at depth {search_depth}; {top.verdict} at depth {top.validation_depth}"
+    elif deeper:
         reason = (
-            f"best at depth {search_depth} not shown to fail at depth {kept[0].validation_depth}; "
+            f"best at depth {search_depth} not shown to fail at depth {deeper[0].validation_depth}; "
             "none validated there transfers"
         )
     else:
         reason = f"best at depth {search_depth}; run `evolve validate` to check that it transfers"
-    return Champion(top.individual.id, False, top.score.mean,
-                    mine.validation_depth if mine else None, mine.validation_mean if mine else None, reason)  # fmt: skip
+    if not top.baseline and top.confirmation != "confirmed":
+        reason += (
+            "; not confirmed on fresh seeds yet"
+            if top.confirmation != "failed"
+            else "; failed its fresh seeds"
+        )
+    return Champion(top.id, False, top.mean, top.validation_depth, top.validation_mean, reason)
+
+
+def candidates_of(store: Store, run: str, search_depth: int, alpha: float | None = None) -> list[Candidate]:
+    """Every scored individual of `run` as the champion rule sees it."""
+    policy = PromotionPolicy(alpha=alpha if alpha is not None else run_alpha(store, run))
+    ev = Evidence(store, run, search_depth)
+    kept = {v.individual: v for v in stored_verdicts(store, run)}
+    confirms = {c.individual: c for c in confirmations(store, run, search_depth)}
+    out = []
+    for ind_id, ind in ev.individuals.items():
+        score = ev.score(ind_id)
+        if score is None:
+            continue
+        v, c = kept.get(ind_id), confirms.get(ind_id)
+        out.append(Candidate(
+            id=ind_id, baseline=not ind.parents, accepted=ind.decision == "accept", mean=score.mean,
+            bound=ev.bound(ind_id, policy), confirmation=c.status if c else None,
+            fresh_mean=c.mean if c else None, fresh_n=c.n if c else 0, fresh_seeds=c.seed_text if c else "",
+            verdict=v.verdict.value if v else None, validation_mean=v.validation_mean if v else None,
+            validation_depth=v.validation_depth if v else None,
+        ))  # fmt: skip
+    return out
+
+
+def choose_champion(store: Store, run: str, search_depth: int) -> Champion | None:
+    """The champion of `run` (see `pick_champion`): what `evolve export champion` ships and
+    `evolve validate` takes first."""
+    return pick_champion(candidates_of(store, run, search_depth), search_depth)
 
 
 # --- the hooks of `evolve export` -----------------------------------------------------------------
@@ -370,7 +453,8 @@ def resolve_champion(root: Path | str) -> str:
 
 def lineage_scores(root: Path | str, ids: Iterable[str]) -> dict[str, float | str]:
     """Scores for the export message: the mean val_bpb, with the validation and the champion mark
-    for individuals validated deeper. Empty when the workspace has no store yet."""
+    for individuals validated deeper; the champion's score is its fresh-seed mean once confirmed.
+    Empty when the workspace has no store yet."""
     opened = _open(root)
     if opened is None:
         return {}
@@ -378,7 +462,9 @@ def lineage_scores(root: Path | str, ids: Iterable[str]) -> dict[str, float | st
     with store:
         scores = store.scores(depth, run)
         kept = {v.individual: v for v in stored_verdicts(store, run)}
-        champ = choose_champion(store, run, depth)
+        cands = candidates_of(store, run, depth)
+        champ = pick_champion(cands, depth)
+    fresh = {c.id: c for c in cands if c.confirmation == "confirmed"}
     out: dict[str, float | str] = {}
     for ind in ids:
         if ind not in scores:
@@ -388,7 +474,11 @@ def lineage_scores(root: Path | str, ids: Iterable[str]) -> dict[str, float | st
         if v is None and not is_champion:
             out[ind] = scores[ind].mean  # export prints it as "val_bpb 0.981234"
             continue
-        text = f"val_bpb {scores[ind].mean:.6f} at depth {depth}"
+        if is_champion and ind in fresh:
+            c = fresh[ind]
+            text = f"val_bpb {c.fresh_mean:.6f} at depth {depth} on fresh seeds {c.fresh_seeds}"
+        else:
+            text = f"val_bpb {scores[ind].mean:.6f} at depth {depth}"
         if v is not None and v.validation_mean is not None:
             text += f", {v.validation_mean:.6f} at depth {v.validation_depth} ({v.verdict.value})"
         elif v is not None:

@@ -19,6 +19,7 @@ from genome.workspace import Workspace
 from prepare.errors import PrepareError
 from prepare.profiles import PROFILES, get_profile
 
+from . import confirmation as confirm
 from . import storefile
 from .cli_validate import latest_transfer, transfer_summary, transfer_table
 from .engine import DB_FILE, Engine, EngineConfig
@@ -209,10 +210,17 @@ _STOP_TEXT = {
 @click.option("--target-bpb", type=float, help="Stop once the best mean val_bpb is at or below this.")
 @click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy.")
 @click.option(
-    "--baseline-seeds", type=click.IntRange(min=1), help="Evaluations of the baseline at start (default 3)."
+    "--baseline-seeds",
+    type=click.IntRange(min=2),
+    help="Evaluations of the baseline at start: the first noise model (default 5).",
 )
 @click.option(
-    "--max-seeds", type=click.IntRange(min=1), help="Most evaluations of one child before a decision (3)."
+    "--max-seeds", type=click.IntRange(min=2), help="Most paired seeds a child is judged on (default 4)."
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0, max=0.5, min_open=True, max_open=True),
+    help="Chance that a child which changes nothing is kept (default 0.05).",
 )
 @click.option(
     "--budget",
@@ -260,7 +268,7 @@ _STOP_TEXT = {
     help="Every HOURS, `evolve validate` the top elites on the last device, set aside for it.",
 )
 def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_bpb, islands, baseline_seeds,
-            max_seeds, budget, depth, operators, migrate_every, seed, interval, executor, address,
+            max_seeds, alpha, budget, depth, operators, migrate_every, seed, interval, executor, address,
             llm_models, llm_base_url, max_llm_usd, validate_every):  # fmt: skip
     """Evolve train.py in this workspace: start a run, or resume the one that was stopped.
 
@@ -277,7 +285,7 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
     ws = with_llm_flags(_workspace(workspace), llm_models, llm_base_url, max_llm_usd)
     config = EngineConfig.from_workspace(
         ws, profile=profile, strategy=strategy, islands=islands, baseline_seeds=baseline_seeds,
-        max_seeds=max_seeds, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
+        max_seeds=max_seeds, alpha=alpha, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
         seed=seed, stop=StopConditions(hours=hours, max_experiments=max_experiments, target_bpb=target_bpb),
     )  # fmt: skip
     ray = executor == "ray"
@@ -445,6 +453,8 @@ def show_cmd(individual, workspace, lines, conversation):
         score = store.scores(depth, ws.run).get(ind.id)
         evaluations = store.evaluations(ind.id)
         first = store.get(ind.parents[0]) if ind.parents else None
+        why = [e.payload for e in store.events(ws.run, kind="decision") if e.payload.get("id") == ind.id]
+        fresh = confirm.get(store, ind.id, depth)
         calls = store.llm_calls(ws.run, individual=ind.id)
         notes = _proposal_notes(store, ws.run, ind.id) if calls else {}
         if calls and conversation:
@@ -461,6 +471,11 @@ def show_cmd(individual, workspace, lines, conversation):
     if ind.guard_reason:
         console.print(f"refused: {ind.guard_reason}", highlight=False)
     console.print(f"score: {score if score else '-'}", highlight=False)
+    if why:
+        console.print(f"judged: {why[-1].get('reason', '')}", highlight=False, markup=False)
+    if fresh is not None:
+        mean = f", mean {fresh.mean:.6f} over them (n={fresh.n})" if fresh.mean is not None else ""
+        console.print(f"fresh seeds {fresh.seed_text}: {fresh.status}{mean}", highlight=False)
     for line in _llm_lines(calls, notes) if calls else ():
         console.print(line, highlight=False, markup=False)
     table = Table(title="evaluations")
@@ -537,7 +552,7 @@ def lineage_cmd(individual, workspace):
     help="Training tokens per run (default: the tiny profile's budget, 65,536).",
 )
 @click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
-@click.option("--baseline-seeds", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--baseline-seeds", default=4, show_default=True, type=click.IntRange(min=2))
 @click.option(
     "--interval", default=15.0, show_default=True, help="Seconds between summary lines without a terminal."
 )

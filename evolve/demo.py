@@ -37,7 +37,8 @@ OPERATOR_TABLE = f"""
 # Written by `evolve demo`: fewer seeds and faster migration than the defaults, for a short run.
 [search]
 baseline_seeds = {{seeds}}
-max_seeds = 2
+max_seeds = 3
+confirm_seeds = 1
 migrate_every = 4
 operators = ["optuna_tweak", "merge_crossover"]
 
@@ -58,7 +59,7 @@ def detuned_train_py(dest: Path) -> Path:
     return dest
 
 
-def make_workspace(directory: Path, budget: float | None, baseline_seeds: int = 2):
+def make_workspace(directory: Path, budget: float | None, baseline_seeds: int = 4):
     """A new demo workspace in `directory`, or the existing one (to resume)."""
     if (directory / SETTINGS_FILE).is_file():
         return open_workspace(directory)
@@ -83,10 +84,11 @@ def run_demo(
     children: int = 12,
     budget: float | None = None,
     gpus: str = "cpu:2",
-    baseline_seeds: int = 2,
+    baseline_seeds: int = 4,
     interval: float = 15.0,
     console: Console | None = None,
 ) -> None:
+    from .champion import choose_champion
     from .cli_run import _leaderboard, parse_gpus, run_engine
     from .engine import EngineConfig
 
@@ -118,8 +120,8 @@ def run_demo(
         console.print(
             f"  {name}: {s['children']} children, {s['improvements']} beat their parent", highlight=False
         )
-    board = engine.store.leaderboard(config.depth, engine.run_name, limit=1, accepted_only=True)
-    best = board[0].individual.id if board else "g0000"
+    champ = choose_champion(engine.store, engine.run_name, config.depth)
+    best = champ.id if champ is not None else "g0000"
     engine.close()
     console.print(f"\n{reason.value} in {time.time() - started:.0f} s. Next, try:", highlight=False)
     for line in (

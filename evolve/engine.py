@@ -10,7 +10,10 @@
 3. evaluates the baseline `baseline_seeds` times (in parallel) and accepts it;
 4. rebuilds the population from the store and hands over to the `Scheduler`: proposals
    (operator -> novelty -> static guard -> queue) and device runs (worktree -> trainer ->
-   store -> noise-aware promotion) until a stop condition.
+   store -> promotion) until a stop condition.
+
+Promotion (judging children, pairing runs of parents, confirming the best elite on fresh seeds)
+is the `Promotion` mixin of `evolve.engine_promotion`.
 
 Settings come from evolve.toml: `[run]` (see genome.settings), an optional `[search]` table with
 the keys of `EngineConfig` (operators, baseline_seeds, max_seeds, migrate_every, ahead, ...),
@@ -21,7 +24,6 @@ the operator's share of the draws, 0 to leave it out); flags of `evolve run` ove
 from __future__ import annotations
 
 import errno
-import math
 import os
 import random
 import shutil
@@ -45,7 +47,9 @@ from trainer import Executor, Job, RunResult, TrainerError
 
 from .agreement import refuse_disagreement
 from .engine_config import EngineConfig
+from .engine_promotion import Promotion
 from .errors import EvolveError
+from .judging import FIRST_SEED
 from .novelty import admit, code_hash
 from .operators.base import (
     Operator,
@@ -59,8 +63,8 @@ from .operators.base import (
 )
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
 from .pairs import Family, choose_parents
-from .population import MIGRATION_EVENT, Member, Strategy, from_store
-from .promotion import Action, PromotionPolicy, Score, decide
+from .population import Member, Strategy, from_store
+from .promotion import PromotionPolicy, Score
 from .scheduler import (
     EvalReport,
     Scheduler,
@@ -74,9 +78,6 @@ from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
 from .storefile import Backups, os_problem
 
 DB_FILE = "evolve.db"
-FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: children and the
-# baseline share seeds, so a child's first run is compared with the same data order
-REEVAL_PRIORITY = 10  # re-evaluations jump the queue: a decision waits on them
 FULL_DISK_BYTES = 1 << 20  # below this much free space, a failed run is blamed on the disk, not the child
 
 
@@ -87,7 +88,7 @@ def _data_dir(config: EngineConfig) -> Path:
     return dataset_dir(get_profile(config.profile), config.source)
 
 
-class Engine:
+class Engine(Promotion):
     """One evolution. Build it, then `run()` (or `start()` and drive the scheduler from a test)."""
 
     def __init__(
@@ -122,7 +123,13 @@ class Engine:
         self.store = Store(db)
         self.backups = Backups(db, keep=config.backups_kept)
         self._last_backup = 0.0
-        self.policy = PromotionPolicy(config.baseline_seeds, config.max_seeds, config.margin)
+        try:
+            self.policy = PromotionPolicy(
+                baseline_seeds=config.baseline_seeds, max_seeds=config.max_seeds, alpha=config.alpha,
+                gain=config.gain, futility=config.futility, confirm_seeds=config.confirm_seeds,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise EvolveError(f"{exc}; fix evolve.toml's [search] or the flag") from None
         self.weights = OperatorWeights()
         self.on_event = on_event
         self.lock = threading.RLock()  # the strategy, the proposal counter, the intake
@@ -177,7 +184,8 @@ class Engine:
                     "data_fingerprint": self.fingerprint}  # fmt: skip
         run = self.store.get_run(self.run_name)
         # Not identity: a resume may change them; `evolve status` shows the latest session's.
-        latest = {"islands": c.islands if c.strategy == "population" else 1, "operator_weights": c.weights}
+        latest = {"islands": c.islands if c.strategy == "population" else 1, "operator_weights": c.weights,
+                  "alpha": c.alpha}  # fmt: skip
         if run is None:
             settings = {**identity, "source": c.source, **latest}
             self.store.add_run(
@@ -395,15 +403,20 @@ class Engine:
         elif evaluation.commit != ind.commit:  # a score is only ever the individual's own commit's
             evaluation = replace(evaluation, status="invalid", val_bpb=None,
                                  reason=f"the trainer ran {evaluation.commit[:10]}, not {ind.id}'s {ind.commit[:10]}")  # fmt: skip
-        outcome = None
         with self._change():
             self.store.record_evaluation(evaluation)
             self.event("evaluated", id=ind.id, seed=seed, purpose=purpose.value, status=evaluation.status,
                        val_bpb=evaluation.val_bpb, reason=evaluation.reason, device=evaluation.device,
                        wall=round(time.time() - started, 1))  # fmt: skip
-            if purpose != Purpose.BASELINE:
-                outcome = self._promote(ind.id)
-        if outcome is not None:
+            now = self.store.get(ind.id)
+            assert now is not None
+            if now.parents and now.decision is None:
+                outcomes = self._promote(ind.id)
+            elif now.decision is not None:
+                outcomes = self._serviced(ind.id)  # a parent's paired seed, or a champion's fresh one
+            else:
+                outcomes = []  # the baseline's first seeds: `evaluate_baseline` decides
+        for outcome in outcomes:
             self._tell(outcome)
         training = evaluation.training_seconds if evaluation.status == "ok" else 0.0
         return EvalReport(wall_seconds=result.wall_seconds, training_seconds=float(training or 0.0))
@@ -422,56 +435,6 @@ class Engine:
             return EvalReport(wall_seconds=result.wall_seconds, recorded=False)  # stays running -> requeued
         return self._record(ind, result, seed, purpose, started)
 
-    # --- promotion --------------------------------------------------------------------------------
-    def _best_other(self, scores: Mapping[str, Score], exclude: str) -> Score | None:
-        accepted = [scores[i.id] for i in self.store.individuals(self.run_name, decision="accept")
-                    if i.id != exclude and i.id in scores]  # fmt: skip
-        return min(accepted, key=lambda s: s.mean) if accepted else None
-
-    def _promote(self, individual: str) -> Outcome | None:
-        """Decide on a child after an evaluation (inside the recording transaction)."""
-        assert self.strategy is not None
-        ind = self.store.get(individual)
-        assert ind is not None
-        scores = self.store.scores(self.config.depth, self.run_name)
-        score = scores.get(ind.id)
-        parent_scores = [scores[p] for p in ind.parents if p in scores]
-        parent = min(parent_scores, key=lambda s: s.mean) if parent_scores else None
-        if score is None:
-            action, reason = Action.REJECT, "no ok evaluation"
-        else:
-            floor = self.store.noise_floor(self.config.depth, self.run_name)
-            best = self._best_other(scores, ind.id)
-            attempts = len([e for e in self.store.evaluations(ind.id) if e.purpose != Purpose.VALIDATION])
-            d = self.policy.decide(score, parent, best, floor)
-            if d.action is Action.REEVALUATE and attempts >= self.policy.max_seeds:
-                # Seeds that crashed count: decide on the ones that came back.
-                d = decide(score, parent, best, floor, max_seeds=score.n, margin=self.policy.margin)
-            action, reason = d.action, d.reason
-        if action is Action.REEVALUATE:
-            self.store.set_status(ind.id, Status.QUEUED, priority=REEVAL_PRIORITY)
-            self.event("reevaluate", id=ind.id, reason=reason)
-            return None
-        accepted = action is Action.ACCEPT
-        self.store.set_decision(ind.id, "accept" if accepted else "reject")
-        self.event(
-            "decision", id=ind.id, action=action.value, reason=reason, mean=score.mean if score else None
-        )
-        member = Member(
-            id=ind.id,
-            score=score.mean if score else math.inf,
-            island=ind.island,
-            n=score.n if score else 0,
-            spread=score.std if score else 0.0,
-            generation=ind.generation,
-            parents=ind.parents,
-            description=ind.description,
-        )
-        for move in self.strategy.on_evaluated(member, accepted):
-            payload = {"member": move.member, "source": move.source, "target": move.target}
-            self.event(MIGRATION_EVENT, **payload)
-        return Outcome(child=ind, parents=ind.parents, score=score, accepted=accepted)
-
     def _tell(self, outcome: Outcome) -> None:
         op = self.operators.get(outcome.child.operator)
         if op is None:
@@ -480,15 +443,6 @@ class Engine:
             op.on_outcome(outcome)
         except Exception as exc:  # the operator's own state (e.g. optuna.db on a full disk)
             self.event("outcome_not_told", id=outcome.child.id, operator=op.name, error=str(exc)[:300])
-
-    def _decide_undecided(self) -> None:
-        """Children evaluated but never decided (only possible with an older engine): decide now."""
-        for ind in self.store.individuals(self.run_name, status=(Status.EVALUATED, Status.FAILED)):
-            if ind.parents and ind.decision is None:
-                with self._change():
-                    outcome = self._promote(ind.id)
-                if outcome is not None:
-                    self._tell(outcome)
 
     # --- proposals ----------------------------------------------------------------------------------
     def _code_hash(self, commit: str) -> str:
@@ -576,7 +530,7 @@ class Engine:
         elite_ids = [m.id for m in self.strategy.elites(self.config.elites, island=island if
                      self.config.strategy == "population" else None)]  # fmt: skip
         elite_ids += [m.id for m in self.strategy.elites(self.config.elites) if m.id not in elite_ids]
-        floor = self.store.noise_floor(self.config.depth, self.run_name)
+        model = self._evidence().model()  # the noise the judge uses, for the prompts
         name = op.name
 
         def report(**kw: Any) -> int:
@@ -594,12 +548,12 @@ class Engine:
             island=island,
             depth=self.config.depth,
             rng=rng,
-            noise_floor=floor,
+            noise_floor=model.sigma,
             elites=tuple(self._parent(i, scores) for i in elite_ids[: self.config.elites]),
             report_llm=report,
             settle_llm=lambda call, outcome, why="": self.store.settle_llm_call(call, outcome, why),
             partners=tuple(self._parent(m.id, scores) for m in partners),
-            acceptance=self.policy.describe(floor),
+            acceptance=self.policy.describe(model),
             baseline=self.baseline_id,
         )
         self._tried.add(op.name)
@@ -682,8 +636,8 @@ class Engine:
 
     def target_reached(self, target: float) -> bool:
         with self.lock:
-            best = self.strategy.best() if self.strategy is not None else None
-        return best is not None and best.score <= target
+            means = [m.mean for m in self.strategy.members()] if self.strategy is not None else []
+        return any(m is not None and m <= target for m in means)
 
     # --- the whole run ----------------------------------------------------------------------------
     def start(self, on_tick: Callable[[], None] | None = None, install_signals: bool = False) -> None:
@@ -716,7 +670,8 @@ class Engine:
         except BaseException:
             self.scheduler.abandon()  # kill the baseline runs still going
             raise
-        self.strategy = from_store(self.store, self.run_name, c.depth, c.strategy, **self._strategy_options())
+        self.strategy = from_store(self.store, self.run_name, c.depth, c.strategy, policy=self.policy,
+                                   **self._strategy_options())  # fmt: skip
         if not self.scheduler.stopping.is_set():
             self._adopt_orphans()
             self._decide_undecided()

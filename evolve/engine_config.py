@@ -33,9 +33,12 @@ class EngineConfig:
     strategy: str = "population"
     islands: int = 4
     operators: tuple[str, ...] = ()  # empty: every registered operator that can be built here
-    baseline_seeds: int = 3
-    max_seeds: int = 3
-    margin: float = 2.0
+    baseline_seeds: int = 5  # the baseline's seeds at the start: the first noise model
+    max_seeds: int = 4  # the most paired seeds a child is judged on
+    alpha: float = 0.05  # P(accept) of a child that changes nothing (the test's error rate)
+    gain: float = 1.75  # the gain, in paired-difference sds, the test's lines are shaped for
+    futility: float = -0.5  # how soon a child that does not look better is dropped (< 0)
+    confirm_seeds: int = 3  # fresh seeds a new best elite is confirmed on
     migrate_every: int = 20
     seed: int = 0
     ahead: int = 2  # ready children beyond one per device
@@ -103,8 +106,12 @@ class EngineConfig:
             (self.islands >= 1, "islands must be >= 1"),
             (self.budget > 0, "budget must be > 0"),
             (self.depth >= 1, "depth must be >= 1"),
-            (self.baseline_seeds >= 1, "baseline seeds must be >= 1"),
-            (self.max_seeds >= 1, "max seeds must be >= 1"),
+            (self.baseline_seeds >= 2, "baseline seeds must be >= 2 (the noise model needs two runs)"),
+            (self.max_seeds >= 2, "max seeds must be >= 2 (no child is accepted on fewer)"),
+            (0 < self.alpha < 0.5, "alpha must be in (0, 0.5)"),
+            (self.gain > 0, "gain must be > 0"),
+            (self.futility < 0, "futility must be < 0"),
+            (self.confirm_seeds >= 1, "confirm seeds must be >= 1"),
             (self.backup_minutes > 0, "[store] backup_minutes must be > 0"),
             (self.backups_kept >= 1, "[store] backups_kept must be >= 1"),
         ]

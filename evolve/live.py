@@ -21,6 +21,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from . import confirmation as confirm
+from .champion import choose_champion
+from .judging import Evidence
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
 from .population import Strategy, from_store
 from .promotion import Score
@@ -68,9 +71,9 @@ class Snapshot:
     queued: int
     devices: list[Device]
     islands: dict[int, list[Line]]  # members per island, best first
-    best: Line | None
+    best: Line | None  # the champion, with the score it is reported with
     baseline: Line | None
-    noise_floor: float | None
+    noise_floor: float | None  # the noise model's sigma
     duty: DutySummary
     operators: dict[str, dict[str, float]]  # children, improvements, failed, no_child, attempts, chance
     disk_bytes: int
@@ -79,6 +82,8 @@ class Snapshot:
         str, float
     ]  # calls, failures, unusable, prompt_tokens, completion_tokens, tokens, cost, mean_latency
     recent: list[str] = field(default_factory=list)
+    noise: str = ""  # the noise model in words (sigma, tau, their degrees of freedom)
+    best_note: str = ""  # why the champion is the best: confirmed on fresh seeds, or not yet
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -126,7 +131,14 @@ def event_text(kind: str, p: dict[str, Any]) -> str | None:
     if kind == "decision":
         return f"{p['id']} {p['action']}: {p.get('reason', '')}"
     if kind == "reevaluate":
-        return f"{p['id']} re-evaluate: {p.get('reason', '')}"
+        return f"{p['id']} next seed: {p.get('reason', '')}"
+    if kind == "pair":
+        return f"{p['id']} runs seed {','.join(map(str, p.get('seeds', [])))} to pair with its child {p.get('child')}"
+    if kind == "confirm_start":
+        return f"{p['id']} confirm: {p.get('reason', '')}"
+    if kind == "confirmed":
+        mean = f"mean {p['mean']:.6f} over fresh seeds {p.get('seeds')}" if p.get("mean") is not None else ""
+        return f"{p['id']} {p.get('status')}: {mean} ({p.get('reason', '')})"
     if kind == "proposed":
         what = "queued" if p.get("status") == "queued" else f"rejected ({p.get('reason', '')})"
         return f"{p['id']} by {p['operator']} from {'+'.join(p.get('parents', []))}: {p.get('description', '')} [{what}]"
@@ -176,8 +188,13 @@ def snapshot(
     for i in range(n_islands):
         lines = [_line(store, m.id, scores.get(m.id)) for m in strategy.members(i if n_islands > 1 else None)]
         island_lines[i] = [x for x in lines if x is not None]
-    board = store.leaderboard(depth, run, limit=1, accepted_only=True)
-    best = _line(store, board[0].individual.id, board[0].score) if board else None
+    ev = Evidence(store, run, depth)
+    model = ev.model()
+    champ = choose_champion(store, run, depth)
+    best = None
+    if champ is not None:
+        c = confirm.get(store, champ.id, depth) if champ.confirmed else None
+        best = _line(store, champ.id, c.score() if c is not None else scores.get(champ.id))
     baseline_row = next((i for i in everything if not i.parents), None)
     baseline = _line(store, baseline_row.id, scores.get(baseline_row.id)) if baseline_row else None
     session = active_session(store, run)
@@ -228,13 +245,15 @@ def snapshot(
         islands=island_lines,
         best=best,
         baseline=baseline,
-        noise_floor=store.noise_floor(depth, run),
+        noise_floor=model.sigma,
         duty=duty_summary(store, run),
         operators=operators,
         disk_bytes=disk.total_bytes + max(0, extra),
         log_files=disk.log_files,
         llm=_llm_totals(store.llm_spend(run)),
         recent=lines[-recent:],
+        noise=model.describe(),
+        best_note=champ.reason if champ is not None else "",
     )
 
 
@@ -295,6 +314,8 @@ def plain_line(s: Snapshot) -> str:
     busy = sum(1 for d in s.devices if d.individual)
     counts = " ".join(f"{k} {v}" for k, v in sorted(s.counts.items()))
     best = f"best {s.best.id} {s.best.score_text()} {s.best.description!r}" if s.best else "best -"
+    if s.best and s.best_note:
+        best += f" ({s.best_note})"
     floor = f"{s.noise_floor:.5f}" if s.noise_floor is not None else "-"
     rate = f"{s.duty.per_hour:.1f}" if s.duty.per_hour else "-"
     return (
@@ -312,7 +333,7 @@ def render(s: Snapshot) -> Panel:
         (f"{s.run}", "bold"),
         f"  {s.strategy}, profile {s.profile}, depth {s.depth}, budget {s.budget:g} s  |  ",
         ("running " + _clock(s.uptime) if s.active else "stopped", "green" if s.active else "yellow"),
-        f"\nnoise floor {floor}  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
+        f"\nnoise floor {floor} ({s.noise or '-'})  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",
         f"\n{llm_text(s.llm)}",
     )
@@ -322,8 +343,9 @@ def render(s: Snapshot) -> Panel:
         base = ""
         if s.baseline and s.baseline.mean is not None and s.best.mean is not None:
             base = f"  ({s.best.mean - s.baseline.mean:+.6f} vs baseline)"
+        note = f"\n      {s.best_note}" if s.best_note else ""
         best = Text.assemble(
-            ("best: ", "bold"), f"{s.best.id} {s.best.score_text()}{base}\n      {s.best.description}"
+            ("best: ", "bold"), f"{s.best.id} {s.best.score_text()}{base}\n      {s.best.description}{note}"
         )
 
     devices = Table(title="devices", expand=True, show_edge=False)

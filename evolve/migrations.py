@@ -206,6 +206,31 @@ def _v5_isolation_and_budget_unit(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE evaluations ADD COLUMN budget_unit TEXT NOT NULL DEFAULT 'seconds'")
 
 
+def _v10_confirmations(conn: sqlite3.Connection) -> None:
+    # A champion is confirmed on fresh seeds before it is called the best: seeds first_seed ..
+    # first_seed + seeds - 1 of `individual` at `depth`, which it had never been scored on when the
+    # row was written. mean/std/n are over those seeds only (the reported champion score); status
+    # is pending until every one of them has a run, then confirmed (all ok) or failed.
+    conn.execute(
+        """CREATE TABLE confirmations (
+            run TEXT NOT NULL REFERENCES runs(name),
+            individual TEXT NOT NULL REFERENCES individuals(id),
+            depth INTEGER NOT NULL,
+            first_seed INTEGER NOT NULL,
+            seeds INTEGER NOT NULL CHECK (seeds >= 1),
+            status TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'failed')),
+            mean REAL,
+            std REAL,
+            n INTEGER NOT NULL DEFAULT 0,
+            reason TEXT NOT NULL DEFAULT '',
+            started REAL NOT NULL,
+            finished REAL,
+            PRIMARY KEY (individual, depth)
+        )"""
+    )
+    conn.execute("CREATE INDEX confirmations_run ON confirmations(run, depth, status)")
+
+
 def _v15_provenance(conn: sqlite3.Connection) -> None:
     # `origin`: for a run's baseline, the individual of an earlier run whose exported code it
     # starts from (the lineage goes back across runs). `commit_sha` of an evaluation: the commit
@@ -255,6 +280,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "transfer verdicts of evolve validate", _v3_transfer_verdicts),
     Migration(4, "llm_calls: the individual a call was for", _v4_llm_call_individual),
     Migration(5, "evaluations: isolation and budget unit", _v5_isolation_and_budget_unit),
+    Migration(10, "confirmations: a champion's fresh seeds", _v10_confirmations),
     Migration(15, "a baseline's origin; the commit of each evaluation", _v15_provenance),
     Migration(20, "meta_insights: versions with checked items", _v20_insight_versions),
     Migration(21, "llm_calls: purpose, outcome and the texts", _v21_llm_call_outcomes),

@@ -10,7 +10,10 @@ Two strategies share one interface so the scheduler switches by name (`make_stra
   child is kept when promotion accepts it and it beats the current one, otherwise the chain goes
   back to the last kept. Nothing else is remembered.
 
-Lower scores (val_bpb) are better. Draws use a seeded `random.Random`, so a run is reproducible.
+Lower scores are better. A member's score is the bound it is ranked by
+(`evolve.promotion.pessimistic`: its mean val_bpb plus a confidence margin that shrinks with its
+seeds), not its mean, so a lucky mean on two seeds does not rank first; `Member.mean` is the mean.
+Draws use a seeded `random.Random`, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import TYPE_CHECKING
 from .errors import EvolveError
 
 if TYPE_CHECKING:
+    from .judging import Evidence
+    from .promotion import PromotionPolicy
     from .store import Store
 
 MIGRATION_EVENT = "migration"
@@ -32,7 +37,7 @@ MIGRATION_EVENT = "migration"
 
 @dataclass(frozen=True)
 class Member:
-    """An individual that may be chosen as a parent, with its mean score over seeds."""
+    """An individual that may be chosen as a parent, with the score it is ranked by (its bound)."""
 
     id: str
     score: float
@@ -43,6 +48,7 @@ class Member:
     generation: int = 0
     parents: tuple[str, ...] = ()
     description: str = ""
+    mean: float | None = None  # its mean val_bpb (None: same as score)
 
     @property
     def is_root(self) -> bool:
@@ -99,6 +105,16 @@ class Strategy(ABC):
     def best(self) -> Member | None:
         members = self.members()
         return members[0] if members else None
+
+    def refresh(self, members: Iterable[Member]) -> None:
+        """New scores for members already in (they gathered seeds, the noise model moved); others
+        are ignored."""
+        for member in members:
+            self._update(member)
+
+    @abstractmethod
+    def _update(self, member: Member) -> None:
+        """Replace the record of `member` where it is a member; nothing when it is not."""
 
     def elites(self, k: int = 3, island: int | None = None) -> list[Member]:
         """The top-k members of an island, or overall."""
@@ -157,6 +173,11 @@ class Population(Strategy):
         targets = present or (range(self.n_islands) if member.is_root else [member.island])
         for i in targets:
             self._islands[i][member.id] = member
+
+    def _update(self, member: Member) -> None:
+        for isl in self._islands:
+            if member.id in isl:
+                isl[member.id] = replace(member, island=isl[member.id].island)
 
     def place(self, member_id: str, island: int) -> bool:
         """Copy an existing member into `island` (replaying a recorded migration). False if unknown."""
@@ -259,13 +280,18 @@ class Ratchet(Strategy):
             self.add(member)
 
     def add(self, member: Member) -> None:
-        """Keep `member` if the chain is empty or it beats the current one (or updates its score)."""
+        """Keep `member` if the chain is empty, if it is a child of the current one (promotion found
+        it better than its parent), or if it ranks better; the same id again updates its score."""
         self._children.setdefault(member.id, member.children)
         if self.current is not None and member.id == self.current.id:
             self.current = self.kept[-1] = replace(member, island=0)
-        elif self.current is None or member.score < self.current.score:
+        elif self.current is None or self.current.id in member.parents or member.score < self.current.score:
             self.current = replace(member, island=0)
             self.kept.append(self.current)
+
+    def _update(self, member: Member) -> None:
+        if self.current is not None and member.id == self.current.id:
+            self.current = self.kept[-1] = replace(member, island=0)
 
     def select_parent(self, island: int | None = None) -> Member:
         if self.current is None:
@@ -277,8 +303,10 @@ class Ratchet(Strategy):
         return None  # a chain has no crossover
 
     def on_evaluated(self, child: Member, accepted: bool) -> list[Migration]:
-        # With several devices, two children of one parent may both be accepted: keep the better.
-        if accepted and (self.current is None or child.score < self.current.score):
+        # Accepted: the test found it better than its parent, and the chain moves on when that parent
+        # is the current one. With several devices two children of one parent may both be accepted:
+        # the second replaces the first only if it ranks better.
+        if accepted:
             self.add(child)
         return []
 
@@ -300,39 +328,57 @@ def make_strategy(name: str, **options: object) -> Strategy:
     return cls(**options)  # type: ignore[arg-type]
 
 
-def members_from_store(store: Store, run: str, depth: int) -> list[Member]:
+def member_of(ev: Evidence, individual: str, policy: PromotionPolicy) -> Member | None:
+    """The member record of an individual: ranked by its bound, with its mean, seeds and spread."""
+    score = ev.score(individual)
+    ind = ev.individuals.get(individual)
+    if score is None or ind is None:
+        return None
+    bound = ev.bound(individual, policy)
+    return Member(
+        id=ind.id,
+        score=bound if bound is not None else score.mean,
+        island=ind.island,
+        n=score.n,
+        spread=score.std,
+        generation=ind.generation,
+        parents=ind.parents,
+        description=ind.description,
+        mean=score.mean,
+    )
+
+
+def members_from_store(
+    store: Store, run: str, depth: int, policy: PromotionPolicy | None = None
+) -> list[Member]:
     """Accepted individuals of `run` with an ok score at `depth`, in the order they were created."""
-    scores = store.scores(depth, run)
+    from .judging import Evidence
+    from .promotion import PromotionPolicy
+
+    ev = Evidence(store, run, depth)
+    policy = policy or PromotionPolicy()
     children = store.children_counts(run)
     out = []
-    for ind in store.individuals(run, decision="accept"):
-        score = scores.get(ind.id)
-        if score is None:
-            continue
-        out.append(
-            Member(
-                id=ind.id,
-                score=score.mean,
-                island=ind.island,
-                n=score.n,
-                spread=score.std,
-                children=children.get(ind.id, 0),
-                generation=ind.generation,
-                parents=ind.parents,
-                description=ind.description,
-            )
-        )
+    for ind_id in ev.accepted():
+        member = member_of(ev, ind_id, policy)
+        if member is not None:
+            out.append(replace(member, children=children.get(ind_id, 0)))
     return out
 
 
 def from_store(
-    store: Store, run: str, depth: int, strategy: str = "population", **options: object
+    store: Store,
+    run: str,
+    depth: int,
+    strategy: str = "population",
+    policy: PromotionPolicy | None = None,
+    **options: object,
 ) -> Strategy:
     """Rebuild a strategy on resume: its accepted members, children counts and past migrations.
 
     A run resumed with fewer islands folds the old islands onto the new ones (island % islands)."""
     built = make_strategy(strategy, **options)
-    for member in members_from_store(store, run, depth):
+    for member in members_from_store(store, run, depth, policy):
         if isinstance(built, Population):
             member = replace(member, island=member.island % built.n_islands)
         built.add(member)

@@ -568,15 +568,15 @@ class Store(LLMRecords):
         """val_bpb of every ok evaluation at `depth`, per individual, in recording order."""
         return self._tally.values(self._query, depth, run, [Purpose(p).value for p in purposes])
 
+    def noise_floor(self, depth: int, run: str | None = None) -> float | None:
+        """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
+        return self._tally.noise_floor(self._query, depth, run, [p.value for p in SEARCH_PURPOSES])
+
     def scores(
         self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
     ) -> dict[str, Score]:
         """Mean, spread and count of the ok evaluations at `depth`, per individual."""
         return self._tally.scores(self._query, depth, run, [Purpose(p).value for p in purposes])
-
-    def noise_floor(self, depth: int, run: str | None = None) -> float | None:
-        """The pooled seed-to-seed std over every individual with >= 2 ok runs at `depth`."""
-        return self._tally.noise_floor(self._query, depth, run, [p.value for p in SEARCH_PURPOSES])
 
     def leaderboard(
         self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False

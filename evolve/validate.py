@@ -50,6 +50,8 @@ from .champion import (
 )
 from .config_check import check_keys, check_tables, check_values, operator_options
 from .errors import EvolveError
+from .judging import Evidence, run_alpha
+from .promotion import PromotionPolicy
 from .scheduler import compress_log, kill_training_children
 from .store import Evaluation, Individual, Purpose, Status, Store
 
@@ -160,23 +162,29 @@ def context(ws: Workspace, store: Store) -> Context:
 def candidates(
     store: Store, run: str, search_depth: int, top: int, pending: bool = False
 ) -> list[Individual]:
-    """The `top` best individuals at the search depth that the search kept (or has not judged).
+    """The `top` individuals the search kept (or has not judged), the champion first, then by the
+    bound elites are ranked by (`evolve.promotion.pessimistic`).
 
     The baseline is not a candidate (it is always validated, as the reference); neither is a
-    rejected child, nor (unless `pending`) one still waiting for a re-evaluation, which is ranked
-    by the seeds it has so far."""
+    rejected child, nor (unless `pending`) one still waiting for its next seed, which is ranked by
+    the seeds it has so far."""
     base = baseline_of(store, run)
     waiting = (Status.EVALUATED, Status.QUEUED, Status.RUNNING) if pending else (Status.EVALUATED,)
-    out = []
-    for line in store.leaderboard(search_depth, run, limit=None):
-        ind = line.individual
-        if base is not None and ind.id == base.id:
+    ev = Evidence(store, run, search_depth)
+    policy = PromotionPolicy(alpha=run_alpha(store, run))
+    champ = choose_champion(store, run, search_depth)
+    ranked = []
+    for ind_id, ind in ev.individuals.items():
+        if base is not None and ind_id == base.id:
             continue
-        if ind.decision == "accept" or (ind.decision is None and ind.status in waiting):
-            out.append(ind)
-        if len(out) >= top:
-            break
-    return out
+        if not (ind.decision == "accept" or (ind.decision is None and ind.status in waiting)):
+            continue
+        bound = ev.bound(ind_id, policy)
+        if bound is None:
+            continue
+        first = 0 if champ is not None and ind_id == champ.id else 1
+        ranked.append((first, bound, -ev.score(ind_id).n, ind_id))  # type: ignore[union-attr]
+    return [ev.individuals[r[-1]] for r in sorted(ranked)[:top]]
 
 
 def chosen(store: Store, run: str, search_depth: int, spec: ValidationSpec) -> list[Individual]:

@@ -1,4 +1,4 @@
-"""One individual as the web view's side panel shows it: scores per seed, diffs, curves, logs, LLM.
+"""One individual as the web view's side panel shows it: its judging, seeds, diffs, curves, logs, LLM.
 
 Its row comes from the lineage frame, its evaluations and LLM calls from the store's read paths,
 its diffs from `git diff` against each parent (a crossover has two), and the log tails from the
@@ -12,16 +12,20 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from evolve.live import event_text
 from evolve.scheduler import read_log
 
 from ..report import commit_diff
 from .views import WebView, inside, jsonable
 
 LOG_TAIL_LINES = 80
+# The engine's events about judging one individual (`evolve.engine_promotion`), in the order it wrote them.
+JUDGING = ("reevaluate", "decision", "confirm_start", "confirmed")
 # The baseline's progress line (`step 00025 | loss 3.2101 | ...`); a train.py that prints none has no curve.
 STEP_LINE = re.compile(r"^step\s+(\d+)\s*\|\s*loss\s+([-+0-9.eE]+|nan|inf)", re.MULTILINE)
 _SHOWN = ("id", "run", "commit", "branch", "operator", "kind", "island", "generation", "status", "decision",
           "created", "started", "finished", "depth", "val_bpb_mean", "val_bpb_std", "val_bpb_n", "delta_parent",
+          "bound", "confirmation", "confirmed_bpb_mean", "confirmed_bpb_n", "confirmed_seeds",
           "delta_baseline", "validation_depth", "validation_bpb_mean", "validation_bpb_n",
           "validation_delta_baseline", "verdict", "description", "guard_reason", "gpu_seconds",
           "llm_tokens", "llm_cost")  # fmt: skip
@@ -62,6 +66,13 @@ def individual(view: WebView, run: str, ind_id: str) -> dict[str, Any]:
                 {**asdict(call), "messages": text[0] if text else None, "answer": text[1] if text else None}
             )
         proposed = [e for e in store.events(run, kind="proposed") if e.payload.get("id") == ind_id]
+        # How it was judged, in the engine's own words (the lines `evolve status` shows).
+        mine = [e for k in JUDGING for e in store.events(run, kind=k) if e.payload.get("id") == ind_id]
+        mine += [e for e in store.events(run, kind="pair") if e.payload.get("child") == ind_id]
+        judging = [
+            {**e.payload, "time": e.time, "kind": e.kind, "text": event_text(e.kind, e.payload)}
+            for e in sorted(mine, key=lambda e: e.id)
+        ]
     evs = []
     for e in evaluations:
         text, where = _log(view, e.log_path)
@@ -83,4 +94,6 @@ def individual(view: WebView, run: str, ind_id: str) -> dict[str, Any]:
         "evaluations": evs,
         "llm": {"calls": calls, "notes": notes},
         "proposed": asdict(proposed[-1]) if proposed else None,
+        "judging": judging,
+        "judged": next((j["reason"] for j in reversed(judging) if j["kind"] == "decision"), None),
     })  # fmt: skip

@@ -253,8 +253,12 @@ class WebView:
         data = dict(self._snapshot(run))
         d = self.frame(run)
         champ = champion(d) if len(d) else None
+        # Its reported score: the mean over its fresh seeds once they confirmed it (evolve.champion).
+        fresh = champ is not None and champ["confirmation"] == "confirmed"
         data["champion"] = None if champ is None else {
-            "id": champ["id"], "val_bpb": champ["val_bpb_mean"], "n": champ["val_bpb_n"],
+            "id": champ["id"], "val_bpb": champ["confirmed_bpb_mean"] if fresh else champ["val_bpb_mean"],
+            "n": champ["confirmed_bpb_n"] if fresh else champ["val_bpb_n"], "bound": champ["bound"],
+            "confirmation": champ["confirmation"], "fresh_seeds": champ["confirmed_seeds"],
             "verdict": champ["verdict"], "delta_baseline": champ["delta_baseline"],
             "description": champ["description"],
         }  # fmt: skip

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from genome.edits import DEFAULT_PATH
 
 from ..pairs import Changes, changes, files_at
-from ..promotion import describe_rule
+from ..promotion import PromotionPolicy, describe_rule
 from ..store import Individual, Status
 from .budget import Part
 
@@ -302,7 +302,7 @@ def _num(value: Any) -> bool:
 def rule(ctx: ProposalContext) -> str:
     """The noise floor and the acceptance rule, as promotion applies it."""
     floor = f"±{ctx.noise_floor:.4f}" if ctx.noise_floor else "not measured yet"
-    text = ctx.acceptance or describe_rule(ctx.noise_floor)
+    text = ctx.acceptance or describe_rule(PromotionPolicy())  # the default rule, without the run's noise
     return f"Seed-to-seed noise floor of val_bpb: {floor}. How a child is judged: {text}"
 
 

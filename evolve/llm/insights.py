@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..judging import Evidence
 from ..store import Status
 from .client import LLMClient, LLMError
 from .prompts import REQUIRED, Counter, Part, fit, program_text
@@ -297,7 +298,7 @@ class Insights:
         previous = self.store.insight_versions(self.run, limit=1)
         lines = [f.line for f in reversed(list(known.values())[-RECENT_CHILDREN:])]  # newest first
         best = sorted(scores.items(), key=lambda kv: kv[1].mean)[:5]
-        noise = self.store.noise_floor(self.depth, self.run)
+        noise = Evidence(self.store, self.run, self.depth).model().sigma
         leaders = [f"- {i}: {s.mean:.6f} (n={s.n})" for i, s in best]
         if noise:
             leaders.append(f"(seed-to-seed noise: ±{noise:.4f})")

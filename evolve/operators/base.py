@@ -123,7 +123,7 @@ class ProposalContext:
     island: int  # the island the child will live in
     depth: int
     rng: random.Random  # seeded per proposal: a run replays the same choices
-    noise_floor: float | None  # pooled seed-to-seed std of val_bpb (None until measured)
+    noise_floor: float | None  # the noise model's seed-to-seed std of val_bpb (None until measured)
     elites: tuple[Parent, ...] = ()  # the best members (of the island, then overall), best first
     report_llm: ReportLLM = lambda **_: None
     settle_llm: SettleLLM = lambda *_: None
@@ -153,6 +153,8 @@ class Outcome:
     parents: tuple[str, ...]
     score: Score | None  # None: it never produced an ok evaluation (failed, rejected, duplicate)
     accepted: bool
+    improvement: float | None = None  # mean of child - parent over their ok paired seeds (< 0: better)
+    failed: bool = False  # trained, and a run failed (crash, diverged, timeout, OOM, invalid)
 
 
 class Operator(ABC):

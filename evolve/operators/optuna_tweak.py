@@ -1,12 +1,24 @@
-"""The Optuna tweak: TPE over the parent's hyperparameter block, told the real results.
+"""The Optuna tweak: TPE over the parent's hyperparameter block, told the truth about each child.
 
 One study per lineage: children that differ from each other only in their UPPER_CASE constants
 share a code skeleton, and so a study (named after a hash of the code without those constants).
 The study's search space is set when it opens, from the values it first saw: log-scale ranges
 for rates and other positive floats, a range around the value for fractions, integers (powers of
-two stay powers of two) for sizes, both choices for flags. Each proposal changes a few knobs
-(TPE samples each from its own history) and commits the child; the engine tells the trial the
-child's mean val_bpb once promotion has decided, or a failure. The studies live in
+two stay powers of two) for sizes, both choices for flags.
+
+Each proposal changes a few knobs (TPE samples each from its own history) and commits the child.
+Every trial carries the child's whole vector: the knobs it keeps are fixed to the parent's values
+(enqueued as fixed parameters), so TPE sees where every child sits, not only what it moved.
+
+The value told is the child's paired improvement over its parent: the mean of child - parent over
+the seeds both ran (lower is better). Not the child's own mean, and not one study per parent:
+children of different parents share a study, and their absolute scores would mostly tell TPE
+which parent was good; the paired difference takes the parent's level (and the seed's luck,
+which the two runs share) out and leaves what the tweak did. One study per parent would ask TPE
+to learn from the handful of children one parent gets, fewer than its random start-up trials.
+A child that crashed or diverged is told a penalty (worse than every real value the study has
+seen, and at least `PENALTY`), so TPE learns to stay out of that region; FAIL would tell it
+nothing. A child never trained (a duplicate, a guard refusal) is FAIL. The studies live in
 `.evolve/optuna.db`: `optuna-dashboard sqlite:///.evolve/optuna.db` shows them.
 """
 
@@ -16,7 +28,10 @@ import ast
 import hashlib
 import json
 import math
+import os
 import threading
+import warnings
+from pathlib import Path
 from typing import Any
 
 from genome import pyast
@@ -35,6 +50,7 @@ from .base import (
 
 NAME = "optuna_tweak"
 STORAGE_FILE = "optuna.db"
+PENALTY = 1.0  # the least a failed child is told (bpb worse than its parent)
 _RATE_WORDS = ("LR", "DECAY", "RATE")
 
 
@@ -92,6 +108,42 @@ def _suggest(trial: Any, name: str, space: dict[str, Any]) -> Any:
     return trial.suggest_float(name, space["low"], space["high"], log=space["log"])
 
 
+def _create_storage(optuna: Any, path: Path) -> None:
+    """Create the Optuna database whole, or not at all: its schema is built in a file beside it
+    that replaces `path` only once complete. (Built in place, a kill between the `studies` table
+    and its unique index leaves a database in which every later session adds the study again.)"""
+    tmp = path.with_name(f"{path.name}.new-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}")
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+    os.replace(tmp, path)
+
+
+def _fits(value: Any, space: dict[str, Any]) -> bool:
+    """Whether a kept value can be the trial's parameter (a choice must be one of the study's)."""
+    if space["kind"] == "choice":
+        return value in space["choices"]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _told(improvement: float | None, failed: bool) -> float | str | None:
+    if failed:
+        return "penalty"
+    return improvement
+
+
+def _paired(ev: Any, child_id: str) -> tuple[float | None, bool]:
+    """(paired improvement, failed) of a decided child, as the engine computes it."""
+    from ..promotion import paired_difference
+
+    values = ev.values(child_id)
+    parent = ev.reference(child_id)
+    diff = paired_difference(values, ev.values(parent)) if parent else None
+    return (diff[0] if diff else None), any(v is None for v in values.values())
+
+
 def _round(value: Any) -> Any:
     # 4 significant digits: a readable commit and code that differs by more than float noise.
     if isinstance(value, float) and value != 0:
@@ -122,7 +174,10 @@ class OptunaTweak(Operator):
         self.max_changes = max(1, int(setup.options.get("max_changes", 2)))
         self.startup_trials = int(setup.options.get("startup_trials", 8))
         setup.state_dir.mkdir(parents=True, exist_ok=True)
-        self.url = f"sqlite:///{setup.state_dir / STORAGE_FILE}"
+        path = setup.state_dir / STORAGE_FILE
+        if not path.exists():
+            _create_storage(optuna, path)
+        self.url = f"sqlite:///{path}"
         self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 30}})
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)
@@ -181,16 +236,25 @@ class OptunaTweak(Operator):
             names = sorted(space)
             k = min(len(names), ctx.rng.randint(1, self.max_changes))
             chosen = ctx.rng.sample(names, k)
+            # The knobs it keeps are fixed to the parent's values: the trial holds the whole vector.
+            kept = {n: knobs[n].value for n in names if n not in chosen and _fits(knobs[n].value, space[n])}
+            study.enqueue_trial(kept, skip_if_exists=False)
             trial = study.ask()
             values: dict[str, Any] = {}
-            for name in chosen:
-                value = _round(_suggest(trial, name, space[name]))
-                if value != knobs[name].value:
-                    values[name] = value
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a kept value outside the study's first range
+                for name in names:
+                    if name in chosen:
+                        value = _round(_suggest(trial, name, space[name]))
+                        if value != knobs[name].value:
+                            values[name] = value
+                    elif name in kept:
+                        _suggest(trial, name, space[name])  # returns the fixed (parent's) value
             if not values:
                 study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
                 raise OperatorError(f"TPE suggested {parent.id}'s own values for {', '.join(chosen)}")
             trial.set_user_attr("parent", parent.id)
+            trial.set_user_attr("changed", sorted(values))
             try:
                 child = commit_hyperparams(
                     ctx.repo, parent.genome, values, operator=self.name, path=self.path
@@ -209,17 +273,25 @@ class OptunaTweak(Operator):
             found = self._trials.pop(outcome.child.id, None) or self._find(outcome.child.id)
             if found is None:
                 return
-            self._tell(*found, outcome.score.mean if outcome.score is not None else None)
+            self._tell(*found, _told(outcome.improvement, outcome.failed))
 
-    def _tell(self, study_name: str, number: int, value: float | None) -> None:
+    def _tell(self, study_name: str, number: int, value: float | str | None) -> None:
+        """Tell a trial its value: a float, "penalty" (a failed child) or None (FAIL)."""
         study = self._study(study_name)
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
         if self.storage.get_trial(trial_id).state.is_finished():
             return  # told already (a resume replays outcomes)
-        if value is None or not math.isfinite(value):
+        if value == "penalty":
+            done = study.get_trials(deepcopy=False, states=(self._optuna.trial.TrialState.COMPLETE,))
+            worst = max(
+                (t.value for t in done if t.value is not None and math.isfinite(t.value)), default=0.0
+            )
+            self.storage.set_trial_user_attr(trial_id, "penalty", True)
+            study.tell(number, max(PENALTY, worst + PENALTY / 10))
+        elif value is None or not math.isfinite(float(value)):
             study.tell(number, state=self._optuna.trial.TrialState.FAIL)
         else:
-            study.tell(number, value)
+            study.tell(number, float(value))
 
     def _running(self) -> list[tuple[str, int, dict[str, Any]]]:
         out = []
@@ -240,10 +312,14 @@ class OptunaTweak(Operator):
         return None
 
     def _reconcile(self) -> None:
-        """After a crash: fail trials whose child was never committed, tell decided ones."""
+        """After a crash: fail trials whose child was never committed (or never asked: an enqueued
+        trial left waiting), tell decided ones what the engine would have told them."""
+        from ..judging import Evidence
+
         store, depth = self.setup.store, self.setup.depth
-        scores = store.scores(depth, self.setup.run)
+        ev = Evidence(store, self.setup.run, depth)
         with self._lock:
+            self._drop_waiting()
             for study_name, number, attrs in self._running():
                 child_id = attrs.get("child")
                 if child_id is None:
@@ -253,10 +329,18 @@ class OptunaTweak(Operator):
                 if child is None:
                     self._trials[child_id] = (study_name, number)  # the engine adopts it later
                 elif child.decision is not None or child.status.value == "rejected":
-                    score = scores.get(child_id)
-                    self._tell(study_name, number, score.mean if score else None)
+                    self._tell(study_name, number, _told(*_paired(ev, child_id)))
                 else:
                     self._trials[child_id] = (study_name, number)
+
+    def _drop_waiting(self) -> None:
+        waiting = self._optuna.trial.TrialState.WAITING
+        for summary in self._optuna.get_all_study_summaries(self.storage, include_best_trial=False):
+            if not summary.study_name.startswith(f"{self.setup.run}-"):
+                continue
+            study_id = self.storage.get_study_id_from_name(summary.study_name)
+            for t in self.storage.get_all_trials(study_id, deepcopy=False, states=(waiting,)):
+                self.storage.set_trial_state_values(t._trial_id, self._optuna.trial.TrialState.FAIL)
 
     def close(self) -> None:
         engine = getattr(self.storage, "engine", None)

@@ -56,6 +56,7 @@ def build_run(where: Path, *, validate: bool = True) -> Built:
     add(base, 0)
     for seed, bpb in enumerate((1.00, 1.01, 0.99)):
         store.record_evaluation(_ev(base.id, seed, bpb, purpose="baseline"))
+    store.set_decision(base.id, "accept")  # as the engine does once its seeds are in
 
     lr = commit_hyperparams(repo, base, {"MATRIX_LR": 0.05}, description="raise MATRIX_LR to 0.05")
     add(lr, 0)

@@ -268,3 +268,41 @@ def test_a_workspace_without_a_store_is_served_and_says_so(tmp_path):
 def test_curve_reads_the_progress_lines_of_a_log():
     assert curve(LOG) == [[0, 6.9318], [25, 5.102], [50, 4.33]]
     assert curve("no progress here\nstep x | loss y\n") == []
+
+
+def test_the_champion_is_shown_with_its_fresh_seed_score_and_each_individual_with_how_it_was_judged(tmp_path):
+    from analysis_support import SEARCH_DEPTH, _ev
+
+    from analysis.web.individual import individual
+    from analysis.web.views import WebView
+    from evolve import confirmation as confirm
+    from evolve.live import event_text
+
+    built = build_run(tmp_path / "ws", validate=False)
+    warm = built.ids["warm"]
+    fresh = {3: 0.97, 4: 0.96, 5: 0.98}  # worse than its first three seeds (0.95 mean): the winner's curse
+    reasons = [
+        "undecided on seed 0: child - parent -0.050000, t -3.54",
+        "better than its parent at alpha 0.05",
+    ]
+    with Store(built.db) as store:
+        store.add_event("reevaluate", {"id": warm, "reason": reasons[0], "seeds": [0]}, run=RUN)
+        store.add_event("decision", {"id": warm, "action": "accept", "reason": reasons[1]}, run=RUN)
+        c = confirm.start(store, RUN, warm, SEARCH_DEPTH, first_seed=3, seeds=3)
+        for seed, bpb in fresh.items():
+            store.record_evaluation(_ev(warm, seed, bpb, purpose="reeval"))
+        c = confirm.settle(store, c, fresh, {})
+        store.add_event("confirmed", {"id": warm, "status": c.status, "mean": c.mean, "seeds": c.seed_text,
+                                      "reason": c.reason}, run=RUN)  # fmt: skip
+    assert c.status == "confirmed"
+    view = WebView(built.root)
+    champ = view.overview(RUN)["champion"]
+    assert champ["id"] == warm and champ["confirmation"] == "confirmed" and champ["fresh_seeds"] == "3-5"
+    assert champ["val_bpb"] == pytest.approx(0.97) and champ["n"] == 3  # the fresh seeds' mean, not 0.96
+    panel = individual(view, RUN, warm)
+    assert panel["judged"] == reasons[1] and panel["confirmation"] == "confirmed"
+    assert panel["confirmed_bpb_mean"] == pytest.approx(0.97) and panel["bound"] > panel["val_bpb_mean"]
+    assert [j["kind"] for j in panel["judging"]] == ["reevaluate", "decision", "confirmed"]
+    assert panel["judging"][1]["text"] == event_text("decision", {"id": warm, "action": "accept",
+                                                                  "reason": reasons[1]})  # fmt: skip
+    assert individual(view, RUN, built.ids["cap"])["judging"] == []  # nothing was recorded for it

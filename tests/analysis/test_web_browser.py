@@ -29,7 +29,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tiny_data, tmp_path_factory):
-    """`evolve run` (1 baseline seed, 3 children on 2 CPU slots, 3 s budgets) with `evolve serve` beside it."""
+    """`evolve run` (2 baseline seeds, the fewest the noise model takes; 3 children of at most 2 seeds on
+    2 CPU slots; budgets of 3) with `evolve serve` beside it."""
     where = tmp_path_factory.mktemp("webrun")
     env = {
         **os.environ,
@@ -42,7 +43,7 @@ def live(tiny_data, tmp_path_factory):
     assert init.returncode == 0, init.stdout + init.stderr
     run = subprocess.Popen(
         evolve_cmd("run", "-w", str(where / "ws"), "--gpus", "cpu:2", "--islands", "1", "--budget", "3",
-                   "--baseline-seeds", "1", "--max-seeds", "1", "--max-experiments", "3",
+                   "--baseline-seeds", "2", "--max-seeds", "2", "--max-experiments", "3",
                    "--operators", "optuna_tweak", "--interval", "5"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -125,6 +126,8 @@ def test_clicking_an_individual_in_the_tree_shows_its_diff(browser, live):
     seeds = page.inner_text("#detail table.seeds")
     assert "search" in seeds and f"{child['val_bpb_mean']:.6f}" in seeds
     assert "[trainer]" in page.inner_text("#detail pre.log")  # the log's tail
+    # How it was judged: the engine's lines about it, its decision last (before any confirmation)
+    assert f"{child['id']} {child['decision']}: " in page.inner_text("#detail pre.judging")
     assert not errors, errors
     page.close()
 

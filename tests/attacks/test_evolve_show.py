@@ -51,7 +51,7 @@ def test_each_attack_is_invalid_or_refused_and_evolve_show_says_why(tmp_path, us
     fast.write_text(rewrite_hyperparams(BASELINE.read_text(), FAST))
     ws = init_workspace(tmp_path / "ws", run="atk", profile="tiny", islands=1, budget=4096, train_py=fast)
     with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write('\n[search]\nbaseline_seeds = 1\noperators = ["optuna_tweak"]\n')
+        f.write('\n[search]\nbaseline_seeds = 2\noperators = ["optuna_tweak"]\n')
     attacks = {a.name: a for a in ATTACKS}
     values = {"STORE": str(ws.state_dir), "DATA": str(use_tiny_data), "PREPARE": "/nonexistent"}
     with LocalExecutor.cpu(2) as executor:

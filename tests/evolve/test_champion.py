@@ -8,10 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 import analysis
+from evolve import confirmation as confirm
 from evolve.champion import (
+    Candidate,
     Verdict,
     choose_champion,
     lineage_scores,
+    pick_champion,
     resolve_champion,
     save_verdicts,
     spearman,
@@ -21,6 +24,7 @@ from evolve.champion import (
 )
 from evolve.cli import main
 from evolve.errors import EvolveError
+from evolve.judging import Evidence
 from evolve.promotion import pooled_std
 from evolve.store import Evaluation, Purpose, Store
 from genome import commit_hyperparams, init_workspace
@@ -160,9 +164,8 @@ def test_champion_is_the_best_that_transfers_else_the_best_at_search_depth_unval
         champ = choose_champion(store, "t", SEARCH)
         # g0003 is better at depth 2 but was never accepted by the search: g0001 is the best elite
         assert champ.id == "g0001" and not champ.validated and champ.validation_depth == DEEP
-        assert (
-            champ.reason == "best at depth 2; does not transfer at depth 4" and "unvalidated" in champ.label()
-        )
+        assert champ.reason.startswith("best at depth 2; does not transfer at depth 4")
+        assert "not confirmed on fresh seeds yet" in champ.reason and "unvalidated" in champ.label()
         # an elite not validated yet goes before one shown not to transfer
         store.set_decision("g0002", "accept")
         champ = choose_champion(store, "t", SEARCH)
@@ -228,3 +231,69 @@ def test_export_champion_without_a_transferring_one_marks_it_unvalidated(tmp_pat
     assert message.startswith("train.py from t/g0001")  # g0003 is better at depth 2 but does not transfer
     assert "g0001 optuna" in message and "champion, unvalidated]" in message
     assert not math.isnan(float(lineage_scores(ws.root, ["g0000"])["g0000"]))
+
+
+def test_a_champions_reported_score_is_the_mean_over_fresh_seeds_it_was_never_chosen_on(tmp_path):
+    ws, repo, ids = _family(tmp_path)
+    search = {
+        "g0000": [1.000, 1.004, 0.998],
+        "g0001": [0.950, 0.951],
+        "g0002": [0.955, 0.957],
+        "g0003": [0.99],
+    }
+    with Store(ws.state_dir / "evolve.db") as store:
+        _populate(store, ids, search, {}, accept=("g0001", "g0002"))
+        before = choose_champion(store, "t", SEARCH)
+        assert before.id == "g0001" and not before.confirmed and "not confirmed" in before.reason
+        # g0001 is scored again on seeds 44 and 45; they flatter it less than the seeds that chose it
+        c = confirm.start(store, "t", "g0001", SEARCH, first_seed=44, seeds=2)
+        for seed, bpb in ((44, 0.962), (45, 0.966)):
+            store.record_evaluation(_ev("g0001", SEARCH, seed, bpb, Purpose.REEVAL))
+        ev = Evidence(store, "t", SEARCH)
+        done = confirm.settle(store, c, ev.values("g0001"), {})
+        assert done.status == "confirmed" and done.mean == pytest.approx(0.964) and done.n == 2
+        champ = choose_champion(store, "t", SEARCH)
+    # its reported score is the fresh-seed mean, not the mean of all four seeds (0.95725)
+    assert champ.id == "g0001" and champ.confirmed and champ.search_mean == pytest.approx(0.964)
+    assert "2 fresh seeds (44-45)" in champ.reason
+    text = lineage_scores(ws.root, ["g0001"])["g0001"]
+    assert text.startswith("val_bpb 0.964000 at depth 2 on fresh seeds 44-45") and text.endswith(
+        "champion, unvalidated"
+    )
+    # analysis reports the same champion with the same score (one rule, evolve's)
+    df = analysis.lineage(ws.root)
+    row = analysis.champion(df)
+    assert row["id"] == "g0001" and row["confirmed_bpb_mean"] == pytest.approx(0.964)
+    assert row["confirmation"] == "confirmed" and row["confirmed_seeds"] == "44-45"
+
+
+def test_a_failed_confirmation_is_no_champion_and_a_confirmed_elite_beats_an_unconfirmed_one():
+    cands = [
+        Candidate("g0", True, True, 1.0, 1.01),
+        Candidate("a", False, True, 0.94, 0.95, confirmation="failed", fresh_mean=0.93, fresh_n=1),
+        Candidate(
+            "b",
+            False,
+            True,
+            0.95,
+            0.96,
+            confirmation="confirmed",
+            fresh_mean=0.97,
+            fresh_n=3,
+            fresh_seeds="44-46",
+        ),
+        Candidate("c", False, True, 0.93, 0.94),  # the best bound, not confirmed yet
+    ]
+    champ = pick_champion(cands, 2)
+    assert champ.id == "b" and champ.search_mean == 0.97 and champ.confirmed
+    assert pick_champion([cands[0], cands[1], cands[3]], 2).id == "c"  # before b: the best unconfirmed
+    assert pick_champion([cands[0], cands[1]], 2).id == "g0"  # a failed its fresh seeds
+
+
+def test_an_elite_whose_fresh_seeds_do_not_beat_the_baseline_is_not_the_champion():
+    base = Candidate("g0", True, True, 1.00, 1.01)
+    lucky = Candidate("a", False, True, 0.95, 0.96, confirmation="confirmed", fresh_mean=1.002, fresh_n=3)
+    other = Candidate("b", False, True, 0.97, 0.99)
+    champ = pick_champion([base, lucky, other], 2)
+    assert champ.id == "b" and not champ.confirmed  # a was the winner's curse: b is next, unconfirmed
+    assert pick_champion([base, lucky], 2).id == "g0"

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from evolve.champion import choose_champion
 from evolve.cli import main
 from evolve.live import LiveView, snapshot
 from evolve.store import LineageKind, Status, Store
@@ -23,8 +24,9 @@ from genome.workspace import init_workspace
 BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
 SEARCH = """
 [search]
-baseline_seeds = 2
+baseline_seeds = 3
 max_seeds = 2
+confirm_seeds = 1
 migrate_every = 3
 operators = ["optuna_tweak", "merge_crossover"]
 
@@ -117,6 +119,7 @@ def test_the_live_view_prints_plain_lines_without_a_terminal(evolved):
         assert piece in last
     assert "search seed 42: ok val_bpb" in out and "session end: session=1, reason=done" in out
     assert "by merge_crossover from" in out and "top 5 of run e2e" in out
+    assert " reject: " in out and "paired on seed 42" in out  # each decision with its numbers
     assert "\x1b[" not in out  # no terminal escapes in a log file
 
 
@@ -144,7 +147,8 @@ def test_status_top_show_and_lineage_read_the_run(evolved, store):
     data = json.loads(status.output)
     assert data["run"] == "e2e" and data["active"] is False and data["queued"] == 0
     assert set(data["islands"]) == {"0", "1"} and data["duty"]["duty_cycle"] > 0
-    assert data["best"]["id"] == store.leaderboard(2, "e2e", limit=1, accepted_only=True)[0].individual.id
+    champ = choose_champion(store, "e2e", 2)
+    assert data["best"]["id"] == champ.id and data["best_note"] == champ.reason
     assert data["disk_bytes"] > 0 and data["log_files"] > 0
     screen = runner.invoke(main, ["status", *w], env=env)
     assert screen.exit_code == 0 and "noise floor" in screen.output and "merge_crossover" in screen.output
@@ -158,13 +162,14 @@ def test_status_top_show_and_lineage_read_the_run(evolved, store):
     assert show.exit_code == 0, show.output
     assert f"diff against {merge.parents[0]}" in show.output and "+++ b/train.py" in show.output
     assert "evaluations" in show.output and "log tail" in show.output and "val_bpb" in show.output
+    assert "judged: " in show.output and ("paired on seed" in show.output or "fails on a seed" in show.output)
 
     tree = runner.invoke(main, ["lineage", merge.id, *w], env=env)
     assert tree.exit_code == 0
     for ancestor in (*merge.parents, "g0000"):
         assert ancestor in tree.output
 
-    champion = store.leaderboard(2, "e2e", limit=1, accepted_only=True)[0].individual
+    champion = store.get(champ.id)
     exported = runner.invoke(main, ["export", "champion", "--branch", "best", *w], env=env)
     assert exported.exit_code == 0, exported.output
     shown = git_process(ws.root, "show", "best:train.py").stdout

@@ -39,7 +39,9 @@ def test_demo_completes_and_points_at_the_next_commands(tmp_path):
         trained = [c for c in children if c.status != Status.REJECTED]
         assert len(trained) == 12
         assert all(c.status.is_finished() and c.decision for c in trained)
-        assert store.scores(2, "demo")["g0000"].n == 2  # the baseline, twice
+        assert (
+            store.scores(2, "demo")["g0000"].n >= 4
+        )  # the baseline's seeds (and any its children asked for)
         assert {c.operator for c in children} <= {"optuna_tweak", "merge_crossover"}
     # the workspace is ready for the commands the demo suggests
     status = subprocess.run(

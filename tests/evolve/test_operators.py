@@ -19,7 +19,7 @@ from evolve.operators import (
     available,
     make_operator,
 )
-from evolve.operators.optuna_tweak import OptunaTweak, lineage_key, space_for
+from evolve.operators.optuna_tweak import PENALTY, OptunaTweak, lineage_key, space_for
 from evolve.operators.weights import PROPOSAL_FAILED, Credit, OperatorWeights, credits_from_store
 from evolve.promotion import Score
 from evolve.store import Evaluation, LineageKind, Purpose, Status, Store
@@ -166,40 +166,65 @@ def test_optuna_tweak_changes_only_included_constants_and_learns_from_real_resul
     storage = f"sqlite:///{world.ws.state_dir / 'optuna.db'}"
     study = optuna.load_study(study_name=studies.pop(), storage=storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING] * 6
-    # tell: a score completes the trial with the child's mean, a failure fails it
-    first, second = children[0][0], children[1][0]
+    # every trial holds the child's whole vector: the knob it kept is the parent's value
+    for t in study.trials:
+        child_knobs = parse_hyperparams(world.repo.read(world.repo.get(t.user_attrs["child"])))
+        # (a suggested value is written to the child to 4 significant digits)
+        assert t.params == pytest.approx({k: child_knobs[k].value for k in ("EMB_LR", "HEAD_LR")}, rel=1e-3)
+        assert set(t.user_attrs["changed"]) <= {"EMB_LR", "HEAD_LR"} and t.user_attrs["parent"] == "g0000"
+    # tell: the paired improvement over the parent completes the trial; a crashed child is told a
+    # penalty worse than every real value; a child never trained fails its trial
+    first, second, third = children[0][0], children[1][0], children[2][0]
     world.store.add_individual(id=first, run="ops", commit=world.repo.get(first).commit, parents=("g0000",),
                                operator="optuna_tweak", status=Status.QUEUED)  # fmt: skip
     world.score(first, 3.75, 3.77, decision="accept")
-    op.on_outcome(Outcome(world.store.get(first), ("g0000",), Score.of([3.75, 3.77]), True))
+    op.on_outcome(
+        Outcome(world.store.get(first), ("g0000",), Score.of([3.75, 3.77]), True, improvement=-0.05)
+    )
     world.store.add_individual(id=second, run="ops", commit=world.repo.get(second).commit, parents=("g0000",),
                                operator="optuna_tweak", status=Status.FAILED)  # fmt: skip
-    op.on_outcome(Outcome(world.store.get(second), ("g0000",), None, False))
+    op.on_outcome(Outcome(world.store.get(second), ("g0000",), None, False, failed=True))
+    world.store.add_individual(id=third, run="ops", commit=world.repo.get(third).commit, parents=("g0000",),
+                               operator="optuna_tweak", status=Status.REJECTED)  # fmt: skip
+    op.on_outcome(Outcome(world.store.get(third), ("g0000",), None, False))
     op.close()
     trials = {
         t.user_attrs["child"]: t
         for t in optuna.load_study(study_name=study.study_name, storage=storage).trials
     }
     assert trials[first].state == optuna.trial.TrialState.COMPLETE and trials[first].value == pytest.approx(
-        3.76
+        -0.05
     )
-    assert trials[second].state == optuna.trial.TrialState.FAIL
-    assert trials[children[2][0]].state == optuna.trial.TrialState.RUNNING
+    assert trials[second].state == optuna.trial.TrialState.COMPLETE and trials[second].value == PENALTY
+    assert trials[second].user_attrs["penalty"] is True
+    assert trials[third].state == optuna.trial.TrialState.FAIL
+    assert trials[children[3][0]].state == optuna.trial.TrialState.RUNNING
 
 
 def test_optuna_tweak_tells_on_resume_what_was_decided_while_it_was_down(world):
     op = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR"], max_changes=1))
     child = op.propose(world.context("g0000")).genome
+    crashed = op.propose(world.context("g0000", seed=1)).genome
     op.close()  # the controller dies before the tell
-    world.store.add_individual(id=child.id, run="ops", commit=child.commit, parents=("g0000",),
-                               operator="optuna_tweak", status=Status.QUEUED)  # fmt: skip
+    for genome in (child, crashed):
+        world.store.add_individual(id=genome.id, run="ops", commit=genome.commit, parents=("g0000",),
+                                   operator="optuna_tweak", status=Status.QUEUED)  # fmt: skip
     world.score(child.id, 3.71, decision="reject")
+    world.store.set_status(crashed.id, Status.RUNNING)
+    world.store.record_evaluation(Evaluation(crashed.id, 2, 3.0, 42, "tiny", "diverged", Purpose.SEARCH))
+    world.store.set_decision(crashed.id, "reject")
     again = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR"]))
     again.close()
     storage = f"sqlite:///{world.ws.state_dir / 'optuna.db'}"
     (summary,) = optuna.get_all_study_summaries(storage)
-    (trial,) = optuna.load_study(study_name=summary.study_name, storage=storage).trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == pytest.approx(3.71)
+    trials = {
+        t.user_attrs["child"]: t
+        for t in optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    }
+    # its paired improvement: 3.71 against the parent's 3.80 on seed 42; the diverged one: the penalty
+    assert trials[child.id].state == optuna.trial.TrialState.COMPLETE
+    assert trials[child.id].value == pytest.approx(-0.09)
+    assert trials[crashed.id].value == PENALTY and trials[crashed.id].user_attrs["penalty"]
 
 
 def test_a_code_change_opens_a_new_study_but_a_hyperparameter_change_does_not():

@@ -16,7 +16,7 @@ from evolve.population import (
     make_strategy,
     parent_weights,
 )
-from evolve.promotion import Action, decide
+from evolve.promotion import Action, NoiseModel, PromotionPolicy, judge
 from evolve.store import Evaluation, Store
 
 BASE = Member("base", 1.00)
@@ -123,20 +123,23 @@ def test_ratchet_keeps_only_improvements_and_goes_back_to_the_last_kept():
     assert [m.id for m in chain.members()] == ["c"] and chain.children("a") == 2
 
 
-def test_ratchet_driven_by_the_promotion_rule_reproduces_keep_if_better():
+def test_ratchet_driven_by_the_paired_test_reproduces_keep_if_better():
     chain = Ratchet(members=[BASE])
-    # noise floor 0: a child is accepted exactly when its mean beats its parent's
-    for cid, bpb in [("a", 1.02), ("b", 0.98), ("c", 0.99), ("d", 0.97)]:
+    runs = {"base": {42: 1.00, 43: 1.01, 44: 0.99}}
+    model = NoiseModel.build(runs, ["base"])  # sigma 0.01
+    # each child: its parent's runs shifted by a true change, on the same seeds
+    for cid, change in [("a", +0.02), ("b", -0.05), ("c", +0.01), ("d", -0.06)]:
         parent = chain.select_parent()
-        verdict = decide(_score(bpb), _score(parent.score), _score(chain.best().score), 0.0, max_seeds=1)
-        chain.on_evaluated(Member(cid, bpb, parents=(parent.id,)), verdict.action == Action.ACCEPT)
+        runs[cid] = {seed: v + change for seed, v in runs[parent.id].items()}
+        child: dict[int, float | None] = {}
+        for seed in sorted(runs[cid]):
+            child[seed] = runs[cid][seed]
+            verdict = judge(child, runs[parent.id], model, PromotionPolicy())
+            if verdict.action is not Action.REEVALUATE:
+                break
+        chain.on_evaluated(Member(cid, sum(runs[cid].values()) / 3, parents=(parent.id,)),
+                           verdict.action is Action.ACCEPT)  # fmt: skip
     assert [m.id for m in chain.kept] == ["base", "b", "d"]
-
-
-def _score(value):
-    from evolve.promotion import Score
-
-    return Score.of([value])
 
 
 def test_unknown_strategy_is_a_user_error():
@@ -170,9 +173,10 @@ def test_rebuilt_from_the_store_with_children_counts_and_migrations(tmp_path):
     assert [m.id for m in pop.members(0)] == ["a", "base"]
     assert [m.id for m in pop.members(1)] == ["a", "c", "base"]
     a = pop.members(0)[0]
-    assert (a.n, a.score, pop.children("a")) == (2, pytest.approx(0.91), 2)
+    assert (a.n, a.mean, pop.children("a")) == (2, pytest.approx(0.91), 2)
+    assert a.score > a.mean  # ranked by its bound: the mean plus a margin for its two seeds
     assert pop.evaluations == 3
     folded = from_store(store, "r", 4, "population", islands=1)  # resumed with fewer islands
     assert [m.id for m in folded.members(0)] == ["a", "c", "base"]
     chain = from_store(store, "r", 4, "ratchet")
-    assert chain.select_parent().id == "a"
+    assert chain.select_parent().id == "c"  # accepted as better than a, the chain's current then

@@ -188,7 +188,7 @@ def test_work_in_flight_at_a_crash_is_requeued_on_resume(store, db):
     assert [resumed.claim("r1").id for _ in range(3)] == ["a", "b", "c"]
 
 
-def test_scores_noise_floor_and_leaderboard(store):
+def test_scores_and_leaderboard(store):
     for seed, bpb in enumerate([1.00, 1.02, 1.04]):
         store.record_evaluation(ev("base", seed, bpb, purpose="baseline"))
     child(store, "a", description="wider MLP")
@@ -202,8 +202,6 @@ def test_scores_noise_floor_and_leaderboard(store):
     assert scores["base"].n == 3 and scores["base"].mean == pytest.approx(1.02)
     assert scores["base"].std == pytest.approx(0.02)
     assert scores["a"].mean == pytest.approx(0.96) and "broken" not in scores
-    # pooled over base (3 runs) and a (2 runs): sqrt((0.0008 + 0.0002) / (2 + 1))
-    assert store.noise_floor(4, "r1") == pytest.approx((0.001 / 3) ** 0.5)
     board = store.leaderboard(4, "r1")
     assert [r.individual.id for r in board] == ["b", "a", "base"]
     assert board[1].individual.description == "wider MLP" and board[1].score.n == 2

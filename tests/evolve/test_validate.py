@@ -75,8 +75,9 @@ prepare.report(cfg, num_steps=loader.steps, depth=cfg.depth)
 '''
 SEARCH = """
 [search]
-baseline_seeds = 2
-max_seeds = 2
+baseline_seeds = 4
+max_seeds = 3
+confirm_seeds = 1
 operators = ["optuna_tweak"]
 
 [operators.optuna_tweak]
@@ -159,7 +160,7 @@ def test_validate_reruns_the_elites_deeper_keeps_verdicts_and_the_champion_trans
     assert first.exit_code == 0, first.output
     data = json.loads(first.stdout)
     assert data["candidates"] == [shallow, good]  # the top 2 at depth 2, best first
-    assert (data["ran"], data["skipped"], data["failed"]) == (3, 0, 0)
+    assert (data["ran"], data["skipped"], data["failed"]) == (3, 0, 0), first.stderr[-2000:]
     assert "validating g0000" in first.stderr and "seed 42: ok val_bpb" in first.stderr
 
     second = runner.invoke(main, [*args, "--seeds", "2"])  # resumes: only seed 43 is missing
@@ -322,7 +323,7 @@ def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, t
 
 def test_pending_and_ids_choose_what_is_validated(tmp_path):
     """A child queued for its re-evaluation seeds is no candidate unless --pending asks for it;
-    a rejected one is one only when --id names it."""
+    a rejected one is one only when --id names it; the champion is always taken first."""
     from evolve.errors import EvolveError
     from evolve.store import Evaluation
     from evolve.validate import candidates, chosen
@@ -346,8 +347,9 @@ def test_pending_and_ids_choose_what_is_validated(tmp_path):
     store.set_decision("dropped", "reject")
     store.set_status("waiting", Status.QUEUED)  # a promising first seed: more seeds first
     assert [i.id for i in candidates(store, "r", 2, top=5)] == ["kept"]
-    assert [i.id for i in candidates(store, "r", 2, top=5, pending=True)] == ["waiting", "kept"]
-    assert [i.id for i in candidates(store, "r", 2, top=1, pending=True)] == ["waiting"]
+    # the champion (the only accepted child) goes first, then the rest by their bound
+    assert [i.id for i in candidates(store, "r", 2, top=5, pending=True)] == ["kept", "waiting"]
+    assert [i.id for i in candidates(store, "r", 2, top=1, pending=True)] == ["kept"]
     # --id takes what it names, even a rejected child; never the baseline or a stranger
     spec = ValidationSpec(depth=4, ids=("dropped", "kept", "dropped"))
     assert [i.id for i in chosen(store, "r", 2, spec)] == ["dropped", "kept"]

@@ -236,7 +236,7 @@ def make_workspace(root: Path, search: str, prices: dict[str, list[float]], insi
     return ws
 
 
-def evolve(ws, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def evolve(ws, env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`evolve ARGS[0] -w WORKSPACE ARGS[1:]` with `env` (see the `env` fixture)."""
     cmd = [str(Path(sys.executable).with_name("evolve")), args[0], "-w", str(ws.root), *args[1:]]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -30,8 +30,8 @@ CALL_USD = (PROMPT * 100.0 + COMPLETION * 200.0) / 1e6
 # run is the same every time (the bigram's score depends only on its code and seed).
 SEQUENTIAL = """
 [search]
-baseline_seeds = 1
-max_seeds = 1
+baseline_seeds = 2
+max_seeds = 2
 ahead = 0
 proposers = 1
 """

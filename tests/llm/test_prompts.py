@@ -24,6 +24,7 @@ def family(run):
     an elite (1.25) on another island; a noise floor from the baseline's two seeds; notes."""
     repo, base = run.repo, run.repo.baseline()
     run.score("g0000", 1.32, seed=43)  # two baseline seeds: the noise floor
+    run.store.set_decision("g0000", "accept")
     parent = repo.apply_edit(base, answer("warm-down 0.6", WARMDOWN, "WARMDOWN_FRAC = 0.6"))
     run.add(parent, status="proposed")
     run.score(parent.id, 1.28, metrics=METRICS)
@@ -45,11 +46,12 @@ def family(run):
 
 
 def context(run, parent, elite):
-    from evolve.promotion import describe_rule
+    from evolve.judging import Evidence
+    from evolve.promotion import PromotionPolicy
 
     ctx = run.context(parent.id, elites=(elite.id, parent.id))
-    floor = run.store.noise_floor(run.depth, "t")
-    return replace(ctx, noise_floor=floor, acceptance=describe_rule(floor, max_seeds=3, margin=2.0))
+    model = Evidence(run.store, "t", run.depth).model()
+    return replace(ctx, noise_floor=model.sigma, acceptance=PromotionPolicy().describe(model))
 
 
 def test_the_mutation_prompt_has_everything_a_researcher_needs(run, family):
@@ -69,7 +71,8 @@ def test_the_mutation_prompt_has_everything_a_researcher_needs(run, family):
     assert "Its training (one run): steps 120, tokens/s 49,150, MFU 0.0%, peak memory 0 MiB" in user
     # where the run stands, the noise floor and the rule promotion applies (twice the floor)
     assert "baseline g0000: 1.310000" in user and f"best so far {elite.id}: 1.250000" in user
-    assert "noise floor of val_bpb: ±0.0141" in user and "2 x 0.0141 = 0.0283" in user
+    assert "noise floor of val_bpb: ±0.0141" in user
+    assert "a mean gain of at least 0.1544 val_bpb over 2 seeds" in user
     # the parent's children already tried, with their deltas or why they have none
     tried = user.split("already tried (newest first)")[1].split("##")[0]
     assert (

@@ -13,8 +13,9 @@ from evolve.store import Store
 
 SEARCH = """
 [search]
-baseline_seeds = 1
-max_seeds = 1
+baseline_seeds = 2
+max_seeds = 2
+confirm_seeds = 1
 ahead = 0
 proposers = 1
 
@@ -62,8 +63,10 @@ def test_llm_crossover_children_come_from_unrelated_pairs_and_show_prints_their_
     llm_server.default = Researcher()
     ws = make_workspace(tmp_path, SEARCH, {"m1": [1.0, 2.0]}, insights_every=3)
     flags = ("--llm-model", "m1", "--llm-base-url", llm_server.url)
-    run = evolve(ws, env, "run", "--gpus", "cpu:1", "--islands", "1", "--max-experiments", "9",
-                 "--operators", "llm_mutation,llm_crossover", *flags)  # fmt: skip
+    # A kept child takes 2 seeds and a new champion a fresh one: 7 children are about 17 runs of the
+    # bigram (the first crossovers come at the 6th, once two siblings are kept).
+    run = evolve(ws, env, "run", "--gpus", "cpu:1", "--islands", "1", "--max-experiments", "7",
+                 "--operators", "llm_mutation,llm_crossover", *flags, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
 
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:

@@ -40,7 +40,7 @@ def test_an_llm_mutation_is_trained_and_the_key_never_reaches_it(tmp_path, llm_s
     }
     ws = ws.__class__(root=ws.root, settings=ws.settings.with_changes(llm=llm))
     config = EngineConfig.from_workspace(
-        ws, operators=("llm_mutation",), baseline_seeds=1, max_seeds=1, proposers=1, ahead=0,
+        ws, operators=("llm_mutation",), baseline_seeds=2, max_seeds=2, proposers=1, ahead=0,
         stop=StopConditions(max_experiments=1),
     )  # fmt: skip
     executor = LocalExecutor.cpu(1)

@@ -261,7 +261,7 @@ def test_evolve_run_with_the_ray_executor_records_each_run_once(ray_runtime, use
 
     ws = init_workspace(tmp_path / "ws", "r", profile="tiny", source="builtin", budget=4096)
     args = ["run", "-w", str(ws.root), "--executor", "ray", "--address", "auto", "--max-experiments", "2",
-            "--baseline-seeds", "2", "--max-seeds", "1", "--operators", "optuna_tweak", "--interval", "5"]  # fmt: skip
+            "--baseline-seeds", "2", "--max-seeds", "2", "--operators", "optuna_tweak", "--interval", "5"]  # fmt: skip
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:

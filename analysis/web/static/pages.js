@@ -39,12 +39,12 @@
         card("experiments per hour", s.duty.experiments_per_hour === null ? "–" : s.duty.experiments_per_hour.toFixed(1),
           `duty cycle ${fmt.pct(s.duty.duty_cycle)} · devices busy ${fmt.pct(s.duty.busy_fraction)} · ${s.duty.evaluations} runs`),
         card("best so far", best ? best.id : "–",
-          best ? `${fmt.score(best.mean, best.std, best.n)} · ${fmt.signed(gain)} vs baseline · ${best.description}` : "no accepted child yet"),
-        card("noise floor", fmt.num(s.noise_floor, 5), "seed-to-seed std, pooled over every individual with 2+ seeds"),
+          best ? `${fmt.score(best.mean, best.std, best.n)} · ${fmt.signed(gain)} vs baseline · ${s.best_note ? s.best_note + " · " : ""}${best.description}` : "no accepted child yet"),
+        card("noise floor", fmt.num(s.noise_floor, 5), `the judge's noise model: ${s.noise}`),
         card("LLM spend", fmt.usd(llm.cost || 0),
           llm.calls ? `${llm.calls} calls (${llm.failures} failed), ${fmt.count(llm.tokens)} tokens` : "no LLM calls"),
         card("champion", champ ? champ.id : "–",
-          champ ? `${fmt.num(champ.val_bpb)} (n=${champ.n}) · ${champ.verdict === "transfers" ? "transfers" : "not validated"}` : "nothing scored yet"));
+          champ ? `${fmt.num(champ.val_bpb)} (n=${champ.n}${champ.confirmation === "confirmed" ? `, fresh seeds ${champ.fresh_seeds}` : ", not confirmed on fresh seeds yet"}) · ${champ.verdict === "transfers" ? "transfers" : "not validated"}` : "nothing scored yet"));
       const bestEl = cards.children[4].querySelector(".value");
       if (best) bestEl.replaceChildren(link(best.id));
       const islands = table(["island", "members", "best", "val_bpb", "description"],

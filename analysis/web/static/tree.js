@@ -130,6 +130,7 @@
     const facts = [
       ["status", [badge(d.status), " ", d.decision ? badge(d.decision) : ""]],
       ["val_bpb", fmt.score(d.val_bpb_mean, d.val_bpb_std, d.val_bpb_n)],
+      ["ranked by", d.bound === null ? "–" : `${fmt.num(d.bound)} (upper confidence bound of its mean)`],
       ["vs parent", fmt.signed(d.delta_parent)],
       ["vs baseline", fmt.signed(d.delta_baseline)],
       ["parents", parents],
@@ -141,6 +142,8 @@
       ["finished", fmt.time(d.finished)],
       ["device time", fmt.seconds(d.gpu_seconds)],
     ];
+    if (d.judged) facts.splice(1, 0, ["judged", d.judged]);
+    if (d.confirmation) facts.push(["fresh seeds", `${d.confirmed_seeds}: ${d.confirmation}${d.confirmed_bpb_n ? `, ${fmt.num(d.confirmed_bpb_mean)} over them (n=${d.confirmed_bpb_n})` : ""}`]);
     if (d.validation_depth !== null && d.validation_bpb_n) facts.push([`val_bpb @${d.validation_depth}`, `${fmt.num(d.validation_bpb_mean)} (n=${d.validation_bpb_n}), ${fmt.signed(d.validation_delta_baseline)} vs baseline`]);
     if (d.verdict) facts.push(["transfer", badge(d.verdict)]);
     if (d.guard_reason) facts.push(["refused", d.guard_reason]);
@@ -150,6 +153,10 @@
       el("dl", {}, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
       el("p", {}, d.mutable.flatMap((m, i) => [i ? " · " : "", el("a", { href: `/api/source/${encodeURIComponent(d.id)}/${m}?run=${encodeURIComponent(AE.run)}`, target: "_blank" }, `${m} at this commit`)])),
     ];
+    if (d.judging.length) {
+      out.push(el("h3", {}, "How it was judged"));
+      out.push(el("pre", { class: "judging" }, d.judging.map((j) => `${fmt.time(j.time)} ${j.text}`).join("\n")));
+    }
     out.push(el("h3", {}, "Scores per seed"));
     out.push(d.evaluations.length ? table(["purpose", "depth", "seed", "status", "val_bpb", "train s", "wall s", "device"],
       d.evaluations.flatMap((e) => [[e.purpose, { v: e.depth, num: true }, { v: e.seed, num: true }, badge(e.status), { v: fmt.num(e.val_bpb), num: true },
