@@ -118,7 +118,9 @@ def judge(outcome: Outcome, led: Ledger, score: dict | None, tampering: str = ""
     if outcome.timed_out:
         return Verdict(Status.TIMEOUT, f"still running after {outcome.wall_seconds:.1f} s; killed", {}, extra)
     rc = outcome.returncode
-    if rc != 0 and outcome.stopped != "exit":
+    # Once the weights are in, nothing the process does counts, its exit status neither (it is
+    # stopped a second later anyway): the model is judged, never a race against that second.
+    if rc != 0 and outcome.stopped != "exit" and led.weights_at is None:
         if rc == EXIT_DIVERGED or _DIVERGED_LINE.search(outcome.tail):
             return Verdict(
                 Status.DIVERGED, "the run stopped itself on a NaN or exploding loss", measured, extra

@@ -465,11 +465,7 @@ def _run(run, worktree, script, prof, data, devs, on_cpu, depth, budget, unit, s
     if package_hash(child_prepare) != prepare_before:
         tampering = f"the prepare package at {child_prepare} changed during the run"
     score: dict | None = None
-    handed_over = (
-        led.weights_at is not None
-        and not led.problems
-        and (outcome.returncode == 0 or outcome.stopped == "exit")
-    )
+    handed_over = led.weights_at is not None and not led.problems and not outcome.timed_out
     exited = time.monotonic()
     if handed_over and not tampering:
         score = evaluator.go(limit=startup + 60 * (1 + prof.eval_tokens / 2**20))

@@ -44,7 +44,7 @@ def _with(ws, text: str):
         ),
         ("\n[search]\nmax_seeds = 2.5\n", "[search] max_seeds must be a whole number, not 2.5"),
         ("\n[search]\nbaseline_seeds = true\n", "[search] baseline_seeds must be a whole number, not True"),
-        ('\n[search]\nmargin = "2"\n', "[search] margin must be a number, not '2'"),
+        ('\n[search]\nalpha = "2"\n', "[search] alpha must be a number, not '2'"),
         ("\n[search]\noperators = [1, 2]\n", "[search] operators must be a list of strings"),
         ("\n[search]\nallowance = false\n", "[search] allowance must be number or none, not False"),
         ("\n[store]\nbackup_minutes = 0\n", "[store] backup_minutes must be > 0"),
@@ -90,12 +90,12 @@ def _replace_key(text: str, line: str) -> str:
 
 
 def test_valid_settings_still_load_and_validate_checks_its_table_too(ws):
-    good = _with(ws, '\n[search]\nmax_seeds = 2\nmargin = 2\noperators = "optuna_tweak"\n\n[store]\nbackup_minutes = 5\n'
+    good = _with(ws, '\n[search]\nmax_seeds = 2\nalpha = 0.1\noperators = "optuna_tweak"\n\n[store]\nbackup_minutes = 5\n'
                  "\n[operators.optuna_tweak]\nmax_changes = 1\nweight = 2\n")  # fmt: skip
     config = EngineConfig.from_workspace(good)
-    assert (config.max_seeds, config.margin, config.operators, config.backup_minutes) == (
+    assert (config.max_seeds, config.alpha, config.operators, config.backup_minutes) == (
         2,
-        2,
+        0.1,
         ("optuna_tweak",),
         5,
     )

@@ -95,8 +95,8 @@ def test_the_paired_test_accepts_a_real_gain_confirms_it_and_rejects_losers_and_
     assert base.n == 3 and engine.store.get("g0000").decision == "accept"  # baseline: 3 seeds, accepted
     better = child(engine, "g0000", "EMB_LR = 0.002", "EMB_LR = 0.05", "EMB_LR 0.002 -> 0.05")
     worse = child(engine, "g0000", "HEAD_LR = 0.002", "HEAD_LR = 0.0001", "HEAD_LR 0.002 -> 0.0001")
-    crash = child(engine, "g0000", "prepare.report(cfg",
-                  "raise RuntimeError('boom at the end')\nprepare.report(cfg", "crash")  # fmt: skip
+    crash = child(engine, "g0000", "    opt.step()\n",
+                  "    opt.step()\n    raise RuntimeError('boom in training')\n", "crash")  # fmt: skip
     assert engine.scheduler.run(install_signals=False) is StopReason.DONE  # no proposals: 3 queued
     engine.finish(StopReason.DONE)
     scores = engine.store.scores(2, "t")
@@ -122,8 +122,8 @@ def test_the_paired_test_accepts_a_real_gain_confirms_it_and_rejects_losers_and_
     row = engine.store.get(crash)
     (ev,) = engine.store.evaluations(crash)
     assert row.status == Status.FAILED and row.decision == "reject"
-    assert ev.status == "crash" and "boom at the end" in ev.error_tail
-    assert ev.log_path.endswith(".gz") and "boom at the end" in read_log(ev.log_path)
+    assert ev.status == "crash" and "boom in training" in ev.error_tail
+    assert ev.log_path.endswith(".gz") and "boom in training" in read_log(ev.log_path)
     # the session recorded device time for every run (3 baseline + 2 + 2 fresh + 1 + 1)
     with engine.store.transaction() as conn:
         (n, training, held) = conn.execute(

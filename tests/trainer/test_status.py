@@ -140,3 +140,10 @@ def test_bad_requests_are_refused_before_anything_runs(worktree_with, tiny_data,
 def test_data_prepared_for_another_profile_is_refused(worktree_with, tiny_data):
     with pytest.raises(trainer.TrainerError, match="prepared for profile 'tiny', not 'h100'"):
         trainer.run(worktree_with("ok"), depth=2, budget=1, seed=0, profile="h100", data_dir=tiny_data)
+
+
+def test_what_a_run_does_after_its_handover_does_not_count_not_even_a_crash(run_script):
+    honest = run_script("ok", budget=8192, seed=3)
+    late = run_script("crash_after_handover", budget=8192, seed=3)
+    assert late.status is Status.OK, late.reason
+    assert late.val_bpb == honest.val_bpb  # the same model: the same score, whatever came after
