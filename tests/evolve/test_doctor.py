@@ -18,8 +18,8 @@ from genome.workspace import init_workspace
 BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
 SEARCH = """
 [search]
-baseline_seeds = 1
-max_seeds = 1
+baseline_seeds = 2
+max_seeds = 2
 operators = ["optuna_tweak"]
 
 [operators.optuna_tweak]

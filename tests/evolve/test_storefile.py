@@ -143,7 +143,7 @@ def test_a_run_backs_up_every_n_minutes_and_at_the_end_keeping_the_last_k(tmp_pa
     bigram = Path(__file__).parent / "data" / "train_bigram.py"
     ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=81920, train_py=bigram)
     with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write('\n[search]\nbaseline_seeds = 1\nmax_seeds = 1\noperators = ["optuna_tweak"]\n'
+        f.write('\n[search]\nbaseline_seeds = 2\nmax_seeds = 2\noperators = ["optuna_tweak"]\n'
                 "\n[store]\nbackup_minutes = 0.02\nbackups_kept = 3\n")  # fmt: skip
     config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=3))
     assert (config.backup_minutes, config.backups_kept) == (0.02, 3)
