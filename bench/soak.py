@@ -146,6 +146,7 @@ class Sampler(threading.Thread):
         super().__init__(name="soak-sampler", daemon=True)
         self.engine, self.timers, self.every, self.tick = engine, timers, every, tick
         self.rows: list[dict[str, Any]] = []
+        self.report: Any = None  # called with the newest window and every sample so far
         self.stop = threading.Event()
         self._excluded = [0.0, 0.0]  # CPU spent measuring the disk, not by the controller
 
@@ -170,6 +171,8 @@ class Sampler(threading.Thread):
         self._excluded[0] += after[0] - own
         self._excluded[1] += after[1] - kids
         self.rows.append(row)
+        if self.report is not None and len(self.rows) > 1:
+            self.report(windows(self.rows[-2:])[-1:], self.rows)
 
     def run(self) -> None:
         next_at = 0
@@ -210,7 +213,9 @@ def windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def soak(workdir: Path, children: int, slots: int, every: int, fingerprint: str) -> dict[str, Any]:
+def soak(
+    workdir: Path, children: int, slots: int, every: int, fingerprint: str, report: Any = None
+) -> dict[str, Any]:
     ws = make_workspace(workdir / "ws", "soak")
     config = EngineConfig.from_workspace(
         ws, operators=OPERATORS, stop=StopConditions(max_experiments=children)
@@ -222,6 +227,7 @@ def soak(workdir: Path, children: int, slots: int, every: int, fingerprint: str)
         engine = Engine(ws, config, executor)
         undo = instrument(engine, timers)
         sampler = Sampler(engine, timers, every)
+        sampler.report = report
         sampler.start()
         try:
             reason = engine.run(install_signals=False)
@@ -309,19 +315,28 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(), "command": " ".join(["python", "bench/soak.py", *(argv or sys.argv[1:])]),
         "children_asked": args.children, "slots": args.slots, "goal_cpu_per_child_s": GOAL_CPU_PER_CHILD,
     }  # fmt: skip
-    result["soak"] = soak(workdir, args.children, args.slots, args.every, fingerprint)
+
+    def report(newest: list[dict[str, Any]], samples: list[dict[str, Any]]) -> None:
+        for w in newest:  # progress, and a partial file that a crash or a kill leaves behind
+            print(f"[soak] {w['children']:6d} children: CPU {w['cpu_self_per_child']:.3f} s/child (+ git "
+                  f"{w['cpu_git_per_child']:.3f}), wall {w['wall_per_child']:.3f}, RSS {w['rss_mb']:.0f} MB, "
+                  f"optuna {w['operator_optuna']:.3f}, novelty {w['novelty']:.4f}, record {w['record']:.3f}, "
+                  f"store {w['store_bytes'] / 1e6:.1f} MB, logs {w['logs_bytes'] / 1e6:.1f} MB, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+        if args.out:
+            partial = args.out.with_suffix(".partial.json")
+            partial.write_text(json.dumps({**result, "windows_so_far": windows(samples)}, indent=1, default=str))
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    result["soak"] = soak(workdir, args.children, args.slots, args.every, fingerprint, report)
     result["load_after_soak"] = os.getloadavg()
-    for w in result["soak"]["windows"]:
-        print(f"[soak] {w['children']:6d} children: CPU {w['cpu_self_per_child']:.3f} s/child (+ git "
-              f"{w['cpu_git_per_child']:.3f}), wall {w['wall_per_child']:.3f}, RSS {w['rss_mb']:.0f} MB, "
-              f"optuna {w['operator_optuna']:.3f}, novelty {w['novelty']:.4f}, record {w['record']:.3f}, "
-              f"store {w['store_bytes'] / 1e6:.1f} MB, logs {w['logs_bytes'] / 1e6:.1f} MB", flush=True)  # fmt: skip
     if args.store_size:
         result["read_paths"] = read_paths(workdir, args.store_size)
         print(json.dumps(result["read_paths"], indent=1))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1, default=str))
+        args.out.with_suffix(".partial.json").unlink(missing_ok=True)
     return 0
 
 
