@@ -130,6 +130,7 @@ class TransferReport:
     validation_floor: float | None
     rows: tuple[TransferRow, ...]
     spearman: float | None  # rank correlation of the search and validation means over the rows
+    budget_unit: str = "seconds"  # what `budget` counts: seconds or training tokens
 
     def row(self, individual: str) -> TransferRow:
         for r in self.rows:
@@ -144,6 +145,7 @@ class TransferReport:
             "search_depth": self.search_depth,
             "validation_depth": self.validation_depth,
             "budget": self.budget,
+            "budget_unit": self.budget_unit,
             "baseline": {
                 "id": self.baseline,
                 "search": score(self.baseline_search),
@@ -214,6 +216,7 @@ def transfer_report(
         search_depth=search_depth,
         validation_depth=validation_depth,
         budget=budgets.pop() if len(budgets) == 1 else None,
+        budget_unit=runs[0].budget_unit,
         baseline=base.id,
         baseline_search=base_s,
         baseline_validation=base_v,

@@ -65,6 +65,7 @@ from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_st
 from .pairs import Family, choose_parents
 from .population import Member, Strategy, from_store
 from .promotion import PromotionPolicy, Score
+from .reference import baseline_failure, reference_run
 from .scheduler import (
     EvalReport,
     Scheduler,
@@ -313,13 +314,20 @@ class Engine(Promotion):
         A stop request lets the runs in flight finish and be recorded; an abandon drops them."""
         assert self.scheduler is not None and self.session is not None
         pending = self.policy.baseline_pending(self._baseline_ok())
-        attempts = len(self.store.evaluations(self.baseline_id))
+        # this session's attempts: an earlier one's failures (a broken machine since mended) do not count
+        attempts = 0
         while pending > 0 and not self.scheduler.stopping.is_set():
             if attempts >= 2 * self.config.baseline_seeds + 2:
                 last = self.store.evaluations(self.baseline_id)[-1]
-                raise EvolveError(
-                    f"the baseline keeps failing ({last.status}: {last.reason}); see {last.log_path} and fix train.py"
+                self.event("reference_run", reason="the baseline keeps failing")
+                logs = (
+                    self.ws.state_dir
+                    / "logs"
+                    / self.baseline_id
+                    / f"reference-s{FIRST_SEED}-{self.session.id}"
                 )
+                like = self._job(self.ws.root, FIRST_SEED, logs)
+                raise EvolveError(baseline_failure(last, reference_run(self.executor, like)))
             base = self._mark_running(self.baseline_id)
             seeds = self._next_seeds(self.baseline_id, min(pending, self.executor.slots))
             running = [
@@ -363,23 +371,19 @@ class Engine(Promotion):
         worktree = self.pool.checkout(slot, ind.commit)
         session = self.session.id if self.session else 0
         log_dir = self.ws.state_dir / "logs" / ind.id / f"{purpose.value}-s{seed}-{session}"
-        job = Job(
-            worktree=worktree,
-            depth=self.config.depth,
-            budget=self.config.budget,
-            seed=seed,
-            profile=self.profile,
-            data_dir=self.data_dir,
-            log_dir=log_dir,
-            allowance=self.config.allowance,
-        )
-        return self.executor.submit(job), time.time()
+        return self.executor.submit(self._job(worktree, seed, log_dir)), time.time()
+
+    def _job(self, worktree: Path, seed: int, log_dir: Path) -> Job:
+        return Job(
+            worktree=worktree, depth=self.config.depth, budget=self.config.budget, seed=seed,
+            profile=self.profile, data_dir=self.data_dir, log_dir=log_dir, allowance=self.config.allowance,
+        )  # fmt: skip
 
     def _result(self, future) -> RunResult:
         try:
             return future.result()
-        except TrainerError as exc:
-            raise EvolveError(f"the trainer refused a run: {exc}") from None
+        except TrainerError as exc:  # the request or the environment, never the child: nothing recorded
+            raise EvolveError(f"the trainer refused a run (nothing was recorded): {exc}") from None
         except OSError as exc:  # the trainer could not write its log: the disk, not the child
             problem = os_problem(exc, self.ws.state_dir)
             if problem is None:

@@ -21,6 +21,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from prepare.profiles import PROFILES, budget_text
+
 from . import confirmation as confirm
 from .champion import choose_champion
 from .judging import Evidence
@@ -84,6 +86,7 @@ class Snapshot:
     recent: list[str] = field(default_factory=list)
     noise: str = ""  # the noise model in words (sigma, tau, their degrees of freedom)
     best_note: str = ""  # why the champion is the best: confirmed on fresh seeds, or not yet
+    budget_unit: str = "seconds"  # what `budget` counts: seconds or training tokens
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -237,6 +240,7 @@ def snapshot(
         strategy=r.strategy,
         depth=depth,
         budget=float(r.settings.get("budget", 0.0)),
+        budget_unit=_unit(r.profile),
         active=session is not None,
         uptime=(time.time() - session["started"]) if session else 0.0,
         counts=counts,
@@ -325,13 +329,19 @@ def plain_line(s: Snapshot) -> str:
     )
 
 
+def _unit(profile: str) -> str:
+    """The budget unit of a run's profile (seconds for a profile this install does not know)."""
+    known = PROFILES.get(profile)
+    return known.budget_unit if known is not None else "seconds"
+
+
 def render(s: Snapshot) -> Panel:
     """The full screen: header, devices, best and islands, operators, recent events."""
     floor = f"{s.noise_floor:.5f}" if s.noise_floor is not None else "not measured yet"
     rate = f"{s.duty.per_hour:.1f}" if s.duty.per_hour else "-"
     header = Text.assemble(
         (f"{s.run}", "bold"),
-        f"  {s.strategy}, profile {s.profile}, depth {s.depth}, budget {s.budget:g} s  |  ",
+        f"  {s.strategy}, profile {s.profile}, depth {s.depth}, budget {budget_text(s.budget, s.budget_unit)}  |  ",
         ("running " + _clock(s.uptime) if s.active else "stopped", "green" if s.active else "yellow"),
         f"\nnoise floor {floor} ({s.noise or '-'})  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",

@@ -36,7 +36,7 @@ from genome.settings import SETTINGS_FILE, read_settings
 from genome.workspace import Workspace
 from genome.worktrees import POOL_DIR
 from prepare.errors import PrepareError
-from prepare.profiles import Profile, dataset_dir, get_profile
+from prepare.profiles import Profile, budget_text, dataset_dir, get_profile
 from trainer import Executor, Job, LocalExecutor, RunResult, TrainerError
 
 from .champion import (
@@ -232,7 +232,7 @@ def check_comparable(store: Store, ctx: Context, depth: int, budget: float) -> N
             continue
         if abs(e.budget - budget) > 1e-9:
             raise EvolveError(
-                f"run {ctx.run!r} was validated at depth {depth} with a budget of {e.budget:g} s; "
+                f"run {ctx.run!r} was validated at depth {depth} with a budget of {budget_text(e.budget, e.budget_unit)}; "
                 f"pass --budget {e.budget:g} to add to it (scores of different budgets never mix)"
             )
         if e.profile != ctx.profile.name or (e.data_fingerprint and e.data_fingerprint != ctx.fingerprint):

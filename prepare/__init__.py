@@ -39,6 +39,7 @@ _EXPORTS = {
     "get_source": "sources",
     "Manifest": "shards",
     "load_manifest": "shards",
+    "check_dataset": "shards",
     "prepare_dataset": "pipeline",
     # training-time API
     "DataLoader": "dataloader",

@@ -83,6 +83,11 @@ DEFAULT_PROFILE = "h100"
 BUDGET_UNITS = ("seconds", "tokens")
 
 
+def budget_text(budget: float, unit: str) -> str:
+    """A budget as a user reads it: "300 s" or "65,536 training tokens"."""
+    return f"{budget:g} s" if unit == "seconds" else f"{budget:,.0f} training tokens"
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The profile named, else `EVOLVE_PROFILE`, else the default (h100)."""
     name = name or os.environ.get("EVOLVE_PROFILE") or DEFAULT_PROFILE

@@ -297,12 +297,8 @@ class Split:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
 
-def open_split(data_dir: str | Path | None, split: str) -> Split:
-    """Memory-map a split of a complete dataset; refuses a directory without a manifest, and files
-    whose size differs from what the manifest recorded (a rewritten or truncated shard)."""
-    if split not in SPLITS:
-        raise PrepareError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    manifest = load_manifest(data_dir)
+def _checked_split(manifest: Manifest, split: str) -> tuple[Path, Path]:
+    """The split's two files, after checking that they are there with the sizes the manifest recorded."""
     data_dir = manifest.path
     bpath, ipath = bin_path(data_dir, split), idx_path(data_dir, split)
     expected = manifest.splits.get(split, {})
@@ -311,8 +307,37 @@ def open_split(data_dir: str | Path | None, split: str) -> Split:
         raise PrepareError(f"{split} shard missing in {data_dir}; {fix}")
     if bpath.stat().st_size != expected.get("bytes"):
         raise PrepareError(f"{bpath} does not match its manifest (size changed); {fix}")
+    if ipath.stat().st_size != (expected.get("documents", -2) + 1) * OFFSET_DTYPE.itemsize:
+        raise PrepareError(f"{ipath} does not match its manifest; {fix}")
+    return bpath, ipath
+
+
+def check_dataset(data_dir: str | Path | None = None) -> Manifest:
+    """The manifest of a complete dataset whose every file is there at the size it recorded
+    (what a run needs before it starts: a missing or truncated shard is the data's fault, not the
+    code's). Cheap: a few `stat` calls; `open_split` checks the offsets' contents too."""
+    manifest = load_manifest(data_dir)
+    for split in SPLITS:
+        _checked_split(manifest, split)
+    if not (manifest.path / "tokenizer.json").is_file():
+        raise PrepareError(
+            f"tokenizer.json missing in {manifest.path}; delete it and run "
+            f"`evolve prepare --profile {manifest.profile}` again"
+        )
+    return manifest
+
+
+def open_split(data_dir: str | Path | None, split: str) -> Split:
+    """Memory-map a split of a complete dataset; refuses a directory without a manifest, and files
+    whose size differs from what the manifest recorded (a rewritten or truncated shard)."""
+    if split not in SPLITS:
+        raise PrepareError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    manifest = load_manifest(data_dir)
+    bpath, ipath = _checked_split(manifest, split)
+    expected = manifest.splits[split]
     offsets = np.fromfile(ipath, dtype=OFFSET_DTYPE)
     if len(offsets) != expected.get("documents", -2) + 1 or int(offsets[-1]) != expected.get("tokens"):
+        fix = f"delete {manifest.path} and run `evolve prepare --profile {manifest.profile}` again"
         raise PrepareError(f"{ipath} does not match its manifest; {fix}")
     tokens = np.memmap(bpath, dtype=TOKEN_DTYPE, mode="r")
     return Split(name=split, tokens=tokens, offsets=offsets)

@@ -327,7 +327,7 @@ def run(
 
     data = Path(data_dir).resolve() if data_dir is not None else dataset_dir(prof).resolve()
     try:
-        manifest = prepare.load_manifest(data)
+        manifest = prepare.check_dataset(data)  # a missing or truncated shard is the data's fault
     except PrepareError as exc:
         raise TrainerError(str(exc)) from None
     if manifest.profile != prof.name:

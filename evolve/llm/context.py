@@ -231,7 +231,9 @@ def setting(ctx: ProposalContext, parent: Parent | None = None) -> str:
     except Exception:  # an unknown profile name: say what is known
         shape = ""
     where = f"{gpu} ({device})" if gpu and gpu != device else device or "an unknown device"
-    amount = f"{budget:g} s" if unit == "seconds" else f"{budget:,.0f} training tokens"
+    from prepare.profiles import budget_text
+
+    amount = budget_text(budget, unit)
     line = (
         f"Every experiment trains at depth {depth} for {amount} on {where}, profile {profile_name}{shape}, "
         f"then val_bpb is measured on a fixed validation set."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -236,3 +237,90 @@ def test_a_locked_store_is_one_line_and_reading_goes_on(tmp_path, use_tiny_data,
         main, ["run", "-w", str(ws.root), "--gpus", "cpu", "--max-experiments", "1", "--interval", "30"]
     )
     assert done.exit_code == 0, done.output
+
+
+# --- the environment's faults are not the genome's --------------------------------------------------
+
+
+def _data_copy(tiny_data: Path, where: Path) -> Path:
+    shutil.copytree(tiny_data, where)
+    return where
+
+
+def _baseline_runs(ws: Path) -> list:
+    with Store(ws / ".evolve" / "evolve.db", readonly=True) as store:
+        return store.evaluations("g0000")
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_missing_or_truncated_data_is_the_environment_s_fault_and_costs_the_baseline_nothing(
+    damage, tiny_data, tmp_path
+):
+    data = _data_copy(tiny_data, tmp_path / "data")
+    shard = data / "train.bin"
+    if damage == "missing":
+        shard.unlink()
+    else:
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    ws = _workspace(tmp_path / "ws")
+    env = _env(tmp_path / "home", data)
+    refused = _one_line_error(
+        subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=300)
+    )
+    assert "evolve prepare --profile tiny" in refused and str(data) in refused
+    assert ("train shard missing" if damage == "missing" else "does not match its manifest") in refused
+    assert "fix train.py" not in refused
+    if (ws.state_dir / "evolve.db").exists():
+        assert _baseline_runs(ws.root) == []  # nothing recorded against the baseline
+    # mended: the run starts, and the baseline's seeds are its first ones
+    shutil.rmtree(data)
+    _data_copy(tiny_data, data)
+    resumed = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = _baseline_runs(ws.root)
+    assert sorted(e.seed for e in runs) == [42, 43] and all(e.ok for e in runs)
+
+
+BROKEN = "raise SystemExit('this train.py is broken on purpose')\n"
+
+
+def test_a_baseline_whose_train_py_is_broken_is_blamed_after_autoevolve_s_own_train_py_ran(
+    tiny_data, tmp_path
+):
+    broken = tmp_path / "broken.py"
+    broken.write_text(BROKEN + BIGRAM.read_text())
+    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=65536, train_py=broken)
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write(SEARCH)
+    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
+    env = _env(tmp_path / "home", tiny_data)
+    proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
+    refused = _one_line_error(proc, "the baseline keeps failing", "autoevolve's own train.py runs here")
+    assert "the fault is in this workspace's train.py" in refused and "fix it" in refused
+    assert len(_baseline_runs(ws.root)) == 2 * 2 + 2  # its attempts, all failed
+
+
+def test_when_autoevolve_s_own_train_py_fails_too_the_machine_is_blamed_and_its_failures_do_not_count(
+    tiny_data, tmp_path
+):
+    # Damage the preflight cannot see (it only stats the files): the offsets' contents. Every run
+    # fails in the harness's data server, whatever the code.
+    data = _data_copy(tiny_data, tmp_path / "data")
+    idx = data / "train.idx"
+    idx.write_bytes(b"\xff" * idx.stat().st_size)
+    ws = _workspace(tmp_path / "ws")
+    env = _env(tmp_path / "home", data)
+    proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
+    refused = _one_line_error(proc, "the baseline keeps failing", "and so does autoevolve's own train.py")
+    assert "the machine or the harness is at fault, not train.py" in refused and "fix train.py" not in refused
+    failed = _baseline_runs(ws.root)
+    assert len(failed) == 2 * 2 + 2 and not any(e.ok for e in failed)
+    # mended, the same command: the failures of the broken session do not count against the
+    # baseline (a session of its own attempts), it gets its seeds, and the run goes on
+    shutil.rmtree(data)
+    _data_copy(tiny_data, data)
+    resumed = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    ok = [e for e in _baseline_runs(ws.root) if e.ok]
+    assert len(ok) == 2 and min(e.seed for e in ok) > max(e.seed for e in failed)

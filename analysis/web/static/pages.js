@@ -5,6 +5,11 @@
   const { el, fmt, table, link, badge } = AE;
   const ALL = ["individuals", "evaluations", "events", "llm", "sessions", "verdicts"];
 
+  // a budget as a user reads it: "300 s" or "65,536 training tokens" (prepare.profiles.budget_text)
+  function budgetText(budget, unit) {
+    return unit === "tokens" ? `${Math.round(budget).toLocaleString("en-US")} training tokens` : `${budget} s`;
+  }
+
   function card(label, value, sub) {
     return el("div", { class: "card" }, el("div", { class: "label" }, label), el("div", { class: "value" }, value),
       sub ? el("div", { class: "sub" }, sub) : null);
@@ -32,7 +37,7 @@
       const llm = s.llm || {};
       const champ = s.champion;
       const cards = el("div", { class: "cards" },
-        card("run", s.run, `${s.strategy}, profile ${s.profile}, depth ${s.depth}, budget ${s.budget} s`),
+        card("run", s.run, `${s.strategy}, profile ${s.profile}, depth ${s.depth}, budget ${budgetText(s.budget, s.budget_unit)}`),
         card("state", s.active ? `running ${fmt.seconds(s.uptime)}` : "stopped",
           Object.entries(s.counts).map(([k, v]) => `${k} ${v}`).join(", ") + ` · queue ${s.queued}`),
         devices,
@@ -167,7 +172,7 @@
           rows.push([link(row.id), score(row.search), gain(row.search_delta, r.noise_floor.search),
             score(row.validation), gain(row.validation_delta, r.noise_floor.validation), badge(row.verdict), row.description || ""]);
         }
-        parts.push(el("h2", {}, `depth ${r.search_depth} → ${r.validation_depth}` + (r.budget ? `, ${r.budget} s per run` : "")),
+        parts.push(el("h2", {}, `depth ${r.search_depth} → ${r.validation_depth}` + (r.budget ? `, ${budgetText(r.budget, r.budget_unit)} per run` : "")),
           table(["id", `val_bpb @${r.search_depth}`, "gain", `val_bpb @${r.validation_depth}`, "gain", "verdict", "description"], rows, "transfer"),
           el("p", { class: "note" }, `noise floor ${fmt.num(r.noise_floor.search)} at depth ${r.search_depth}, ${fmt.num(r.noise_floor.validation)} at depth ${r.validation_depth}; Spearman rank correlation ${r.spearman === null ? "n/a" : r.spearman.toFixed(3)} over ${r.rows.length}. Gain = baseline − val_bpb (higher is better).`));
       }
