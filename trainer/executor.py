@@ -19,7 +19,7 @@ from pathlib import Path
 from prepare.profiles import Profile
 
 from .errors import TrainerError
-from .quarantine import EventHook, Quarantine, device_fault
+from .quarantine import EventHook, Quarantine, device_fault, probe_device
 from .result import RunResult
 from .runner import normalize_devices, run
 
@@ -200,6 +200,14 @@ class LocalExecutor(Executor):
         fault = device_fault(result)
         again = self._take(1, avoid=frozenset(taken)) if fault is not None and self._retry else None
         if again is None:  # not suspect, or no other healthy device to settle it on
+            if fault is not None and self._retry:  # then the device itself is asked
+                broken = probe_device(first)
+                if broken is not None:  # the card's fault, not the code's: not a result of the child's
+                    raise TrainerError(
+                        f"GPU {first} failed a health check ({broken}) after a run crashed with a device "
+                        f"error ({fault}); the run is not counted: check the card (`nvidia-smi`), or leave "
+                        f"it out with --gpus"
+                    )
             self.quarantine.observe(first, result)
             return result
         kept_log = _set_aside(result.log_path, first)

@@ -6,12 +6,18 @@ once more on another device. If it passes there, the first device gets a strike;
 strikes it is taken out of rotation. A device whose runs fail with device errors `after` times in a
 row while other devices pass is quarantined too (this catches what a retry cannot settle, e.g. when
 no other device was free to retry on). The last healthy device is never quarantined: a host with
-no device left would wait forever instead of failing visibly.
+no device left would wait forever instead of failing visibly. Where there is no other healthy
+device to retry on (a one-GPU host), the device itself is asked: a health check in a process of
+its own (`probe_device`); a card that fails it stops the run with a TrainerError that says so (the
+crash is not counted against the child), one that passes leaves the crash as the child's.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,6 +52,17 @@ _CODE_FAULT = re.compile(
     re.IGNORECASE,
 )
 
+# A health check of one GPU, in a process of its own (never train.py's): CUDA starts, and a matrix
+# product on the card gives the right answer.
+PROBE = (
+    "import torch\n"
+    "x = torch.ones(512, 512, device='cuda')\n"
+    "total = float((x @ x).sum())\n"
+    "torch.cuda.synchronize()\n"
+    "assert total == 512.0 ** 3, f'the card computed {total}, not {512.0 ** 3}'\n"
+)
+PROBE_TIMEOUT = 180.0
+
 EventHook = Callable[[str, dict], None]
 STRIKE_EVENT = "device_strike"
 QUARANTINE_EVENT = "device_quarantined"
@@ -65,6 +82,19 @@ def device_fault(result: RunResult) -> str | None:
         if _DEVICE_FAULT.search(line):
             return line.strip()[:300]
     return None
+
+
+def probe_device(index: str, python: str = sys.executable, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """None when GPU `index` passes the health check (`PROBE`), else why it failed, in one line."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(index)}
+    try:
+        done = subprocess.run([python, "-c", PROBE], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"the health check did not finish in {timeout:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else f"the health check exited with {done.returncode}"
 
 
 @dataclass

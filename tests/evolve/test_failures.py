@@ -324,3 +324,19 @@ def test_when_autoevolve_s_own_train_py_fails_too_the_machine_is_blamed_and_its_
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     ok = [e for e in _baseline_runs(ws.root) if e.ok]
     assert len(ok) == 2 and min(e.seed for e in ok) > max(e.seed for e in failed)
+
+
+def test_no_isolation_tool_is_the_machine_s_fault_with_the_fix_and_nothing_recorded(tiny_data, tmp_path):
+    # A PATH with git and this Python but no bwrap on it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("git", "env", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    ws = _workspace(tmp_path / "ws")
+    env = _env(tmp_path / "home", tiny_data)
+    env["PATH"] = f"{Path(sys.executable).parent}:{bin_dir}"
+    proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=300)
+    refused = _one_line_error(proc, "bubblewrap (bwrap) is not installed", "apt-get install bubblewrap")
+    assert "fix train.py" not in refused
+    if (ws.state_dir / "evolve.db").exists():
+        assert _baseline_runs(ws.root) == []

@@ -173,3 +173,37 @@ def test_strikes_accumulate_per_device():
     assert q.strike("1", ECC)
     assert q.quarantined.keys() == {"1"} and q.healthy() == ("0", "2")
     assert seen == [("device_strike", "1"), ("device_strike", "1"), ("device_quarantined", "1")]
+
+
+def test_the_health_check_fails_on_a_card_that_cannot_compute():
+    # This host's torch has no CUDA (CI: a CPU wheel); on a GPU host, GPU 0 passes it.
+    import torch
+
+    from trainer.quarantine import probe_device
+
+    answer = probe_device("0")
+    if torch.cuda.is_available():
+        assert answer is None
+    else:
+        assert answer is not None and ("CUDA" in answer or "cuda" in answer), answer
+
+
+def test_a_device_fault_on_the_only_gpu_asks_the_card_and_a_failing_card_is_not_the_child_s_fault(tmp_path):
+    import torch
+
+    host = Host(broken=("0",))
+    with LocalExecutor((0,), runner=host) as ex:
+        future = ex.submit(jobs(tmp_path, 1)[0])
+        if torch.cuda.is_available():  # the card passes its health check: the crash stands
+            assert future.result(timeout=300).status is Status.CRASH
+        else:  # no card answers here: the run is the machine's problem, not a result
+            with pytest.raises(TrainerError, match=r"GPU 0 failed a health check .* the run is not counted"):
+                future.result(timeout=300)
+    assert len(host.calls) == 1 and not ex.quarantined
+
+
+def test_a_code_fault_on_the_only_gpu_does_not_ask_the_card(tmp_path):
+    host = Host(broken=(), code_tail="RuntimeError: CUDA error: device-side assert triggered")
+    with LocalExecutor((0,), runner=host) as ex:
+        (only,) = run_all(ex, jobs(tmp_path, 1))
+    assert only.status is Status.CRASH  # no health check: a CPU host would have failed it
