@@ -13,7 +13,7 @@ from rich.table import Table
 
 from genome import GenomeError, open_workspace
 from genome.workspace import Workspace
-from prepare.profiles import get_profile
+from prepare.profiles import budget_text, get_profile
 
 from .champion import Champion, TransferReport, choose_champion, transfer_report, validated_depths
 from .errors import EvolveError
@@ -39,7 +39,7 @@ def transfer_table(report: TransferReport, champion: Champion | None = None) -> 
     """The verdicts as a rich table: one line per validated individual, best at depth first."""
     title = (
         f"transfer of run {report.run}: depth {report.search_depth} -> {report.validation_depth}"
-        + (f", {report.budget:g} s per run" if report.budget else "")
+        + (f", {budget_text(report.budget, report.budget_unit)} per run" if report.budget else "")
         + " (gain = baseline - val_bpb, higher is better)"
     )
     table = Table(title=title)
@@ -92,6 +92,22 @@ def latest_transfer(
         return None
     report = transfer_report(store, run, search_depth, depths[-1])
     return None if report is None else (report, choose_champion(store, run, search_depth))
+
+
+def progress_line(kind: str, payload: dict) -> str | None:
+    """One line of `validate`'s progress (its `on_event`), or None for events that say nothing new."""
+    if kind == "validation_start":
+        return (
+            f"validating {', '.join(payload['individuals'])} at depth {payload['depth']}: "
+            f"{payload['runs']} runs to do, {payload['skipped']} already done"
+        )
+    if kind == "validated":
+        score = f"val_bpb {payload['val_bpb']:.6f}" if payload["val_bpb"] is not None else payload["reason"]
+        return (
+            f"  {payload['id']} seed {payload['seed']}: {payload['status']} {score} "
+            f"({payload['wall']:.0f} s on {payload['device']})"
+        )
+    return None
 
 
 def _num(value: float | None, digits: int = 6) -> str:
@@ -182,22 +198,9 @@ def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pendi
     devices = parse_gpus(gpus, profile.name)
 
     def progress(kind: str, payload: dict) -> None:
-        if kind == "validation_start":
-            line = (
-                f"validating {', '.join(payload['individuals'])} at depth {payload['depth']}: "
-                f"{payload['runs']} runs to do, {payload['skipped']} already done"
-            )
-        elif kind == "validated":
-            score = (
-                f"val_bpb {payload['val_bpb']:.6f}" if payload["val_bpb"] is not None else payload["reason"]
-            )
-            line = (
-                f"  {payload['id']} seed {payload['seed']}: {payload['status']} {score} "
-                f"({payload['wall']:.0f} s on {payload['device']})"
-            )
-        else:
-            return
-        click.echo(line, err=as_json)
+        line = progress_line(kind, payload)
+        if line is not None:
+            click.echo(line, err=as_json)
 
     try:
         result = validate(ws, spec, devices, on_event=progress)
