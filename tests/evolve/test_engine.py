@@ -162,7 +162,7 @@ class Scripted:
             status=RunStatus.OK, reason="", metrics={"val_bpb": value, "training_seconds": 0.01, "depth": depth},
             wall_seconds=0.01, log_path=None, error_tail="", returncode=0, depth=depth, budget=budget, seed=seed,
             profile=getattr(profile, "name", profile) or "", devices=tuple(devices), data_fingerprint="",
-            torch_version="", gpu_name="", commit=None,
+            torch_version="", gpu_name="", commit=None, budget_unit=getattr(profile, "budget_unit", "seconds"),
         )  # fmt: skip
 
 
