@@ -105,11 +105,13 @@ def run_engine(
     console: Console,
     interval: float = 30.0,
     address: str | None = None,
+    accelerator_type: str | None = None,
 ) -> tuple[StopReason, Engine]:
     """Run an evolution with the live view; shared by `evolve run` and `evolve demo`.
 
     With an `address` ("auto", "ray://HOST:PORT" or "local"), the runs go to a Ray cluster
-    instead of `devices`."""
+    instead of `devices`; under a time budget on one device model (`accelerator_type`, else the
+    one with the most GPUs), said in one line."""
     from trainer import LocalExecutor, RayExecutor, TrainerError
 
     holder: dict[str, Engine] = {}
@@ -140,10 +142,14 @@ def run_engine(
             else RayExecutor(  # a CPU profile's runs need no GPU
                 None if address == "local" else address,
                 gpus_per_task=1 if get_profile(config.profile).device == "cuda" else 0,
+                budget_unit=get_profile(config.profile).budget_unit,
+                accelerator_type=accelerator_type,
             )
         )
     except TrainerError as exc:
         raise EvolveError(str(exc)) from None
+    if address is not None:
+        console.print(f"Ray: {chosen.placement}", highlight=False)
     with chosen as executor:
         engine = Engine(ws, config, executor, on_event=view.on_event)
         holder["engine"] = engine
@@ -250,6 +256,11 @@ _STOP_TEXT = {
     help="With --executor ray: auto (the cluster `ray start` joined), ray://HOST:10001, or local.",
 )
 @click.option(
+    "--accelerator-type",
+    help="With --executor ray and a time budget: the GPU model to run on, as Ray names it (H200); "
+    "default: the one with the most GPUs.",
+)
+@click.option(
     "--llm-model",
     "llm_models",
     multiple=True,
@@ -269,7 +280,7 @@ _STOP_TEXT = {
 )
 def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_bpb, islands, baseline_seeds,
             max_seeds, alpha, budget, depth, operators, migrate_every, seed, interval, executor, address,
-            llm_models, llm_base_url, max_llm_usd, validate_every):  # fmt: skip
+            accelerator_type, llm_models, llm_base_url, max_llm_usd, validate_every):  # fmt: skip
     """Evolve train.py in this workspace: start a run, or resume the one that was stopped.
 
     \b
@@ -293,6 +304,8 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
         raise EvolveError(
             "--gpus and --validate-every pick this host's devices; with --executor ray, Ray places runs"
         )
+    if accelerator_type and not ray:
+        raise EvolveError("--accelerator-type picks a Ray cluster's GPU model; it needs --executor ray")
     devices = () if ray else parse_gpus(gpus, config.profile)
     console = make_console()
     periodic = None
@@ -304,8 +317,9 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
         periodic.start()
     try:
         reason, engine = run_engine(
-            ws, config, devices, console, interval=interval, address=address if ray else None
-        )
+            ws, config, devices, console, interval=interval, address=address if ray else None,
+            accelerator_type=accelerator_type,
+        )  # fmt: skip
     finally:
         if periodic is not None:
             periodic.stop()  # its runs in flight finish and are recorded

@@ -3,7 +3,9 @@
 `Engine(workspace, config, executor).run()` does, in order:
 
 1. opens `.evolve/evolve.db` and the run's row (a run resumed with another profile, depth,
-   budget or strategy is refused: its scores would not compare);
+   budget or strategy is refused: its scores would not compare; so is one whose scores are under
+   another comparability key than this session's runs would be, `evolve.records.ScoreKey`: under
+   a time budget, the device model is part of it);
 2. resumes: individuals left `running` by a crash go back to the queue, and children committed
    to git whose store row never landed are taken in as if just proposed, so the store and the
    `evo/<run>/` branches hold the same individuals;
@@ -14,6 +16,12 @@
 
 Promotion (judging children, pairing runs of parents, confirming the best elite on fresh seeds)
 is the `Promotion` mixin of `evolve.engine_promotion`.
+
+Scores never mix keys. A run's key is its first ok search-depth evaluation's (the baseline's first
+seed). A run that comes back under a key that does not admit it (a node with another card under
+a time budget) is set aside: an `aside` event keeps what it measured, nothing is recorded, and its
+individual goes back to the queue for the same seed, so it is neither scored nor counted as a
+failure. More than `aside_limit` of those in a row stop the run with both keys named.
 
 Settings come from evolve.toml: `[run]` (see genome.settings), an optional `[search]` table with
 the keys of `EngineConfig` (operators, baseline_seeds, max_seeds, migrate_every, ahead, ...),
@@ -75,11 +83,12 @@ from .scheduler import (
     kill_leftover_runs,
     workspace_lock,
 )
-from .store import Evaluation, Individual, LineageKind, Purpose, Status, Store
+from .store import Evaluation, Individual, LineageKind, Purpose, ScoreKey, Status, Store
 from .storefile import Backups, os_problem
 
 DB_FILE = "evolve.db"
 FULL_DISK_BYTES = 1 << 20  # below this much free space, a failed run is blamed on the disk, not the child
+ASIDE_IN_A_ROW = 3  # runs set aside in a row (another key) that stop the run, at least; or one per slot
 
 
 def _data_dir(config: EngineConfig) -> Path:
@@ -150,6 +159,7 @@ class Engine(Promotion):
         self._attempts = 0  # decisions, refusals and failed proposals seen (operators' credits)
         self._credit_cache: tuple[int, dict] | None = None
         self._thread = threading.local()  # events of the change in progress on this thread
+        self._aside = 0  # runs set aside in a row (see the module docstring)
 
     # --- events ---------------------------------------------------------------------------------
     def event(self, kind: str, **payload: Any) -> None:
@@ -179,8 +189,40 @@ class Engine(Promotion):
             self.on_event(kind, payload)
 
     # --- set-up and resume ----------------------------------------------------------------------
+    def session_key(self) -> ScoreKey:
+        """The key this session's runs will be scored under, as far as the executor can tell (its
+        device model is "" when it does not know it, or under a token budget)."""
+        c, unit = self.config, self.profile.budget_unit
+        models = tuple(getattr(self.executor, "device_models", ())) if unit == "seconds" else ()
+        if len(models) > 1:
+            raise EvolveError(
+                f"the devices of this session are of {len(models)} models ({', '.join(models)}); under a time "
+                f"budget scores compare only on one: pass --gpus with one model's devices"
+            )
+        return ScoreKey.of(c.depth, c.budget, unit, models[0] if models else "", "")
+
+    def _refuse_other_key(self) -> None:
+        """A run whose scores are under another key than this session's runs would be: refused."""
+        run_key = self.store.score_key(self.config.depth, self.run_name)
+        now = self.session_key()
+        if run_key is None:
+            return
+        model = getattr(self.executor, "matches_model", None)
+        fits = run_key.admits(now._replace(device=run_key.device)) and (
+            not now.device
+            or not run_key.device
+            or (model(run_key.device) if model else now.device == run_key.device)
+        )
+        if not fits:
+            raise EvolveError(
+                f"run {self.run_name!r} is scored at {run_key}, this session would score at {now}: they do not "
+                f"compare; resume it with its own budget and device model, or start a new run: "
+                f"evolve init {self.ws.root} --run NEWNAME"
+            )
+
     def _open_run(self) -> None:
         c = self.config
+        self._refuse_other_key()
         identity = {"profile": c.profile, "depth": c.depth, "budget": c.budget, "strategy": c.strategy,
                     "data_fingerprint": self.fingerprint}  # fmt: skip
         run = self.store.get_run(self.run_name)
@@ -304,8 +346,11 @@ class Engine(Promotion):
         return ind
 
     def _baseline_ok(self) -> int:
+        key = self.store.score_key(self.config.depth, self.run_name)
         return sum(
-            1 for e in self.store.evaluations(self.baseline_id) if e.ok and e.depth == self.config.depth
+            1
+            for e in self.store.evaluations(self.baseline_id)
+            if e.ok and e.depth == self.config.depth and (key is None or key.admits(e.key))
         )
 
     def evaluate_baseline(self) -> None:
@@ -407,6 +452,8 @@ class Engine(Promotion):
         elif evaluation.commit != ind.commit:  # a score is only ever the individual's own commit's
             evaluation = replace(evaluation, status="invalid", val_bpb=None,
                                  reason=f"the trainer ran {evaluation.commit[:10]}, not {ind.id}'s {ind.commit[:10]}")  # fmt: skip
+        if self._set_aside(ind, evaluation, result):
+            return EvalReport(wall_seconds=result.wall_seconds, recorded=False)
         with self._change():
             self.store.record_evaluation(evaluation)
             self.event("evaluated", id=ind.id, seed=seed, purpose=purpose.value, status=evaluation.status,
@@ -424,6 +471,30 @@ class Engine(Promotion):
             self._tell(outcome)
         training = evaluation.training_seconds if evaluation.status == "ok" else 0.0
         return EvalReport(wall_seconds=result.wall_seconds, training_seconds=float(training or 0.0))
+
+    def _set_aside(self, ind: Individual, evaluation: Evaluation, result: RunResult) -> bool:
+        """A run under another key than the run's (see the module docstring): not recorded, its
+        individual queued again for the same seed. True when it was set aside."""
+        key = self.store.score_key(self.config.depth, self.run_name)
+        with self.lock:
+            if key is None or key.admits(evaluation.key):
+                self._aside = 0
+                return False
+            self._aside += 1
+        with self._change():
+            self.store.set_status(ind.id, Status.QUEUED)
+            self.event("aside", id=ind.id, seed=evaluation.seed, purpose=evaluation.purpose.value,
+                       key=str(evaluation.key), run_key=str(key), status=evaluation.status,
+                       val_bpb=evaluation.val_bpb, node=result.extra.get("node"), log_path=evaluation.log_path,
+                       reason=f"scored at {evaluation.key}, the run's scores are at {key}")  # fmt: skip
+        limit = max(ASIDE_IN_A_ROW, self.executor.slots)
+        if self._aside > limit:
+            raise EvolveError(
+                f"{self._aside} runs in a row came back at {evaluation.key}, the run's scores are at {key}: "
+                f"run it on {key.device or 'the same devices'} only (with --executor ray: --accelerator-type), "
+                f"or start a new run: evolve init {self.ws.root} --run NEWNAME"
+            )
+        return True
 
     def claim(self) -> Individual | None:
         return self.store.claim(self.run_name)

@@ -13,6 +13,10 @@ snapshot per decision) and answers the questions `evolve.promotion`'s pure funct
 
 The engine, the Optuna operator, validation, the champion and `evolve status` all go through
 here, so they cannot disagree about a score.
+
+It reads only the evaluations the run's comparability key admits (`Store.score_key`, see
+`evolve.records.ScoreKey`): a run on another device model under a time budget, or at another
+budget, is neither a score nor a failure of its individual here.
 """
 
 from __future__ import annotations
@@ -132,8 +136,13 @@ class Evidence:
         self.run, self.depth = run, depth
         self.individuals: dict[str, Individual] = {i.id: i for i in store.individuals(run)}
         self.by_ind: dict[str, dict[int, Evaluation]] = {}
+        self.key = store.score_key(depth, run)
         for e in store.evaluations(run=run):
-            if e.depth == depth and e.purpose in SEARCH_PURPOSES:
+            if (
+                e.depth == depth
+                and e.purpose in SEARCH_PURPOSES
+                and (self.key is None or self.key.admits(e.key))
+            ):
                 self.by_ind.setdefault(e.individual, {}).setdefault(e.seed, e)
         self._models: dict[tuple, NoiseModel] = {}
         self._notes: dict[NoiseKey | None, str] = {}

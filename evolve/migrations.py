@@ -274,6 +274,12 @@ def _v21_llm_call_outcomes(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v22_cpu_name(conn: sqlite3.Connection) -> None:
+    # The CPU's model of each run: under a time budget a CPU run's score compares only with runs on
+    # the same model (records.ScoreKey). Rows of older runs keep '' (unknown: admitted by any key).
+    conn.execute("ALTER TABLE evaluations ADD COLUMN cpu_name TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
@@ -284,6 +290,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(15, "a baseline's origin; the commit of each evaluation", _v15_provenance),
     Migration(20, "meta_insights: versions with checked items", _v20_insight_versions),
     Migration(21, "llm_calls: purpose, outcome and the texts", _v21_llm_call_outcomes),
+    Migration(22, "evaluations: the CPU's model", _v22_cpu_name),
 )
 
 

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .promotion import Score
 
@@ -90,6 +90,45 @@ class Individual:
     origin: str | None = None  # a baseline's: the earlier run's individual its code was exported from
 
 
+class ScoreKey(NamedTuple):
+    """What makes two scores comparable: the depth, the budget and what it counts, and, for a time
+    budget, the device model it ran on (in five minutes an H200 trains more than an A100; a token
+    budget is the same work on any device). `device` is the GPU's name as torch reports it, the
+    CPU's model name for a CPU run, "" under a token budget, or "" when it is not known (a run lost
+    with its Ray node before it said, a CPU run recorded before the CPU's model was, a record made
+    by hand): unknown admits any model.
+
+    A run's scores at one depth are under one key: the key of its first ok evaluation there (the
+    baseline's first seed, for the search depth); `Store.scores`, `values`, `leaderboard`, the
+    judge (`evolve.judging.Evidence`) and so everything that ranks read only evaluations that key
+    admits."""
+
+    depth: int
+    budget: float
+    unit: str  # "seconds" or "tokens"
+    device: str
+
+    def admits(self, other: ScoreKey) -> bool:
+        """True when a score under `other` may be compared with the scores under this key."""
+        same = (self.depth, self.budget, self.unit) == (other.depth, other.budget, other.unit)
+        return same and (self.device == other.device or "" in (self.device, other.device))
+
+    def __str__(self) -> str:
+        budget = f"{self.budget:g} s" if self.unit == "seconds" else f"{self.budget:g} {self.unit}"
+        on = f" on {self.device}" if self.device else ""
+        return f"depth {self.depth}, {budget}{on}"
+
+    @classmethod
+    def of(cls, depth: int, budget: float, unit: str, gpu_name: str, cpu_name: str) -> ScoreKey:
+        """The key of a run with these provenance fields (`Evaluation.key`; the store's tally reads
+        the same columns)."""
+        unit = unit or "seconds"
+        device = ""
+        if unit == "seconds":
+            device = cpu_name if gpu_name == "cpu" else gpu_name
+        return cls(int(depth), round(float(budget), 6), unit, device)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """One training run of one individual at one (depth, budget, seed), with its provenance."""
@@ -116,11 +155,17 @@ class Evaluation:
     created: float | None = None
     isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), "none" when it was not
     budget_unit: str = "seconds"  # what `budget` counts: "seconds" or "tokens"
+    cpu_name: str = ""  # the host's CPU model ("" in stores older than the column)
     id: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok" and self.val_bpb is not None
+
+    @property
+    def key(self) -> ScoreKey:
+        """What this score may be compared with (see ScoreKey)."""
+        return ScoreKey.of(self.depth, self.budget, self.budget_unit, self.gpu_name, self.cpu_name)
 
     @classmethod
     def from_result(
@@ -129,7 +174,7 @@ class Evaluation:
         """Build from the trainer's result as a plain dict (`RunResult.to_dict()`).
 
         Provenance (depth, budget, seed, profile, devices, data_fingerprint, torch_version,
-        gpu_name) is read from the top level or from a nested `provenance` dict."""
+        gpu_name, cpu_name) is read from the top level or from a nested `provenance` dict."""
         prov = {**result, **dict(result.get("provenance") or {})}
         text = lambda key: str(prov.get(key) or "")
         metrics = dict(result.get("metrics") or {})
@@ -162,6 +207,7 @@ class Evaluation:
             commit=text("commit"),
             isolation=text("isolation"),
             budget_unit=text("budget_unit") or "seconds",
+            cpu_name=text("cpu_name"),
         )
 
 

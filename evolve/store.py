@@ -38,6 +38,7 @@ from .records import (
     Purpose,
     Ranked,
     Run,
+    ScoreKey,
     Status,
     _evaluation,
     _individual,
@@ -47,7 +48,7 @@ from .tally import Tally
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "SEARCH_PURPOSES", "DiskUse", "Evaluation", "Event", "Individual", "Insight",
-    "LLMCall", "LineageKind", "Purpose", "Ranked", "Run", "Status", "Store",
+    "LLMCall", "LineageKind", "Purpose", "Ranked", "Run", "ScoreKey", "Status", "Store",
 ]  # fmt: skip
 
 BUSY_TIMEOUT_MS = 30_000
@@ -97,6 +98,8 @@ class Store(LLMRecords):
         self.applied: list[int] = []
         try:
             self._open_reader(migrations) if readonly else self._open_writer(migrations)
+            columns = {r[1] for r in self._conn().execute("PRAGMA table_info(evaluations)")}
+            self._tally = Tally(has_cpu_name="cpu_name" in columns or not columns)
         except sqlite3.Error as exc:
             self.close()
             raise storefile.describe(exc, self.path, doing="opening it") from None
@@ -565,7 +568,8 @@ class Store(LLMRecords):
         run: str | None = None,
         purposes: Iterable[Purpose | str] = SEARCH_PURPOSES,
     ) -> dict[str, list[float]]:
-        """val_bpb of every ok evaluation at `depth`, per individual, in recording order."""
+        """val_bpb of every ok evaluation at `depth` under its `score_key`, per individual, in
+        recording order."""
         return self._tally.values(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def noise_floor(self, depth: int, run: str | None = None) -> float | None:
@@ -577,6 +581,20 @@ class Store(LLMRecords):
     ) -> dict[str, Score]:
         """Mean, spread and count of the ok evaluations at `depth`, per individual."""
         return self._tally.scores(self._query, depth, run, [Purpose(p).value for p in purposes])
+
+    def score_key(
+        self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
+    ) -> ScoreKey | None:
+        """The comparability key of the scores at `depth` (`values`, `scores`, `noise_floor`,
+        `leaderboard` and the judge read only evaluations it admits): the key of the first ok
+        evaluation there (a run's baseline's first seed); None before there is one."""
+        return self._tally.key(self._query, depth, run, [Purpose(p).value for p in purposes])
+
+    def set_aside(
+        self, depth: int, run: str | None = None, purposes: Iterable[Purpose | str] = SEARCH_PURPOSES
+    ) -> dict[ScoreKey, int]:
+        """Ok evaluations at `depth` left out of the scores because their key differs, by key."""
+        return self._tally.aside(self._query, depth, run, [Purpose(p).value for p in purposes])
 
     def leaderboard(
         self, depth: int, run: str | None = None, *, limit: int | None = 10, accepted_only: bool = False

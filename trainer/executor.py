@@ -21,7 +21,7 @@ from prepare.profiles import Profile
 from .errors import TrainerError
 from .quarantine import EventHook, Quarantine, device_fault, probe_device
 from .result import RunResult
-from .runner import normalize_devices, run
+from .runner import cpu_name, gpu_name, normalize_devices, run
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,16 @@ class Executor(ABC):
     @abstractmethod
     def shutdown(self, wait: bool = True) -> None:
         """Stop taking jobs; with `wait`, return once the running ones are done."""
+
+    @property
+    def device_models(self) -> tuple[str, ...]:
+        """The device models its runs may land on (GPU names, or the CPU's model); empty when it
+        cannot tell. Under a time budget a score compares only with scores on the same model."""
+        return ()
+
+    def matches_model(self, name: str) -> bool:
+        """True when its runs land on the device model `name` (as a run's provenance names it)."""
+        return name in self.device_models
 
     def abandon(self) -> None:  # noqa: B027 - a default that does nothing, on purpose
         """Kill the runs in flight now; their futures resolve soon (to results nobody records).
@@ -119,6 +129,13 @@ class LocalExecutor(Executor):
     @property
     def devices(self) -> tuple[str, ...]:
         return self._devices
+
+    @property
+    def device_models(self) -> tuple[str, ...]:
+        if not self._on_gpus:
+            return (cpu_name(),) if cpu_name() else ()
+        names = dict.fromkeys(gpu_name(d) for d in self._devices)
+        return tuple(n for n in names if n != "cuda")  # "cuda": a GPU whose name torch cannot tell
 
     @property
     def quarantined(self) -> dict[str, str]:

@@ -16,12 +16,28 @@ Nodes need: autoevolve installed (`pip install 'autoevolve[ray]'`, same version 
 and the prepared data, either on a shared filesystem at the head's path, or prepared on each node
 with `evolve prepare` (same profile and source, so the same fingerprint). A node whose data
 differs fails the run with a TrainerError that says which node and what to do.
+
+Under a time budget (`budget_unit="seconds"`) a score compares only with scores on the same
+device model (five minutes on an H200 train more than on an A100), so the executor never mixes
+models. On GPUs it pins one: Ray labels each GPU node with an `accelerator_type:<MODEL>` resource,
+and every task asks for a sliver (0.001) of the pinned model's, so Ray places it only there;
+`slots` counts that model's GPUs. The model is the one named (`accelerator_type`, `evolve run
+--accelerator-type`), else the one with the most GPUs; `placement` says, in one line, which it
+pinned and which GPUs it leaves idle. Where Ray knows no model (GPUs it did not label), it cannot
+pin: it says so and uses every GPU, and the store sets aside a run on another model than the
+run's scores are on (evolve.engine). On CPUs under a time budget the head's CPU model is pinned:
+a node with another CPU model refuses the run with a TrainerError that names the node (as a node
+with other data does). Under a token budget every node is used: the work is the same anywhere.
+Ray's label is coarser than the name a run records ("H100" for both "NVIDIA H100 80GB HBM3" and
+"NVIDIA H100 PCIe"); the store keys scores by the recorded name, so such a second variant is set
+aside too.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -44,13 +60,15 @@ from prepare.shards import load_manifest
 from .errors import TrainerError
 from .executor import Executor, Job, run_options
 from .result import RunResult, Status
-from .runner import run
+from .runner import cpu_name, run
 
 MAX_TREE_BYTES = 64 * 2**20  # a plain worktree shipped as tar; git worktrees go as bundles
 LOG_HEAD = 64 * 1024  # bytes of a task's log sent back from its start ...
 LOG_TAIL = 2 * 2**20  # ... and from its end
 TASK_VAR = "AUTOEVOLVE_RAY_TASK"  # marks every process of one task, for the reaper
 TMP_PREFIX = "evolve-ray-"  # a task's folder on its node: the checkout and the run's log
+ACCELERATOR = "accelerator_type:"  # Ray's resource on a GPU node, named after its model
+PIN = 0.001  # how much of it each task asks for: a label, not a limit
 
 # Waits for its stdin to close (the task finished, or its worker died), then kills every process
 # that carries the task's mark, and, if the worker died, removes the task's folder. Its own
@@ -178,11 +196,41 @@ def _sweep_stale() -> None:
             pass
 
 
+def accelerator_label(gpu_name: str) -> str | None:
+    """Ray's `accelerator_type` label of a GPU as torch names it ("NVIDIA H200" -> "H200")."""
+    try:
+        from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+        return NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(gpu_name)
+    except (ImportError, AttributeError):  # another Ray: its documented pattern for NVIDIA names
+        match = re.match(r"\w+\s+((?:[A-Z]+\s+)*[A-Z0-9]*\d[A-Z0-9]*)", gpu_name or "")
+        return match.group(1).replace(" ", "-") if match else None
+
+
+def gpus_by_model(nodes: list[Mapping[str, Any]]) -> dict[str, float]:
+    """GPUs per Ray `accelerator_type` over the alive nodes of `ray.nodes()` ("" for unlabelled ones)."""
+    out: dict[str, float] = {}
+    for node in nodes:
+        res = node.get("Resources") or {}
+        if not node.get("Alive", True) or not res.get("GPU"):
+            continue
+        models = [k.split(":", 1)[1] for k in res if k.startswith(ACCELERATOR)] or [""]
+        for model in models:
+            out[model] = out.get(model, 0.0) + float(res["GPU"])
+    return out
+
+
 def run_on_node(package: Package, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The Ray task: rebuild the code, check the node, run it on the GPUs Ray assigned, report."""
     import ray
 
     host = socket.gethostname()
+    pinned_cpu = spec.get("cpu_model")
+    if pinned_cpu and cpu_name() != pinned_cpu:
+        raise TrainerError(
+            f"node {host} has CPU {cpu_name() or 'unknown'!r}, the run's time budget is pinned to {pinned_cpu!r}; "
+            f"a time budget compares only on one CPU model: take that node out of the cluster, or use a token budget"
+        )
     if package_hash() != spec["prepare_hash"]:
         raise TrainerError(
             f"node {host} has another version of autoevolve's prepare package than the head; "
@@ -228,6 +276,7 @@ def run_on_node(package: Package, spec: Mapping[str, Any]) -> dict[str, Any]:
         "log": _trim(log),
         "node": host,
         "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
 
 
@@ -245,7 +294,11 @@ class RayExecutor(Executor):
 
     `slots` (default: the cluster's GPUs / `gpus_per_task`, or its CPUs / `cpus_per_task` when
     `gpus_per_task` is 0) caps how many devices' worth of jobs are in flight at once. A job with
-    `gpus_per_run=k` asks Ray for k * `gpus_per_task` GPUs on one node and takes k slots."""
+    `gpus_per_run=k` asks Ray for k * `gpus_per_task` GPUs on one node and takes k slots.
+
+    `budget_unit="seconds"` (a time budget) pins one device model (see the module docstring):
+    `accelerator_type` names it, else the one with the most GPUs is taken; the default slots are
+    then that model's GPUs. A time-budget job on an executor made for tokens is refused."""
 
     def __init__(
         self,
@@ -256,6 +309,8 @@ class RayExecutor(Executor):
         slots: int | None = None,
         max_retries: int = 3,
         init_options: Mapping[str, Any] | None = None,
+        budget_unit: str | None = None,
+        accelerator_type: str | None = None,
     ):
         ray = _import_ray()
         self._ray = ray
@@ -275,10 +330,15 @@ class RayExecutor(Executor):
         self.gpus_per_task = float(gpus_per_task)
         self.cpus_per_task = float(cpus_per_task)
         self.max_retries = int(max_retries)
+        self.time_budget = budget_unit == "seconds"
+        self.pinned: str | None = None  # the accelerator_type (GPUs) or CPU model runs are pinned to
+        self.pinned_cpu: str | None = None
+        self.placement = "every node" + ("" if self.time_budget else " (a token budget: any device model)")
+        gpus = self._pin(accelerator_type) if self.time_budget else None
         if slots is None:
             total = ray.cluster_resources()
             if self.gpus_per_task > 0:
-                slots = int(total.get("GPU", 0) // self.gpus_per_task)
+                slots = int((total.get("GPU", 0) if gpus is None else gpus) // self.gpus_per_task)
             else:
                 slots = int(total.get("CPU", 0) // max(self.cpus_per_task, 1e-9))
         if slots < 1:
@@ -294,6 +354,47 @@ class RayExecutor(Executor):
         self._inflight: set = set()
         self._closed = False
         self._cancelled = False
+
+    def _pin(self, named: str | None) -> float | None:
+        """Under a time budget: pin one device model; the pinned model's GPUs (None: not pinned)."""
+        if self.gpus_per_task == 0:
+            self.pinned = self.pinned_cpu = cpu_name() or None
+            self.placement = (
+                f"time budget on CPUs: pinned to the head's CPU model {self.pinned!r}; a node with another refuses its runs"
+                if self.pinned
+                else "time budget on CPUs: the head's CPU model is unknown, so nodes are not checked"
+            )
+            return None
+        by_model = gpus_by_model(self._ray.nodes())
+        known = {m: n for m, n in by_model.items() if m}
+        if named is not None and named not in known:
+            have = ", ".join(f"{m} ({n:g} GPUs)" for m, n in sorted(known.items())) or "none"
+            raise TrainerError(f"no Ray node has accelerator_type {named!r}; the cluster has: {have}")
+        if not known:
+            self.placement = (
+                "time budget: Ray names no GPU model (no accelerator_type), so it cannot pin one; every GPU is "
+                "used, and a run on another model than the run's scores is set aside"
+            )
+            return None
+        self.pinned = named or max(known, key=lambda m: (known[m], m))
+        idle = {m: n for m, n in by_model.items() if m != self.pinned}
+        left = ", ".join(f"{n:g} {m or 'unlabelled'}" for m, n in sorted(idle.items()))
+        self.placement = f"time budget: pinned to {self.pinned} ({known[self.pinned]:g} GPUs)" + (
+            f"; {left} GPUs left idle: a time budget's scores compare only on one device model"
+            if idle
+            else ""
+        )
+        return known[self.pinned]
+
+    @property
+    def device_models(self) -> tuple[str, ...]:
+        return (self.pinned,) if self.pinned else ()
+
+    def matches_model(self, name: str) -> bool:
+        """`name` as a run records it: a CPU model, or a GPU name that Ray labels as the pinned model."""
+        if self.pinned is None:
+            return False
+        return name == self.pinned or (self.pinned_cpu is None and accelerator_label(name) == self.pinned)
 
     @property
     def slots(self) -> int:
@@ -317,7 +418,13 @@ class RayExecutor(Executor):
             manifest = load_manifest(data)
         except PrepareError as exc:
             raise TrainerError(str(exc)) from None
+        if (job.budget_unit or profile.budget_unit) == "seconds" and not self.time_budget:
+            raise TrainerError(
+                "a time-budget job on a Ray executor made for a token budget would mix device models; "
+                "make it with budget_unit='seconds'"
+            )
         return {
+            "cpu_model": self.pinned_cpu,
             "depth": job.depth, "budget": job.budget, "seed": job.seed, "profile": profile.name,
             "data_dir": str(data.resolve()), "source": manifest.source, "fingerprint": manifest.fingerprint,
             "prepare_hash": package_hash(), "gpus": self.gpus_per_task > 0, "devices": job.gpus_per_run,
@@ -337,6 +444,8 @@ class RayExecutor(Executor):
                 "max_retries": self.max_retries,
                 "retry_exceptions": False,  # a TrainerError is the same everywhere
             }
+            if self.pinned and self.pinned_cpu is None:  # only the pinned model's nodes
+                options["resources"] = {f"{ACCELERATOR}{self.pinned}": PIN}
             ref = self._remote.options(**options).remote(package, spec)
             with self._cond:
                 self._inflight.add(ref)
@@ -383,7 +492,8 @@ def _landed(job: Job, answer: dict[str, Any]) -> RunResult:
     log_path.write_text(answer["log"])
     data = dict(answer["result"])
     data["log_path"] = str(log_path) if data.get("log_path") else None
-    data["extra"] = {**(data.get("extra") or {}), "node": answer["node"], "node_ip": answer["node_ip"]}
+    data["extra"] = {**(data.get("extra") or {}), "node": answer["node"], "node_ip": answer["node_ip"],
+                     "node_id": answer.get("node_id")}  # fmt: skip
     return RunResult.from_dict(data)
 
 

@@ -61,6 +61,7 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. log truncated)
     budget_unit: str = "seconds"  # what `budget` counts: "seconds" of training window or "tokens"
     isolation: str = ""  # how train.py was isolated ("bubblewrap 0.8.0"), or "none" (not safe)
+    cpu_name: str | None = None  # the host's CPU model (a time budget compares CPU runs on one model)
 
     @property
     def val_bpb(self) -> float | None:

@@ -17,6 +17,7 @@ import functools
 import importlib.metadata
 import json
 import os
+import platform
 import secrets
 import shutil
 import subprocess
@@ -153,6 +154,20 @@ def gpu_name(index: str) -> str:
         return torch.cuda.get_device_name(int(index))
     except Exception:  # no driver here: still record that it was meant to be a GPU
         return "cuda"
+
+
+@functools.cache
+def cpu_name() -> str:
+    """This host's CPU model ("AMD EPYC 9654 96-Core Processor"), "" when it cannot be read. Under a
+    time budget a CPU run compares only with runs on the same model."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
 
 
 def _command(python: str, script: str, nproc: int) -> list[str]:
@@ -344,7 +359,7 @@ def run(
     provenance = dict(
         depth=depth, budget=budget, seed=int(seed), profile=prof.name, devices=devs,
         data_fingerprint=manifest.fingerprint, torch_version=_torch_version(), gpu_name=gpu_name(devs[0]),
-        commit=_commit(worktree), budget_unit=unit, isolation=iso_label,
+        commit=_commit(worktree), budget_unit=unit, isolation=iso_label, cpu_name=cpu_name(),
     )  # fmt: skip
     run_dirs = _Run(logs, isolated)
     try:

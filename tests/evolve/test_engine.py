@@ -162,7 +162,7 @@ class Scripted:
             status=RunStatus.OK, reason="", metrics={"val_bpb": value, "training_seconds": 0.01, "depth": depth},
             wall_seconds=0.01, log_path=None, error_tail="", returncode=0, depth=depth, budget=budget, seed=seed,
             profile=getattr(profile, "name", profile) or "", devices=tuple(devices), data_fingerprint="",
-            torch_version="", gpu_name="", commit=None,
+            torch_version="", gpu_name="", commit=None, budget_unit=getattr(profile, "budget_unit", "seconds"),
         )  # fmt: skip
 
 
@@ -273,3 +273,42 @@ def test_one_run_per_workspace_and_logs_stay_bounded(tmp_path):
     text = read_log(packed)
     assert text.startswith("first line") and text.endswith("last line\n") and "bytes trimmed" in text
     assert Path(packed).stat().st_size < 100_000 and len(gzip.decompress(Path(packed).read_bytes())) < 2**20
+
+
+def _scored_baseline(ws, **fields) -> None:
+    """The run's baseline scored once, as a session before this one recorded it."""
+    from evolve.store import Evaluation, Store
+
+    with Store(ws.state_dir / "evolve.db") as store:
+        store.add_run(ws.run, strategy="population", profile=fields["profile"])
+        base = ws.repo().ensure_baseline()
+        store.add_individual(id=base.id, run=ws.run, commit=base.commit, operator="baseline")
+        store.record_evaluation(Evaluation(individual=base.id, seed=42, status="ok", val_bpb=3.0,
+                                           purpose=Purpose.BASELINE, **fields))  # fmt: skip
+
+
+def test_resuming_under_another_budget_is_refused_in_one_line_naming_both_keys(tmp_path, use_tiny_data):
+    from click.testing import CliRunner
+
+    from evolve.cli import main
+
+    ws = workspace(tmp_path)
+    _scored_baseline(ws, depth=2, budget=81920, budget_unit="tokens", profile="tiny", gpu_name="cpu")
+    out = CliRunner().invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu:1", "--budget", "40960"])
+    assert out.exit_code == 1, out.output
+    (line,) = [x for x in out.output.splitlines() if x.startswith("error:")]  # one line
+    assert "scored at depth 2, 81920 tokens" in line and "at depth 2, 40960 tokens" in line
+    assert "evolve init" in line and "--run NEWNAME" in line
+
+
+def test_a_time_budget_run_is_not_resumed_on_another_device_model(tmp_path, use_tiny_data):
+    from trainer.runner import cpu_name
+
+    ws = init_workspace(tmp_path / "ws", run="t", profile="h100", budget=30, train_py=BIGRAM)
+    _scored_baseline(ws, depth=12, budget=30, budget_unit="seconds", profile="h100", gpu_name="NVIDIA H200")
+    with LocalExecutor.cpu(1) as ex:
+        engine = Engine(ws, EngineConfig.from_workspace(ws), ex)
+        with pytest.raises(
+            EvolveError, match=rf"scored at depth 12, 30 s on NVIDIA H200, .* on {cpu_name()}"
+        ):
+            engine.setup()

@@ -421,7 +421,7 @@ def test_notes_of_an_older_store_become_versions_and_llm_calls_gain_outcomes(db)
     conn.execute("INSERT INTO llm_calls (time, run, model, ok) VALUES (0, 'r1', 'm1', 1)")
     old.close()
     new = Store(db)
-    assert new.applied == [20, 21]
+    assert new.applied == [m.version for m in MIGRATIONS if m.version >= 20]
     assert [(v.version, v.text) for v in new.insight_versions("r1")] == [(1, "first"), (2, "second")]
     assert new.add_insight("third", run="r1", items=[{"kind": "helped", "text": "x", "cites": []}]) == 3
     (latest,) = new.insight_versions("r1", limit=1)
@@ -437,3 +437,72 @@ def test_notes_of_an_older_store_become_versions_and_llm_calls_gain_outcomes(db)
     assert new.llm_spend("r1")["unusable"] == 1
     with pytest.raises(ValueError):
         new.settle_llm_call(kept, "fine")
+
+
+def test_scores_of_a_run_stay_under_its_first_ok_runs_key(store, db):
+    """A time budget's scores compare only on one device model, and never across budgets; the key
+    is fixed by the first ok run (the baseline's first seed); a token budget pools device models."""
+    from dataclasses import replace
+
+    from evolve.judging import Evidence
+    from evolve.store import ScoreKey
+
+    on = lambda e, gpu, **kw: replace(e, gpu_name=gpu, budget_unit="seconds", **kw)  # noqa: E731
+    store.record_evaluation(on(ev("base", 0, 1.0, status="crash"), "NVIDIA A100-SXM4-80GB"))
+    assert store.score_key(4, "r1") is None  # a failed run fixes nothing
+    store.record_evaluation(on(ev("base", 1, 1.0, purpose="baseline"), "NVIDIA H200"))
+    store.record_evaluation(on(ev("base", 2, 1.2, purpose="baseline"), "NVIDIA H200"))
+    store.record_evaluation(on(ev("base", 3, 0.5, purpose="baseline"), "NVIDIA A100-SXM4-80GB"))
+    child(store, "a")
+    store.record_evaluation(on(ev("a", 1, 0.9), "NVIDIA A100-SXM4-80GB"))  # another card
+    store.record_evaluation(on(ev("a", 2, 0.8), "NVIDIA H200", budget=10.0))  # another budget
+    child(store, "b")
+    store.record_evaluation(on(ev("b", 1, 1.1), "NVIDIA H200"))
+    key = store.score_key(4, "r1")
+    assert key == ScoreKey(4, 5.0, "seconds", "NVIDIA H200") and str(key) == "depth 4, 5 s on NVIDIA H200"
+    assert store.values(4, "r1") == {"base": [1.0, 1.2], "b": [1.1]}
+    assert "a" not in store.scores(4, "r1") and [r.individual.id for r in store.leaderboard(4, "r1")] == [
+        "base",
+        "b",
+    ]
+    assert store.noise_floor(4, "r1") == pytest.approx(0.1414, abs=1e-4)  # without the A100's 0.5
+    assert store.set_aside(4, "r1") == {
+        ScoreKey(4, 5.0, "seconds", "NVIDIA A100-SXM4-80GB"): 2, ScoreKey(4, 10.0, "seconds", "NVIDIA H200"): 1
+    }  # fmt: skip
+    fresh = Store(db, readonly=True)  # the same from a reader's fresh tally
+    assert fresh.score_key(4, "r1") == key and fresh.values(4, "r1") == store.values(4, "r1")
+    # the judge reads the same: a's runs elsewhere are neither its scores nor its failures, and
+    # the baseline's failure on the A100 is not counted against it
+    ev_ = Evidence(store, "r1", 4)
+    assert ev_.key == key and ev_.runs("a") == {} and sorted(ev_.runs("base")) == [1, 2]
+    # under a token budget the card does not matter (the same work anywhere), the budget does
+    store.add_run("r2", strategy="population", profile="tiny")
+    for i, (gpu, budget) in enumerate((("NVIDIA H200", 5.0), ("cpu", 5.0), ("NVIDIA H200", 6.0))):
+        store.add_individual(id=f"t{i}", run="r2", commit=f"t{i}")
+        store.record_evaluation(
+            replace(ev(f"t{i}", 1, 1.0 + i), gpu_name=gpu, budget_unit="tokens", budget=budget)
+        )
+    assert store.score_key(4, "r2") == ScoreKey(4, 5.0, "tokens", "") and set(store.scores(4, "r2")) == {
+        "t0",
+        "t1",
+    }
+
+
+def test_a_key_names_the_cpu_model_of_a_cpu_run_under_a_time_budget(tmp_path):
+    from evolve.store import ScoreKey
+
+    result = {"status": "ok", "metrics": {"val_bpb": 1.0}, "depth": 2, "budget": 30.0, "budget_unit": "seconds",
+              "gpu_name": "cpu", "cpu_name": "AMD EPYC 9654", "seed": 1, "profile": "tiny"}  # fmt: skip
+    e = Evaluation.from_result("x", result, purpose="search")
+    assert e.key == ScoreKey(2, 30.0, "seconds", "AMD EPYC 9654")
+    other = Evaluation.from_result("x", {**result, "cpu_name": "Intel Xeon"}, purpose="search")
+    assert not e.key.admits(other.key)
+    unknown = Evaluation.from_result("x", {**result, "cpu_name": ""}, purpose="search")  # recorded before
+    assert e.key.admits(unknown.key) and unknown.key.admits(e.key)
+    tokens = Evaluation.from_result("x", {**result, "budget_unit": "tokens"}, purpose="search")
+    assert tokens.key.device == "" and not e.key.admits(tokens.key)
+    store = Store(tmp_path / "evolve.db")
+    store.add_run("r", strategy="population", profile="tiny")
+    store.add_individual(id="x", run="r", commit="c")
+    store.record_evaluation(e)
+    assert store.evaluations("x")[0].cpu_name == "AMD EPYC 9654"
