@@ -558,15 +558,21 @@ def lineage_cmd(individual, workspace):
 @click.option("--dir", "directory", default="autoevolve-demo", show_default=True,
               type=click.Path(file_okay=False, path_type=Path), help="Where to create the demo workspace.")  # fmt: skip
 @click.option(
-    "--children", default=10, show_default=True, type=click.IntRange(min=1), help="Children to train."
+    "--children", default=8, show_default=True, type=click.IntRange(min=1), help="Children to train."
 )
 @click.option(
     "--budget",
     type=click.FloatRange(min=1),
-    help="Training tokens per run (default: the tiny profile's budget, 65,536).",
+    help="Training tokens per run (default 32,768: 8 steps, half the tiny profile's budget).",
 )
 @click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
-@click.option("--baseline-seeds", default=2, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--baseline-seeds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Seeds of the baseline: the first noise model (fewer leave the judge too unsure to accept).",
+)
 @click.option(
     "--validate-depth",
     type=click.IntRange(min=3),

@@ -32,6 +32,7 @@ def busy_cores():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a loaded CI machine; docs/demo.md says how long it takes
 def test_the_demo_finds_an_improvement_merges_validates_and_reports_with_both_cores_busy(
     tmp_path, busy_cores
 ):
@@ -44,13 +45,13 @@ def test_the_demo_finds_an_improvement_merges_validates_and_reports_with_both_co
     )  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-3000:]
-    for piece in ("1/5 preparing the tiny dataset", "(65,536 training tokens each)", "4/5 validating the champion",
+    for piece in ("1/5 preparing the tiny dataset", "(32,768 training tokens each)", "4/5 validating the champion",
                   "5/5 report written", "Next, try:", "evolve show g", "git log --graph"):  # fmt: skip
         assert piece in out, piece
     with Store(demo / ".evolve" / "evolve.db", readonly=True) as store:
         children = [i for i in store.individuals("demo") if i.parents]
         trained = [c for c in children if c.status != Status.REJECTED]
-        assert len(trained) == 10 and all(c.status.is_finished() and c.decision for c in trained)
+        assert len(trained) == 8 and all(c.status.is_finished() and c.decision for c in trained)
         scores = store.scores(2, "demo")
         base = scores["g0000"]
         accepted = [c for c in children if c.decision == "accept"]
