@@ -34,6 +34,11 @@ class Profile:
         """The budget in seconds, or None when it is counted in tokens."""
         return self.budget if self.budget_unit == "seconds" else None
 
+    def budget_text(self, budget: float | None = None) -> str:
+        """A budget (default: the profile's) with its unit: "300 s" or "65,536 training tokens"."""
+        value = self.budget if budget is None else budget
+        return f"{value:g} s" if self.budget_unit == "seconds" else f"{value:,.0f} training tokens"
+
 
 PROFILES: dict[str, Profile] = {
     # autoresearch-equivalent: one H100, five minutes, depth 12 searched, depth 24 validated.
