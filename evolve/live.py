@@ -21,13 +21,16 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from prepare.errors import PrepareError
+from prepare.profiles import get_profile
+
 from . import confirmation as confirm
 from .champion import choose_champion
 from .judging import Evidence
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
 from .population import Strategy, from_store
 from .promotion import Score
-from .scheduler import DutySummary, active_session, duty_summary
+from .scheduler import DutySummary, active_session, duty_summary, latest_session
 from .store import Status, Store
 
 SNAPSHOT_SHARE = 20  # the live view's snapshots take at most 1/20 of the controller's time
@@ -66,7 +69,7 @@ class Snapshot:
     depth: int
     budget: float
     active: bool  # a session is running (or was killed without ending)
-    uptime: float  # seconds of the current session (0 when none)
+    uptime: float  # seconds of the current session; when stopped, how long the last one ran (0: none yet)
     counts: dict[str, int]
     queued: int
     devices: list[Device]
@@ -238,7 +241,7 @@ def snapshot(
         depth=depth,
         budget=float(r.settings.get("budget", 0.0)),
         active=session is not None,
-        uptime=(time.time() - session["started"]) if session else 0.0,
+        uptime=_uptime(session, latest_session(store, run) if session is None else None),
         counts=counts,
         queued=counts.get(Status.QUEUED.value, 0),
         devices=devices,
@@ -255,6 +258,23 @@ def snapshot(
         noise=model.describe(),
         best_note=champ.reason if champ is not None else "",
     )
+
+
+def _budget(s: Snapshot) -> str:
+    try:
+        return get_profile(s.profile).budget_text(s.budget)
+    except PrepareError:
+        return f"{s.budget:g}"
+
+
+def _uptime(active: dict | None, last: dict | None) -> float:
+    """The running session's age; else the last one's length (its end, or its last heartbeat when it
+    was killed), so the line printed after a session ends does not read 0:00:00."""
+    if active is not None:
+        return time.time() - active["started"]
+    if last is None:
+        return 0.0
+    return max(0.0, (last["ended"] or last["updated"]) - last["started"])
 
 
 def _exhausted(store: Store, run: str) -> set[str]:
@@ -331,7 +351,7 @@ def render(s: Snapshot) -> Panel:
     rate = f"{s.duty.per_hour:.1f}" if s.duty.per_hour else "-"
     header = Text.assemble(
         (f"{s.run}", "bold"),
-        f"  {s.strategy}, profile {s.profile}, depth {s.depth}, budget {s.budget:g} s  |  ",
+        f"  {s.strategy}, profile {s.profile}, depth {s.depth}, budget {_budget(s)}  |  ",
         ("running " + _clock(s.uptime) if s.active else "stopped", "green" if s.active else "yellow"),
         f"\nnoise floor {floor} ({s.noise or '-'})  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",
