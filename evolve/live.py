@@ -29,7 +29,7 @@ from .judging import Evidence
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
 from .population import Strategy, from_store
 from .promotion import Score
-from .scheduler import DutySummary, active_session, duty_summary
+from .scheduler import DutySummary, active_session, duty_summary, latest_session
 from .store import Status, Store
 
 SNAPSHOT_SHARE = 20  # the live view's snapshots take at most 1/20 of the controller's time
@@ -68,7 +68,7 @@ class Snapshot:
     depth: int
     budget: float
     active: bool  # a session is running (or was killed without ending)
-    uptime: float  # seconds of the current session (0 when none)
+    uptime: float  # seconds of the current session; when stopped, how long the last one ran (0: none yet)
     counts: dict[str, int]
     queued: int
     devices: list[Device]
@@ -242,7 +242,7 @@ def snapshot(
         budget=float(r.settings.get("budget", 0.0)),
         budget_unit=_unit(r.profile),
         active=session is not None,
-        uptime=(time.time() - session["started"]) if session else 0.0,
+        uptime=_uptime(session, latest_session(store, run) if session is None else None),
         counts=counts,
         queued=counts.get(Status.QUEUED.value, 0),
         devices=devices,
@@ -259,6 +259,16 @@ def snapshot(
         noise=model.describe(),
         best_note=champ.reason if champ is not None else "",
     )
+
+
+def _uptime(active: dict | None, last: dict | None) -> float:
+    """The running session's age; else the last one's length (its end, or its last heartbeat when it
+    was killed), so the line printed after a session ends does not read 0:00:00."""
+    if active is not None:
+        return time.time() - active["started"]
+    if last is None:
+        return 0.0
+    return max(0.0, (last["ended"] or last["updated"]) - last["started"])
 
 
 def _exhausted(store: Store, run: str) -> set[str]:
