@@ -316,31 +316,38 @@ def test_a_time_budget_run_is_not_resumed_on_another_device_model(tmp_path, use_
 
 class OnTwoModels(Scripted):
     """Scripted under a time budget, on a cluster of two GPU models: the runs numbered in
-    `elsewhere` (the first is 1) come back from an A100, all others from an H200."""
+    `elsewhere` (the first is 1) and the runs of the seeds in `seeds_elsewhere` come back from an
+    A100, all others from an H200."""
 
-    def __init__(self, effects: dict[float, float], elsewhere) -> None:
+    def __init__(self, effects: dict[float, float], elsewhere=(), seeds_elsewhere=()) -> None:
         super().__init__(effects)
-        self.elsewhere = elsewhere
+        self.elsewhere, self.seeds_elsewhere = elsewhere, seeds_elsewhere
         self.calls: list[tuple[int, str]] = []  # (seed, gpu) of each run, in order
 
     def __call__(self, worktree, **kw):
         from dataclasses import replace
 
         result = super().__call__(worktree, **kw)
-        gpu = "NVIDIA A100" if len(self.runs) in self.elsewhere else "NVIDIA H200"
+        away = len(self.runs) in self.elsewhere or kw["seed"] in self.seeds_elsewhere
+        gpu = "NVIDIA A100" if away else "NVIDIA H200"
         self.calls.append((kw["seed"], gpu))
         return replace(result, gpu_name=gpu)
 
 
-def _timed_run(tmp_path, runner: OnTwoModels) -> tuple[Engine, str]:
-    """A time-budget run whose baseline (2 seeds) is scored, with one child queued."""
+def _timed_workspace(tmp_path):
+    """A time-budget run (h100: depth 12, 30 s) with 2 baseline seeds."""
     search = SEARCH.replace("baseline_seeds = 3", "baseline_seeds = 2").replace(
         "confirm_seeds = 2", "confirm_seeds = 1"
     )
     ws = init_workspace(tmp_path / "ws", run="t", profile="h100", budget=30, train_py=BIGRAM)
     with open(ws.root / SETTINGS_FILE, "a") as f:
         f.write(search)
-    config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=1))
+    return ws, EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=1))
+
+
+def _timed_run(tmp_path, runner: OnTwoModels) -> tuple[Engine, str]:
+    """A time-budget run whose baseline (2 seeds) is scored, with one child queued."""
+    ws, config = _timed_workspace(tmp_path)
     engine = Engine(ws, config, LocalExecutor(("cpu",), runner=runner))
     engine.start()
     kid = child(engine, "g0000", "EMB_LR = 0.002", "EMB_LR = 0.05", "EMB_LR 0.002 -> 0.05")
@@ -394,3 +401,19 @@ def test_too_many_runs_in_a_row_on_another_model_stop_the_run_naming_both_keys(t
     finally:
         engine.executor.shutdown()
         engine.close()
+
+
+def test_a_baseline_set_aside_on_many_slots_stops_for_its_key_not_as_a_failing_baseline(
+    tmp_path, use_tiny_data
+):
+    runner = OnTwoModels({}, seeds_elsewhere={43})  # the baseline's second seed always lands on an A100
+    ws, config = _timed_workspace(tmp_path)
+    with LocalExecutor(("cpu",) * 5, runner=runner) as ex:  # 5 slots: 6 set aside in a row stop the run
+        engine = Engine(ws, config, ex)
+        with pytest.raises(EvolveError) as caught:
+            engine.start()
+    message = str(caught.value)
+    assert message.startswith("6 runs in a row came back at") and A100_KEY in message and H200_KEY in message
+    assert engine.store.events("t", kind="reference_run") == []  # a baseline set aside has not failed
+    assert [(e.seed, e.gpu_name) for e in engine.store.evaluations("g0000")] == [(42, "NVIDIA H200")]
+    engine.close()
