@@ -387,7 +387,7 @@ class Engine(Promotion):
                 report = self._record(base, result, seed, Purpose.BASELINE, started)
                 self.session.add(report)
                 self.session.save()
-                attempts += 1
+                attempts += report.recorded  # a run set aside has not failed (`_set_aside` bounds those)
             pending = self.policy.baseline_pending(self._baseline_ok())
         base = self.store.get(self.baseline_id)
         assert base is not None

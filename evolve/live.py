@@ -87,6 +87,10 @@ class Snapshot:
     noise: str = ""  # the noise model in words (sigma, tau, their degrees of freedom)
     best_note: str = ""  # why the champion is the best: confirmed on fresh seeds, or not yet
     budget_unit: str = "seconds"  # what `budget` counts: seconds or training tokens
+    score_key: str = ""  # the comparability key of the run's scores ("" before the first ok run)
+    # runs left out of the scores because they ran under another key, by that key: the engine's
+    # `aside` events (not recorded) and ok evaluations the store holds under another key
+    set_aside: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +137,8 @@ def event_text(kind: str, p: dict[str, Any]) -> str | None:
         return f"{p['id']} {p['purpose']} seed {p['seed']}: {p['status']} {score} ({p.get('wall', 0):.0f} s)"
     if kind == "decision":
         return f"{p['id']} {p['action']}: {p.get('reason', '')}"
+    if kind == "aside":
+        return f"{p['id']} {p.get('purpose')} seed {p.get('seed')}: set aside, {p.get('reason', '')}"
     if kind == "reevaluate":
         return f"{p['id']} next seed: {p.get('reason', '')}"
     if kind == "pair":
@@ -229,6 +235,13 @@ def snapshot(
     }
     disk = store.disk_use()
     extra = _tree_bytes(state_dir) - disk.db_bytes - disk.log_bytes if state_dir is not None else 0
+    key = store.score_key(depth, run)
+    aside: dict[str, int] = {}
+    for ev in store.events(run, kind="aside"):
+        other = str(ev.payload.get("key", ""))
+        aside[other] = aside.get(other, 0) + 1
+    for other, n in store.set_aside(depth, run).items():
+        aside[str(other)] = aside.get(str(other), 0) + n
     lines = []
     for ev in store.events(run, last=200):
         text = event_text(ev.kind, ev.payload)
@@ -258,6 +271,8 @@ def snapshot(
         recent=lines[-recent:],
         noise=model.describe(),
         best_note=champ.reason if champ is not None else "",
+        score_key=str(key) if key is not None else "",
+        set_aside=aside,
     )
 
 
@@ -335,8 +350,17 @@ def plain_line(s: Snapshot) -> str:
     return (
         f"[{s.run} {_clock(s.uptime)}] devices {busy}/{len(s.devices)} busy | queue {s.queued} | {counts} | "
         f"{best} | noise floor {floor} | {rate} exp/h | duty {_pct(s.duty.duty_cycle)}"
+        + (f" | set aside {sum(s.set_aside.values())}" if s.set_aside else "")
         + (f" | {llm_text(s.llm)}" if s.llm.get("calls") else "")
     )
+
+
+def aside_text(s: Snapshot) -> str:
+    """The runs left out of the scores for their key, in one line ("" when none were)."""
+    if not s.set_aside:
+        return ""
+    parts = ", ".join(f"{n} at {key or 'an unknown key'}" for key, n in sorted(s.set_aside.items()))
+    return f"set aside (not scored: the run's scores are at {s.score_key}): {parts}"
 
 
 def _unit(profile: str) -> str:
@@ -356,6 +380,7 @@ def render(s: Snapshot) -> Panel:
         f"\nnoise floor {floor} ({s.noise or '-'})  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",
         f"\n{llm_text(s.llm)}",
+        (f"\n{aside_text(s)}" if s.set_aside else "", "yellow"),
     )
     status = Text("  ".join(f"{k}: {v}" for k, v in sorted(s.counts.items())) or "no individuals yet")
     best = Text("best: -")
