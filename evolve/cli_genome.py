@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import click
 from genome import GenomeError, GenomeRepo, export, init_workspace, open_workspace, resolve_genome_id
 from genome.repo import git_process
 from genome.settings import STRATEGIES
+from prepare.errors import PrepareError
+from prepare.pipeline import find_prepared
+from prepare.profiles import get_profile
 
 from .errors import EvolveError
 
@@ -107,11 +111,34 @@ def init_cmd(directory, run_name, profile, source, strategy, islands, budget, de
     s = ws.settings
     click.echo(f"workspace {ws.root}")
     click.echo(
-        f"  run {s.name}: profile {s.profile}, source {s.source}, {s.strategy}, depth {s.depth}, budget {s.budget:g}s"
+        f"  run {s.name}: profile {s.profile}, source {s.source}, {s.strategy}, depth {s.depth}, "
+        f"budget {_budget_text(s.profile, s.budget)}"
     )
     click.echo(f"  generation 0: {baseline.branch} ({baseline.commit[:10]})")
-    click.echo("  edit program.md to steer the research, then:")
-    click.echo(f"    cd {directory} && evolve run" if str(directory) != "." else "    evolve run")
+    for line in next_steps(directory, s.profile, s.source):
+        click.echo(line)
+
+
+def _budget_text(profile: str, budget: float) -> str:
+    try:
+        return get_profile(profile).budget_text(budget)
+    except PrepareError:  # a profile this version does not know: the number alone
+        return f"{budget:g}"
+
+
+def next_steps(directory: Path, profile: str, source: str) -> list[str]:
+    """What a new workspace needs before its first `evolve run`: the data, then the run."""
+    prepare = f"evolve prepare --profile {profile} --source {shlex.quote(source)}"
+    try:
+        done = find_prepared(profile, source) is not None
+    except PrepareError:  # an unknown source: `evolve prepare` says why
+        done = False
+    lines = ["next:"]
+    lines.append(f"  {prepare}" + ("   # already prepared" if done else "   # the data and tokenizer, once"))
+    if str(directory) != ".":
+        lines.append(f"  cd {shlex.quote(str(directory))}")
+    lines.append("  evolve run      # edit program.md first: it steers the LLM mutations")
+    return lines
 
 
 @click.command("export")

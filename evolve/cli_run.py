@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.tree import Tree
 
@@ -27,7 +27,7 @@ from .errors import EvolveError
 from .live import Device, LiveView, render, snapshot
 from .llm.config import apply_flags, parse_model_flags
 from .scheduler import StopConditions, StopReason, read_log
-from .store import Store
+from .store import Ranked, Store
 from .storefile import Backups
 
 _WORKSPACE = click.option(
@@ -161,12 +161,34 @@ def run_engine(
     return reason, engine
 
 
-def _leaderboard(store: Store, run: str, depth: int, n: int) -> Table:
-    board = store.leaderboard(depth, run, limit=n)
+def _leaderboard(store: Store, run: str, depth: int, n: int) -> Group:
+    """The N best that are kept (or still being judged), then apart the N best rejected: a child
+    rejected on one lucky seed often has the lowest mean, and ranked among the others it reads
+    as the winner."""
     scores = store.scores(depth, run)
     base = next((i for i in store.individuals(run) if not i.parents), None)
     base_mean = scores[base.id].mean if base is not None and base.id in scores else None
-    table = Table(title=f"top {n} of run {run} (val_bpb at depth {depth}, lower is better)")
+    kept: list[Ranked] = []
+    rejected: list[Ranked] = []
+    for ind_id, score in sorted(scores.items(), key=lambda kv: (kv[1].mean, -kv[1].n, kv[0])):
+        ind = store.get(ind_id)
+        side = rejected if ind is not None and ind.decision == "reject" else kept
+        if ind is not None and len(side) < n:
+            side.append(Ranked(ind, score))
+        if len(kept) >= n and len(rejected) >= n:
+            break
+    title = f"top {n} of run {run} (val_bpb at depth {depth}, lower is better): kept or being judged"
+    tables = [_board_table(title, kept, base_mean)]
+    if rejected:
+        tables.append(
+            _board_table(f"best {n} rejected: not shown better than their parent (few seeds can be luck)",
+                         rejected, base_mean)
+        )  # fmt: skip
+    return Group(*tables)
+
+
+def _board_table(title: str, board: list[Ranked], base_mean: float | None) -> Table:
+    table = Table(title=title)
     for col in ("#", "id", "val_bpb", "vs baseline", "decision", "operator", "island", "description"):
         table.add_column(col, justify="right" if col in ("#", "island") else "left")
     for rank, line in enumerate(board, start=1):
@@ -186,7 +208,7 @@ def _leaderboard(store: Store, run: str, depth: int, n: int) -> Table:
 
 
 _STOP_TEXT = {
-    StopReason.DONE: "done: every experiment asked for has finished",
+    StopReason.DONE: "done: every experiment asked for has finished",  # without --max-experiments
     StopReason.HOURS: "stopped: --hours reached (in-flight runs finished)",
     StopReason.TARGET: "stopped: --target-bpb reached",
     StopReason.INTERRUPTED: "stopped cleanly (in-flight runs finished); `evolve run` resumes",
@@ -194,6 +216,16 @@ _STOP_TEXT = {
     StopReason.STALLED: "stopped: proposals keep failing (see `evolve status`)",
     StopReason.EXHAUSTED: "stopped: every operator is spent (raise --max-llm-usd to let the LLM propose again)",
 }
+
+
+def stop_text(reason: StopReason, max_experiments: int | None, trained: int) -> str:
+    """What the run's last line says; --max-experiments is a total of the run, so it says so."""
+    if reason is StopReason.DONE and max_experiments is not None:
+        return (
+            f"done: the run has trained {trained} children in all its sessions "
+            f"(--max-experiments {max_experiments} is that total, not this session's; raise it to train more)"
+        )
+    return _STOP_TEXT.get(reason, reason.value)
 
 
 @click.command("run")
@@ -211,7 +243,10 @@ _STOP_TEXT = {
     help="Stop after this many hours (of this session; the runs in flight finish).",
 )
 @click.option(
-    "--max-experiments", type=click.IntRange(min=0), help="Stop once this many children were trained."
+    "--max-experiments",
+    type=click.IntRange(min=0),
+    help="Stop once the run has trained this many children IN ALL: a total over every session, unlike "
+    "--hours (a resumed run counts the children before it; raise it to go on).",
 )
 @click.option("--target-bpb", type=float, help="Stop once the best mean val_bpb is at or below this.")
 @click.option("--islands", type=click.IntRange(min=1), help="Islands of the population strategy.")
@@ -324,8 +359,9 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
         if periodic is not None:
             periodic.stop()  # its runs in flight finish and are recorded
     console.print(_leaderboard(engine.store, engine.run_name, config.depth, 5))
+    trained = engine.experiments()
     engine.close()
-    console.print(_STOP_TEXT.get(reason, reason.value), highlight=False)
+    console.print(stop_text(reason, config.stop.max_experiments, trained), highlight=False)
     if reason is StopReason.STALLED:
         sys.exit(1)
 
@@ -371,9 +407,12 @@ def status_cmd(workspace, as_json):
 @click.command("top")
 @click.argument("n", default=10, type=click.IntRange(min=1))
 @_WORKSPACE
-@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the N best by mean as JSON, whatever their decision."
+)
 def top_cmd(n, workspace, as_json):
-    """The N best individuals by mean val_bpb over their seeds (with n and spread)."""
+    """The N best individuals by mean val_bpb over their seeds (with n and spread), and apart from
+    them the N best rejected children (rejected: not shown better than their parent)."""
     ws = _workspace(workspace)
     with _store(ws) as store:
         depth = _depth(store, ws)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shlex
 import shutil
 import threading
 import time
@@ -117,12 +118,11 @@ class Engine(Promotion):
         self.mutable = workspace.settings.mutable
         self.profile = get_profile(config.profile)
         self.data_dir = _data_dir(config)
-        try:
-            self.fingerprint = prepare.load_manifest(self.data_dir).fingerprint
+        try:  # the fix names the workspace's own profile and source, not $EVOLVE_PROFILE's
+            hint = f"run `evolve prepare --profile {config.profile} --source {shlex.quote(config.source)}`"
+            self.fingerprint = prepare.load_manifest(self.data_dir, hint=hint).fingerprint
         except PrepareError as exc:
-            raise EvolveError(
-                f"{exc} (run `evolve prepare --profile {config.profile} --source {config.source}` first)"
-            ) from None
+            raise EvolveError(str(exc)) from None
         db = workspace.state_dir / DB_FILE
         if not db.exists() and not Backups(db).list() and len(self.repo.own_ids()) > 1:
             raise EvolveError(
@@ -387,7 +387,7 @@ class Engine(Promotion):
                 report = self._record(base, result, seed, Purpose.BASELINE, started)
                 self.session.add(report)
                 self.session.save()
-                attempts += 1
+                attempts += report.recorded  # a run set aside has not failed (`_set_aside` bounds those)
             pending = self.policy.baseline_pending(self._baseline_ok())
         base = self.store.get(self.baseline_id)
         assert base is not None

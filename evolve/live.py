@@ -29,7 +29,7 @@ from .judging import Evidence
 from .operators.weights import PROPOSAL_FAILED, OperatorWeights, credits_from_store
 from .population import Strategy, from_store
 from .promotion import Score
-from .scheduler import DutySummary, active_session, duty_summary
+from .scheduler import DutySummary, active_session, duty_summary, latest_session
 from .store import Status, Store
 
 SNAPSHOT_SHARE = 20  # the live view's snapshots take at most 1/20 of the controller's time
@@ -68,7 +68,7 @@ class Snapshot:
     depth: int
     budget: float
     active: bool  # a session is running (or was killed without ending)
-    uptime: float  # seconds of the current session (0 when none)
+    uptime: float  # seconds of the current session; when stopped, how long the last one ran (0: none yet)
     counts: dict[str, int]
     queued: int
     devices: list[Device]
@@ -87,6 +87,10 @@ class Snapshot:
     noise: str = ""  # the noise model in words (sigma, tau, their degrees of freedom)
     best_note: str = ""  # why the champion is the best: confirmed on fresh seeds, or not yet
     budget_unit: str = "seconds"  # what `budget` counts: seconds or training tokens
+    score_key: str = ""  # the comparability key of the run's scores ("" before the first ok run)
+    # runs left out of the scores because they ran under another key, by that key: the engine's
+    # `aside` events (not recorded) and ok evaluations the store holds under another key
+    set_aside: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +137,8 @@ def event_text(kind: str, p: dict[str, Any]) -> str | None:
         return f"{p['id']} {p['purpose']} seed {p['seed']}: {p['status']} {score} ({p.get('wall', 0):.0f} s)"
     if kind == "decision":
         return f"{p['id']} {p['action']}: {p.get('reason', '')}"
+    if kind == "aside":
+        return f"{p['id']} {p.get('purpose')} seed {p.get('seed')}: set aside, {p.get('reason', '')}"
     if kind == "reevaluate":
         return f"{p['id']} next seed: {p.get('reason', '')}"
     if kind == "pair":
@@ -229,6 +235,13 @@ def snapshot(
     }
     disk = store.disk_use()
     extra = _tree_bytes(state_dir) - disk.db_bytes - disk.log_bytes if state_dir is not None else 0
+    key = store.score_key(depth, run)
+    aside: dict[str, int] = {}
+    for ev in store.events(run, kind="aside"):
+        other = str(ev.payload.get("key", ""))
+        aside[other] = aside.get(other, 0) + 1
+    for other, n in store.set_aside(depth, run).items():
+        aside[str(other)] = aside.get(str(other), 0) + n
     lines = []
     for ev in store.events(run, last=200):
         text = event_text(ev.kind, ev.payload)
@@ -242,7 +255,7 @@ def snapshot(
         budget=float(r.settings.get("budget", 0.0)),
         budget_unit=_unit(r.profile),
         active=session is not None,
-        uptime=(time.time() - session["started"]) if session else 0.0,
+        uptime=_uptime(session, latest_session(store, run) if session is None else None),
         counts=counts,
         queued=counts.get(Status.QUEUED.value, 0),
         devices=devices,
@@ -258,7 +271,19 @@ def snapshot(
         recent=lines[-recent:],
         noise=model.describe(),
         best_note=champ.reason if champ is not None else "",
+        score_key=str(key) if key is not None else "",
+        set_aside=aside,
     )
+
+
+def _uptime(active: dict | None, last: dict | None) -> float:
+    """The running session's age; else the last one's length (its end, or its last heartbeat when it
+    was killed), so the line printed after a session ends does not read 0:00:00."""
+    if active is not None:
+        return time.time() - active["started"]
+    if last is None:
+        return 0.0
+    return max(0.0, (last["ended"] or last["updated"]) - last["started"])
 
 
 def _exhausted(store: Store, run: str) -> set[str]:
@@ -325,8 +350,17 @@ def plain_line(s: Snapshot) -> str:
     return (
         f"[{s.run} {_clock(s.uptime)}] devices {busy}/{len(s.devices)} busy | queue {s.queued} | {counts} | "
         f"{best} | noise floor {floor} | {rate} exp/h | duty {_pct(s.duty.duty_cycle)}"
+        + (f" | set aside {sum(s.set_aside.values())}" if s.set_aside else "")
         + (f" | {llm_text(s.llm)}" if s.llm.get("calls") else "")
     )
+
+
+def aside_text(s: Snapshot) -> str:
+    """The runs left out of the scores for their key, in one line ("" when none were)."""
+    if not s.set_aside:
+        return ""
+    parts = ", ".join(f"{n} at {key or 'an unknown key'}" for key, n in sorted(s.set_aside.items()))
+    return f"set aside (not scored: the run's scores are at {s.score_key}): {parts}"
 
 
 def _unit(profile: str) -> str:
@@ -346,6 +380,7 @@ def render(s: Snapshot) -> Panel:
         f"\nnoise floor {floor} ({s.noise or '-'})  |  {rate} experiments/h  |  duty cycle {_pct(s.duty.duty_cycle)}"
         f" (devices busy {_pct(s.duty.busy_fraction)})  |  disk {_size(s.disk_bytes)}",
         f"\n{llm_text(s.llm)}",
+        (f"\n{aside_text(s)}" if s.set_aside else "", "yellow"),
     )
     status = Text("  ".join(f"{k}: {v}" for k, v in sorted(s.counts.items())) or "no individuals yet")
     best = Text("best: -")

@@ -180,10 +180,16 @@ def duty_summary(store: Store, run: str) -> DutySummary:
     return DutySummary(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5])
 
 
-def active_session(store: Store, run: str) -> dict | None:
-    """The session of `run` running now: the latest one, not ended, its process alive on this host."""
+def latest_session(store: Store, run: str) -> dict | None:
+    """The latest session of `run`, running or not (None before the first)."""
     with store.transaction() as conn:
         r = conn.execute("SELECT * FROM sessions WHERE run = ? ORDER BY id DESC LIMIT 1", (run,)).fetchone()
+    return dict(r) if r is not None else None
+
+
+def active_session(store: Store, run: str) -> dict | None:
+    """The session of `run` running now: the latest one, not ended, its process alive on this host."""
+    r = latest_session(store, run)
     if r is None or r["ended"] is not None:
         return None
     try:
@@ -192,7 +198,7 @@ def active_session(store: Store, run: str) -> dict | None:
         return None  # killed without a chance to say so: `evolve run` resumes it
     except PermissionError:
         pass
-    return dict(r)
+    return r
 
 
 # --- the scheduler --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shlex
 import shutil
 import threading
 import time
@@ -146,7 +147,8 @@ def context(ws: Workspace, store: Store) -> Context:
     source = str(run.settings.get("source") or ws.settings.source)
     data = Path(os.environ["EVOLVE_DATA"]) if os.environ.get("EVOLVE_DATA") else dataset_dir(profile, source)
     try:
-        fingerprint = prepare.load_manifest(data).fingerprint
+        hint = f"run `evolve prepare --profile {profile.name} --source {shlex.quote(source)}`"
+        fingerprint = prepare.load_manifest(data, hint=hint).fingerprint
     except PrepareError as exc:
         raise EvolveError(f"{exc} (validation needs the data the search used)") from None
     expected = run.settings.get("data_fingerprint")

@@ -54,7 +54,9 @@ def export_message(genome: Genome, lineage: list[Genome], scores: Mapping[str, f
     for g in lineage:
         parents = f" <- {'+'.join(g.parents)}" if g.parents else ""
         score = f" [{_format_score(scores[g.id])}]" if g.id in scores else ""
-        lines.append(f"- {g.id} {g.operator}{parents}: {g.description}{score}")
+        # a baseline's description already starts with its operator ("baseline: train.py, ...")
+        description = g.description.removeprefix(f"{g.operator}: ")
+        lines.append(f"- {g.id} {g.operator}{parents}: {description}{score}")
     trailer = f"{EXPORT_TRAILER}: {genome.run}/{genome.id} {genome.commit}"
     return f"{subject}\n\n" + "\n".join(lines) + f"\n\n{trailer}\n"
 

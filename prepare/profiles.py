@@ -34,6 +34,10 @@ class Profile:
         """The budget in seconds, or None when it is counted in tokens."""
         return self.budget if self.budget_unit == "seconds" else None
 
+    def budget_text(self, budget: float | None = None) -> str:
+        """A budget (default: the profile's) with its unit: "300 s" or "65,536 training tokens"."""
+        return budget_text(self.budget if budget is None else budget, self.budget_unit)
+
 
 PROFILES: dict[str, Profile] = {
     # autoresearch-equivalent: one H100, five minutes, depth 12 searched, depth 24 validated.

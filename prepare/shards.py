@@ -252,14 +252,15 @@ def _profile_hint() -> str:
         return "h100"
 
 
-def load_manifest(data_dir: str | Path | None = None) -> Manifest:
+def load_manifest(data_dir: str | Path | None = None, *, hint: str | None = None) -> Manifest:
     """The manifest of a complete dataset (default: the current run's, see `dataset_dir`).
 
     Raises PrepareError when there is none: the directory is missing, or a prepare run never
-    finished there."""
+    finished there. `hint` is the fix the error names (default: `evolve prepare` for
+    $EVOLVE_PROFILE); a caller that knows the workspace's profile and source passes its own."""
     data_dir = Path(data_dir) if data_dir is not None else dataset_dir(get_profile())
     path = data_dir / MANIFEST
-    hint = f"run `evolve prepare --profile {_profile_hint()}`"
+    hint = hint or f"run `evolve prepare --profile {_profile_hint()}`"
     if not path.is_file():
         raise PrepareError(f"no prepared data at {data_dir}; {hint}")
     try:

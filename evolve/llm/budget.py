@@ -29,6 +29,7 @@ ENCODING_TIMEOUT = 15.0  # seconds to load (maybe download) a tiktoken encoding 
 # ---------------------------------------------------------------------------------------------
 _ENCODINGS: dict[str, Counter] = {}
 _ENCODINGS_LOCK = threading.Lock()
+_WARNED = False  # the fallback is said once per process, whichever encodings fail
 
 
 def approx_tokens(text: str) -> int:
@@ -61,7 +62,7 @@ def _load_encoding(name: str, timeout: float):
 
 def token_counter(name: str) -> Counter:
     """A tiktoken encoding's counter (cached); `approx`, or an encoding that can't load (offline,
-    not cached): bytes / 3, with one warning per process. Never raises."""
+    not cached): bytes / 3, with one short warning per process. Never raises."""
     with _ENCODINGS_LOCK:
         if name not in _ENCODINGS:
             counter: Counter = approx_tokens
@@ -69,12 +70,14 @@ def token_counter(name: str) -> Counter:
                 try:
                     encoding = _load_encoding(name, ENCODING_TIMEOUT)
                     counter = lambda text: len(encoding.encode(text, disallowed_special=()))
-                except Exception as exc:
-                    log.warning(
-                        "tiktoken encoding %r unavailable (%s: %s); counting prompt tokens as bytes/3 "
-                        "instead (set [llm] tokenizer = \"approx\" to say so, or fill TIKTOKEN_CACHE_DIR)",
-                        name, type(exc).__name__, str(exc)[:200],
-                    )  # fmt: skip
+                except Exception as exc:  # offline: the reason is one word, not urllib3's paragraph
+                    global _WARNED
+                    if not _WARNED:
+                        log.warning(
+                            "tiktoken %r unavailable (%s): counting prompt tokens as bytes/3; "
+                            '[llm] tokenizer = "approx" silences this', name, type(exc).__name__,
+                        )  # fmt: skip
+                        _WARNED = True
             _ENCODINGS[name] = counter
         return _ENCODINGS[name]
 

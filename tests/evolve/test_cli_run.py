@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,15 @@ def test_the_live_view_prints_plain_lines_without_a_terminal(evolved):
     assert "by merge_crossover from" in out and "top 5 of run e2e" in out
     assert " reject: " in out and "paired on seed 42" in out  # each decision with its numbers
     assert "\x1b[" not in out  # no terminal escapes in a log file
+    assert not last.startswith("[e2e 0:00:00]")  # the line after the session ended keeps its clock
+    # --max-experiments is a total of the run: the last line says so (a resumed run counts the ones before)
+    assert (
+        out.rstrip()
+        .splitlines()[-1]
+        .startswith(
+            "done: the run has trained 10 children in all its sessions (--max-experiments 10 is that total"
+        )
+    )
 
 
 def test_the_live_view_redraws_in_place_in_a_terminal(evolved, store):
@@ -136,6 +146,7 @@ def test_the_live_view_redraws_in_place_in_a_terminal(evolved, store):
     text = buffer.getvalue()
     assert view.terminal and "\x1b[" in text
     assert "population" in text and "duty cycle" in text and "g0999" not in text
+    assert "budget 81,920 training tokens" in text  # tiny's budget is tokens, not seconds
 
 
 def test_status_top_show_and_lineage_read_the_run(evolved, store):
@@ -156,6 +167,16 @@ def test_status_top_show_and_lineage_read_the_run(evolved, store):
     top = runner.invoke(main, ["top", "3", *w, "--json"], env=env)
     rows = json.loads(top.output)
     assert len(rows) == 3 and rows[0]["mean"] <= rows[1]["mean"] <= rows[2]["mean"]
+    # on screen the rejected children are a table of their own, after the kept ones
+    screen = runner.invoke(main, ["top", "50", *w], env=env).output
+    kept, _, rejected = screen.partition("rejected: not shown better than their parent")
+    assert rejected, screen
+    kept_ids, rejected_ids = (re.findall(r"^│ +\d+ │ (g\d+) │", part, re.M) for part in (kept, rejected))
+    assert kept_ids and all(store.get(i).decision != "reject" for i in kept_ids)
+    assert rejected_ids and all(store.get(i).decision == "reject" for i in rejected_ids)
+    assert sorted(kept_ids + rejected_ids) == sorted(store.scores(2, "e2e"))
+    help_text = " ".join(runner.invoke(main, ["run", "--help"]).output.split())
+    assert "this many children IN ALL: a total over every session, unlike --hours" in help_text
 
     merge = next(i for i in store.individuals("e2e") if i.operator == "merge_crossover")
     show = runner.invoke(main, ["show", merge.id, *w], env=env)
@@ -190,3 +211,15 @@ def test_user_errors_are_one_line(tmp_path, tiny_data):
     for args in (["status"], ["top"], ["run", "--gpus", "banana"]):
         result = runner.invoke(main, [*args, "-w", str(ws.root)], env=env)
         assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+
+
+def test_without_prepared_data_the_hint_names_the_workspaces_profile_and_source(tmp_path):
+    """Not $EVOLVE_PROFILE's (unset: h100) and not twice: the command that prepares this workspace's data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
+    env.update(EVOLVE_HOME=str(tmp_path / "empty-home"))
+    ws = init_workspace(tmp_path / "ws", run="fresh", profile="tiny")
+    result = CliRunner().invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu"], env=env)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: no prepared data at ")
+    assert result.output.count("evolve prepare") == 1 and "h100" not in result.output
+    assert "`evolve prepare --profile tiny --source builtin`" in result.output

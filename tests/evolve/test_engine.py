@@ -312,3 +312,108 @@ def test_a_time_budget_run_is_not_resumed_on_another_device_model(tmp_path, use_
             EvolveError, match=rf"scored at depth 12, 30 s on NVIDIA H200, .* on {cpu_name()}"
         ):
             engine.setup()
+
+
+class OnTwoModels(Scripted):
+    """Scripted under a time budget, on a cluster of two GPU models: the runs numbered in
+    `elsewhere` (the first is 1) and the runs of the seeds in `seeds_elsewhere` come back from an
+    A100, all others from an H200."""
+
+    def __init__(self, effects: dict[float, float], elsewhere=(), seeds_elsewhere=()) -> None:
+        super().__init__(effects)
+        self.elsewhere, self.seeds_elsewhere = elsewhere, seeds_elsewhere
+        self.calls: list[tuple[int, str]] = []  # (seed, gpu) of each run, in order
+
+    def __call__(self, worktree, **kw):
+        from dataclasses import replace
+
+        result = super().__call__(worktree, **kw)
+        away = len(self.runs) in self.elsewhere or kw["seed"] in self.seeds_elsewhere
+        gpu = "NVIDIA A100" if away else "NVIDIA H200"
+        self.calls.append((kw["seed"], gpu))
+        return replace(result, gpu_name=gpu)
+
+
+def _timed_workspace(tmp_path):
+    """A time-budget run (h100: depth 12, 30 s) with 2 baseline seeds."""
+    search = SEARCH.replace("baseline_seeds = 3", "baseline_seeds = 2").replace(
+        "confirm_seeds = 2", "confirm_seeds = 1"
+    )
+    ws = init_workspace(tmp_path / "ws", run="t", profile="h100", budget=30, train_py=BIGRAM)
+    with open(ws.root / SETTINGS_FILE, "a") as f:
+        f.write(search)
+    return ws, EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=1))
+
+
+def _timed_run(tmp_path, runner: OnTwoModels) -> tuple[Engine, str]:
+    """A time-budget run whose baseline (2 seeds) is scored, with one child queued."""
+    ws, config = _timed_workspace(tmp_path)
+    engine = Engine(ws, config, LocalExecutor(("cpu",), runner=runner))
+    engine.start()
+    kid = child(engine, "g0000", "EMB_LR = 0.002", "EMB_LR = 0.05", "EMB_LR 0.002 -> 0.05")
+    return engine, kid
+
+
+H200_KEY, A100_KEY = "depth 12, 30 s on NVIDIA H200", "depth 12, 30 s on NVIDIA A100"
+
+
+def test_a_run_back_from_another_device_model_is_set_aside_and_run_again_on_its_seed(tmp_path, use_tiny_data):
+    runner = OnTwoModels({0.05: -0.02}, elsewhere={3, 4})  # the child's first two runs land on an A100
+    engine, kid = _timed_run(tmp_path, runner)
+    try:
+        assert engine.scheduler.run(install_signals=False) is StopReason.DONE
+        engine.finish(StopReason.DONE)
+        assert runner.calls[:5] == [(42, "NVIDIA H200"), (43, "NVIDIA H200"), (42, "NVIDIA A100"),
+                                    (42, "NVIDIA A100"), (42, "NVIDIA H200")]  # fmt: skip
+        asides = [e.payload for e in engine.store.events("t", kind="aside")]
+        assert [(a["id"], a["seed"], a["purpose"]) for a in asides] == [(kid, 42, "search")] * 2
+        assert all(a["key"] == A100_KEY and a["run_key"] == H200_KEY for a in asides)
+        assert all(A100_KEY in a["reason"] and H200_KEY in a["reason"] for a in asides)
+        # nothing of the A100 runs was recorded; the child was scored on the H200 and judged
+        evals = engine.store.evaluations(run="t")
+        assert evals and {e.gpu_name for e in evals} == {"NVIDIA H200"}
+        mine = [e for e in evals if e.individual == kid]
+        assert mine[0].seed == 42 and mine[0].ok and len({e.seed for e in mine}) == len(mine)
+        assert engine.store.set_aside(12, "t") == {}
+        (decision,) = [e.payload for e in engine.store.events("t", kind="decision") if e.payload["id"] == kid]
+        assert decision["seeds"] == [42, 43, 44] and decision["diff"] == pytest.approx(-0.02)
+        assert str(engine.store.score_key(12, "t")) == H200_KEY
+    finally:
+        engine.executor.shutdown()
+        engine.close()
+
+
+def test_too_many_runs_in_a_row_on_another_model_stop_the_run_naming_both_keys(tmp_path, use_tiny_data):
+    runner = OnTwoModels({}, elsewhere=range(3, 100))  # after the baseline, every run lands on an A100
+    engine, kid = _timed_run(tmp_path, runner)
+    try:
+        with pytest.raises(EvolveError) as caught:
+            engine.scheduler.run(install_signals=False)
+        engine.finish(StopReason.ERROR)
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith("4 runs in a row came back at")
+        assert A100_KEY in message and H200_KEY in message and "--accelerator-type" in message
+        assert runner.calls[2:] == [(42, "NVIDIA A100")] * 4  # one slot: max(3, 1) are let through
+        assert len(engine.store.events("t", kind="aside")) == 4
+        assert engine.store.evaluations(kid) == []
+        ind = engine.store.get(kid)
+        assert ind.status == Status.QUEUED and ind.decision is None  # a resume runs it again
+    finally:
+        engine.executor.shutdown()
+        engine.close()
+
+
+def test_a_baseline_set_aside_on_many_slots_stops_for_its_key_not_as_a_failing_baseline(
+    tmp_path, use_tiny_data
+):
+    runner = OnTwoModels({}, seeds_elsewhere={43})  # the baseline's second seed always lands on an A100
+    ws, config = _timed_workspace(tmp_path)
+    with LocalExecutor(("cpu",) * 5, runner=runner) as ex:  # 5 slots: 6 set aside in a row stop the run
+        engine = Engine(ws, config, ex)
+        with pytest.raises(EvolveError) as caught:
+            engine.start()
+    message = str(caught.value)
+    assert message.startswith("6 runs in a row came back at") and A100_KEY in message and H200_KEY in message
+    assert engine.store.events("t", kind="reference_run") == []  # a baseline set aside has not failed
+    assert [(e.seed, e.gpu_name) for e in engine.store.evaluations("g0000")] == [(42, "NVIDIA H200")]
+    engine.close()

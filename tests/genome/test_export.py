@@ -38,6 +38,8 @@ def test_export_adds_one_commit_on_the_base_with_the_lineage_in_its_message(repo
     assert lines[0].startswith(f"train.py from t1/{c.id}")
     listed = [ln for ln in lines if ln.startswith("- ")]
     assert [ln.split()[1] for ln in listed] == ["g0000", a.id, b.id, c.id]  # root -> champion, not the noise
+    assert base.description.startswith("baseline: ")
+    assert listed[0].startswith(f"- g0000 baseline: {base.description.removeprefix('baseline: ')} [")  # once
     assert (
         "[val_bpb 0.998000]" in listed[0] and "[val_bpb 0.985000]" in listed[3] and "val_bpb" not in listed[2]
     )

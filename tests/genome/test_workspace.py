@@ -150,7 +150,13 @@ def test_cli_init_creates_a_workspace_and_reports_errors_in_one_line(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "evo/c1/g0000" in result.output
+    assert "budget 65,536 training tokens" in result.output  # tiny counts tokens, not seconds
     assert load_settings(target / "evolve.toml").name == "c1"
+    # it ends with what to run next, in order: the workspace's own data, then the run
+    steps = result.output.split("next:\n", 1)[1].splitlines()
+    assert steps[0].split("#")[0].strip() == "evolve prepare --profile tiny --source builtin"
+    assert "already prepared" not in steps[0]  # this EVOLVE_HOME is empty
+    assert steps[1].strip() == f"cd {target}" and steps[2].split("#")[0].strip() == "evolve run"
     again = runner.invoke(main, ["init", str(target)])
     assert again.exit_code == 1
     assert again.output.startswith("error: ") and "already a workspace" in again.output

@@ -99,7 +99,7 @@ def test_every_operator_trains_children_and_status_shows_llm_calls_tokens_and_co
     run = evolve(ws, env, "run", "--gpus", "cpu:1", "--islands", "1", "--max-experiments", "8",
                  "--interval", "1", *flags)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
-    assert "done: every experiment asked for has finished" in run.stdout
+    assert "done: the run has trained 8 children in all its sessions" in run.stdout
     assert re.search(r"LLM: \d+ calls, [\d.]+K? tokens", run.stdout)  # the periodic line, no terminal
 
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:
@@ -157,7 +157,7 @@ def test_the_usd_cap_stops_llm_proposals_and_the_other_operators_go_on(tmp_path,
     again = evolve(ws, env, "run", "--gpus", "cpu:1", "--operators", "llm_mutation,optuna_tweak",
                    "--max-experiments", "3", *cap)  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "done: every experiment asked for has finished" in again.stdout
+    assert "done: the run has trained 3 children in all its sessions" in again.stdout
     assert len(llm_server.requests) == 1
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:
         children = [i for i in store.individuals("mix") if i.parents]
