@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         if args.out:
             partial = args.out.with_suffix(".partial.json")
-            partial.write_text(json.dumps({**result, "windows_so_far": windows(samples)}, indent=1, default=str))
+            partial.write_text(
+                json.dumps({**result, "windows_so_far": windows(samples)}, indent=1, default=str)
+            )
 
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
