@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from test_executor import ExecutorContract
-from trainer_support import SCRIPTS, alive
+from trainer_support import SCRIPTS, alive, private_ray
 
 from trainer import Job, RayExecutor, Status, TrainerError
 from trainer.ray_executor import node_data, pack, unpack
@@ -29,15 +29,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_runtime():
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private runtime: no token written to ~/.ray
-    ray.init(num_cpus=2, num_gpus=3, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
+    with private_ray():
+        ray.init(num_cpus=2, num_gpus=3, include_dashboard=False, log_to_driver=False)
+        yield ray
+        ray.shutdown()
 
 
 @pytest.fixture

@@ -8,11 +8,10 @@ Ray's placement is real, no CUDA kernel runs (the contract's sleeper script only
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 
 import pytest
-from trainer_support import SCRIPTS
+from trainer_support import SCRIPTS, private_ray
 
 from trainer import Job, RayExecutor, TrainerError
 
@@ -25,23 +24,18 @@ def cluster():
     """A head with 2 "H200" GPUs and a node with 1 "A100"; yields (head's node id, A100 node's id)."""
     from ray.cluster_utils import Cluster
 
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a private cluster: no token written to ~/.ray
-    made = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "num_gpus": 2, "resources": {"accelerator_type:H200": 1},
-                        "include_dashboard": False},
-    )  # fmt: skip
-    a100 = made.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:A100": 1})
-    ray.init(address=made.address, log_to_driver=False)
-    made.wait_for_nodes()
-    yield made.head_node.node_id, a100.node_id
-    ray.shutdown()
-    made.shutdown()
-    if old is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = old
+    with private_ray():
+        made = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "num_gpus": 2, "resources": {"accelerator_type:H200": 1},
+                            "include_dashboard": False},
+        )  # fmt: skip
+        a100 = made.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:A100": 1})
+        ray.init(address=made.address, log_to_driver=False)
+        made.wait_for_nodes()
+        yield made.head_node.node_id, a100.node_id
+        ray.shutdown()
+        made.shutdown()
 
 
 @pytest.fixture

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,20 @@ import pytest
 import trainer
 
 SCRIPTS = Path(__file__).parent / "scripts"
+
+
+@contextmanager
+def private_ray() -> Iterator[None]:
+    """RAY_AUTH_MODE=disabled while a test's own Ray runtime or cluster runs: no token in ~/.ray."""
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old
 
 
 def beating(folder: Path, wait: float = 1.0) -> list[str]:
