@@ -35,7 +35,10 @@ from prepare.dataloader import DataLoader
 from prepare.shards import open_split
 
 GRAPH_LIMIT = 1 << 30  # bytes: a graph with its constant tensors
-WEIGHTS_LIMIT = 1 << 37  # bytes: 128 GiB of weights, far above any model a profile trains
+WEIGHTS_LIMIT = 1 << 37
+WEIGHTS_SLACK = (
+    1 << 20
+)  # bytes of weights beyond what the graph declared (headers, alignment)  # bytes: 128 GiB of weights, far above any model a profile trains
 # After the budget is spent, the weights must arrive within HANDOVER_FIXED seconds, plus
 # HANDOVER_BATCHES times the median time between rank 0's requests (the batch being trained, the
 # one asked for ahead, the optimizer step; twice over), plus the weights' bytes at HANDOVER_RATE.
@@ -205,6 +208,14 @@ class DataServer:
             return index * (led.batch_size or 0) * self.seq_len * (led.world_size or 1)
         return now - (led.window_start or now)
 
+    def _over(self, index: int, now: float) -> bool:
+        """Whether batch `index` (of this rank) is past the budget: under a time budget, the window is
+        spent; under a token budget, the step it starts would take the tokens over the budget."""
+        if self.unit == "tokens":
+            accum = self.ledger.accum or 1
+            return index % accum == 0 and self._spent(index + accum, now) > self.budget
+        return self._spent(index, now) >= self.budget
+
     def _serve(self, rank: int) -> tuple[dict, bytes]:
         with self._lock:
             led = self.ledger
@@ -216,8 +227,10 @@ class DataServer:
             self._open_window()
             index = led.batches.get(rank, 0)
             now = time.monotonic()
-            if led.end_index is None and self._spent(index, now) >= self.budget:
-                led.end_index = math.ceil(index / led.accum) * led.accum
+            if led.end_index is None and self._over(index, now):
+                # Seconds: the step in progress is finished. Tokens: a step is served only if all of
+                # it fits in the budget (a batch of any size is never a way past it).
+                led.end_index = index if self.unit == "tokens" else math.ceil(index / led.accum) * led.accum
                 if led.end_due is None:
                     led.end_due = now if self.unit == "tokens" else min(now, led.window_start + self.budget)
             if led.end_index is not None and index >= led.end_index:
@@ -351,7 +364,8 @@ class DataServer:
                         with self._lock:
                             if self.ledger.end_sent is None or self.ledger.weights_at is not None:
                                 raise P.ProtocolError("the weights must come once, after the stream ended")
-                        self._receive(conn, header, "weights", WEIGHTS_LIMIT)
+                        declared = self.ledger.weight_bytes or 0
+                        self._receive(conn, header, "weights", min(WEIGHTS_LIMIT, declared + WEIGHTS_SLACK))
                         with self._lock:
                             self.ledger.weights_at = time.monotonic()
                     elif kind in (P.DENIED, P.FAILED):

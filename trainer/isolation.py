@@ -147,4 +147,8 @@ def python_paths(probe: dict) -> list[str]:
 
 def library_paths(env: dict[str, str]) -> list[str]:
     """LD_LIBRARY_PATH's folders (CUDA libraries outside /usr, e.g. /usr/local/nvidia/lib64)."""
-    return [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and os.path.isdir(p)]
+    # Only absolute folders: a relative entry ("." or "lib") names the controller's working
+    # directory, which is the workspace itself when `evolve run` is started there.
+    return [
+        p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if os.path.isabs(p) and os.path.isdir(p)
+    ]

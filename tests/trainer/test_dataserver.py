@@ -86,14 +86,29 @@ def test_batches_are_the_seeded_training_rows(tmp_path, tiny_data):
     assert np.array_equal(rows, expected)
 
 
-def test_the_stream_ends_at_an_optimizer_step_boundary(tmp_path, tiny_data):
-    # 5 batches' worth of tokens with 2 batches a step: the stream ends after 6 (3 whole steps)
+def test_the_stream_ends_at_an_optimizer_step_boundary_within_the_token_budget(tmp_path, tiny_data):
+    # 5 batches' worth of tokens with 2 batches a step: the stream ends after 4 (the 2 whole steps
+    # that fit; a third would take the run to 6 batches' worth, over its budget)
     server = _server(tmp_path, tiny_data, budget=5 * 512)
     try:
         got = Client(server, accum=2).until_end()
     finally:
         server.close()
-    assert sum(h["kind"] == P.BATCH for h in got) == 6 and server.ledger.steps == 3
+    assert sum(h["kind"] == P.BATCH for h in got) == 4 and server.ledger.steps == 2
+    assert server.ledger.tokens <= 5 * 512
+
+
+@pytest.mark.parametrize("batch, accum", [(8192, 1), (2, 256)])
+def test_no_batch_size_or_accumulation_takes_a_run_past_its_token_budget(tmp_path, tiny_data, batch, accum):
+    # An attack seen in review: one batch of 8192 rows (32x the budget) was served whole, since the
+    # budget was only checked before a batch; a long accumulation overshot it to the step's end.
+    server = _server(tmp_path, tiny_data, budget=65536)
+    try:
+        got = Client(server, batch=batch, accum=accum).until_end()
+    finally:
+        server.close()
+    assert [h["kind"] for h in got] == [P.END]  # a step bigger than the whole budget gets nothing
+    assert server.ledger.tokens == 0 and not server.ledger.problems
 
 
 def test_ranks_stop_at_the_same_batch_and_see_the_same_progress(tmp_path, tiny_data):
@@ -243,3 +258,27 @@ def test_a_graph_after_the_first_batch_breaks_the_protocol(tmp_path, tiny_data):
         server.close()
     assert server.ledger.graph_at is None
     assert any("the graph must come once, before the first batch" in p for p in server.ledger.problems)
+
+
+def test_weights_bigger_than_the_graph_declared_are_refused_before_they_fill_the_disk(tmp_path, tiny_data):
+    # Seen in review: the weights were read up to 128 GiB onto the host's disk whatever the graph said.
+    from trainer.dataserver import WEIGHTS_SLACK
+
+    server = _server(tmp_path, tiny_data)
+    try:
+        client = Client(server)
+        P.send(client.sock, P.GRAPH, _graph())
+        assert _wait(lambda: server.ledger.graph_at is not None)
+        declared = server.ledger.weight_bytes
+        assert declared == 1024 * 8 * 4  # the embedding's float32 weights
+        client.until_end()
+        try:
+            P.send(client.sock, P.WEIGHTS, b"\0" * (declared + WEIGHTS_SLACK + 1))
+        except BrokenPipeError:  # the server hung up on it after the header, before the payload
+            pass
+        assert _wait(lambda: bool(server.ledger.problems))
+    finally:
+        server.close()
+    assert server.ledger.weights_at is None
+    assert any("weights of" in p and "over the limit" in p for p in server.ledger.problems)
+    assert not (tmp_path / "artifact" / "weights.bin").exists()

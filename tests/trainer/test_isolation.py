@@ -160,3 +160,14 @@ def test_running_without_isolation_is_loud_and_recorded(run_script, monkeypatch)
 
     assert result.status is Status.OK, result.reason
     assert result.isolation == "none"
+
+
+def test_relative_library_paths_never_bind_the_controllers_working_directory(tmp_path, monkeypatch):
+    # Seen in review: LD_LIBRARY_PATH=".:/usr/lib" bound the controller's working directory (the
+    # workspace, with its store and worktrees, when `evolve run` starts there) into the sandbox.
+    from trainer.isolation import library_paths
+
+    (tmp_path / "lib").mkdir()
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "lib")
+    assert library_paths({"LD_LIBRARY_PATH": f".:lib::{absolute}:/no/such/dir"}) == [absolute]
