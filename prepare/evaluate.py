@@ -52,13 +52,14 @@ def _run(args) -> dict:
         if line.strip() != "go":
             return {"status": "aborted", "reason": "the trainer called the evaluation off"}
     traced = load(graph, None, "meta").traced_on
-    if args.device == "cuda" and traced != "cuda":  # the scoring device and precision are the harness's
+    cuda = args.device == "cuda" and torch.cuda.is_available()  # (a GPU run faked on a CPU host: its CPU)
+    if cuda and traced != "cuda":  # the scoring device and precision are the harness's, not the graph's
         return {
             "status": "invalid",
             "reason": f"the model was traced on {traced}, but the run trains on cuda: it is scored where it "
             f"trains (trace it after moving it to the GPU)",
         }
-    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -246,7 +246,10 @@ class DataServer:
             if index not in self._progress:
                 spent = self._spent(index, now)
                 self._progress[index] = (min(1.0, spent / self.budget), now - led.window_start, led.tokens)
-                for old in [i for i in self._progress if i < min(led.batches.values(), default=0) - 2]:
+                # Kept until every rank is past it: a rank not served yet is at batch 0 (counting
+                # only the ranks seen so far dropped the entry a late rank was about to read).
+                slowest = min(led.batches.get(r, 0) for r in range(led.world_size or 1))
+                for old in [i for i in self._progress if i < slowest - 2]:
                     del self._progress[old]
             progress, seconds, tokens = self._progress[index]
             led.batches[rank] = index + 1
