@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .promotion import (
@@ -36,7 +36,7 @@ from .promotion import (
     paired_difference,
     pessimistic,
 )
-from .records import SEARCH_PURPOSES, Evaluation, Individual
+from .records import SEARCH_PURPOSES, Evaluation, Individual, ScoreKey
 from .store import Store
 
 FIRST_SEED = 42  # the k-th evaluation of any individual uses seed 42 + k: a child and its parent
@@ -129,23 +129,56 @@ class Judged:
     failed: bool  # the child failed on a seed (crash, diverged, ...)
 
 
+@dataclass
+class _Fold:
+    """One (depth, key)'s runs by individual and seed, folded forward over a run's evaluations
+    (kept in `evolve.snapshots` beside the run). An inner dict is replaced, never changed, so an
+    `Evidence` holding the old one keeps its view."""
+
+    seen: int = 0  # evaluations folded in
+    by_ind: dict[str, dict[int, Evaluation]] = field(default_factory=dict)
+    ok_keys: Counter = field(default_factory=Counter)  # NoiseKey -> kept ok runs
+    all_keys: Counter = field(default_factory=Counter)
+
+    def fold(self, evaluations: Sequence[Evaluation], depth: int, key: ScoreKey | None) -> None:
+        for e in evaluations[self.seen :]:
+            if (
+                e.depth != depth
+                or e.purpose not in SEARCH_PURPOSES
+                or (key is not None and not key.admits(e.key))
+            ):
+                continue
+            runs = self.by_ind.get(e.individual, {})
+            if e.seed in runs:
+                continue
+            self.by_ind[e.individual] = {**runs, e.seed: e}
+            k = key_of(e)
+            self.all_keys[k] += 1
+            if e.ok:
+                self.ok_keys[k] += 1
+        self.seen = len(evaluations)
+
+
 class Evidence:
-    """One run's search-depth evaluations and individuals, read once."""
+    """One run's search-depth evaluations and individuals, as they are now.
+
+    Built from the store's incremental snapshot of the run (`evolve.snapshots`): what a new row
+    changed is folded in, the rest is shared, so making one per decision costs little however long
+    the run is. The noise models of an unchanged run are shared too."""
 
     def __init__(self, store: Store, run: str, depth: int) -> None:
         self.run, self.depth = run, depth
-        self.individuals: dict[str, Individual] = {i.id: i for i in store.individuals(run)}
-        self.by_ind: dict[str, dict[int, Evaluation]] = {}
         self.key = store.score_key(depth, run)
-        for e in store.evaluations(run=run):
-            if (
-                e.depth == depth
-                and e.purpose in SEARCH_PURPOSES
-                and (self.key is None or self.key.admits(e.key))
-            ):
-                self.by_ind.setdefault(e.individual, {}).setdefault(e.seed, e)
-        self._models: dict[tuple, NoiseModel] = {}
-        self._notes: dict[NoiseKey | None, str] = {}
+        with store.snapshots.fresh(store._query, run) as snap:
+            self.individuals: dict[str, Individual] = dict(snap.individuals)
+            fold = snap.kept.setdefault(("runs", depth, self.key), _Fold())
+            fold.fold(snap.evaluations, depth, self.key)
+            self.by_ind: dict[str, dict[int, Evaluation]] = dict(fold.by_ind)
+            self._ok_keys, self._all_keys = Counter(fold.ok_keys), Counter(fold.all_keys)
+            # noise models and notes of this version of the run, shared by every Evidence of it
+            self._models: dict[tuple, NoiseModel] = snap.derived.setdefault(("models", depth, self.key), {})
+            self._notes: dict[NoiseKey | None, str] = snap.derived.setdefault(("notes", depth, self.key), {})
+        self._accepted: list[str] | None = None
 
     # --- runs -----------------------------------------------------------------------------------
     def runs(self, ind: str) -> dict[int, Evaluation]:
@@ -160,7 +193,9 @@ class Evidence:
         return Score.of(ok) if ok else None
 
     def accepted(self) -> list[str]:
-        return [i for i, ind in self.individuals.items() if ind.decision == "accept"]
+        if self._accepted is None:
+            self._accepted = [i for i, ind in self.individuals.items() if ind.decision == "accept"]
+        return list(self._accepted)
 
     def reference(self, ind: str) -> str | None:
         """The parent a child is paired with (`reference_parent`)."""
@@ -178,14 +213,21 @@ class Evidence:
 
     def main_key(self, ind: str | None = None) -> NoiseKey | None:
         """The key most of `ind`'s ok runs have (of the whole run's, without `ind`)."""
-        return main_key(self.facts(ind))
+        if ind is not None:
+            return main_key(self.facts(ind))
+        keys = self._ok_keys or self._all_keys  # what main_key(self.facts()) counts
+        return max(keys, key=lambda k: (keys[k], k)) if keys else None
+
+    def _replicates(self) -> list[RunFact]:
+        """The runs of accepted individuals: the only ones a noise model is built from."""
+        return [f for i in dict.fromkeys(self.accepted()) for f in self.facts(i)]
 
     def model(self, key: NoiseKey | None = None, *, any_kind: bool = False) -> NoiseModel:
         """The noise model at `key` (default: the run's main key); `any_kind` pools device kinds."""
         key = key or self.main_key()
         cache = (key, any_kind)
         if cache not in self._models:
-            self._models[cache] = model_from_runs(self.facts(), self.accepted(), key, any_kind=any_kind)
+            self._models[cache] = model_from_runs(self._replicates(), self.accepted(), key, any_kind=any_kind)
         return self._models[cache]
 
     def model_for(self, ind: str) -> tuple[NoiseModel, str]:
@@ -193,7 +235,7 @@ class Evidence:
         key = self.main_key(ind)
         cache = ("for", key)
         if cache not in self._models:
-            model, note = model_for_key(self.facts(), self.accepted(), key)
+            model, note = model_for_key(self._replicates(), self.accepted(), key)
             self._models[cache] = model
             self._notes[key] = note
         return self._models[cache], self._notes[key]

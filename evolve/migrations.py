@@ -280,6 +280,21 @@ def _v22_cpu_name(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE evaluations ADD COLUMN cpu_name TEXT NOT NULL DEFAULT ''")
 
 
+def _v23_individual_revisions(conn: sqlite3.Connection) -> None:
+    # A change counter per individual (evolve.snapshots reads only the rows changed since its last
+    # read): every insert and update, by any process or module, sets `rev` to one more than the
+    # table's highest. Recursive triggers are off, so the trigger's own update does not fire it.
+    conn.execute("ALTER TABLE individuals ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE individuals SET rev = rowid")
+    conn.execute("CREATE INDEX individuals_rev ON individuals(rev)")
+    bump = "UPDATE individuals SET rev = (SELECT MAX(rev) FROM individuals) + 1 WHERE rowid = NEW.rowid"
+    conn.execute(f"CREATE TRIGGER individuals_rev_insert AFTER INSERT ON individuals BEGIN {bump}; END")
+    conn.execute(
+        "CREATE TRIGGER individuals_rev_update AFTER UPDATE ON individuals"
+        f" WHEN NEW.rev = OLD.rev BEGIN {bump}; END"
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _v1_schema),
     Migration(2, "sessions: device time and duty cycle", _v2_sessions),
@@ -291,6 +306,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(20, "meta_insights: versions with checked items", _v20_insight_versions),
     Migration(21, "llm_calls: purpose, outcome and the texts", _v21_llm_call_outcomes),
     Migration(22, "evaluations: the CPU's model", _v22_cpu_name),
+    Migration(23, "individuals: a change counter", _v23_individual_revisions),
 )
 
 

@@ -55,7 +55,12 @@ class Family:
 
     @classmethod
     def of(cls, store: Store, run: str) -> Family:
-        return cls(store.individuals(run))
+        """The run's family as it is now (one per change of the run: `evolve.snapshots`)."""
+        with store.snapshots.fresh(store._query, run) as snap:
+            family = snap.derived.get("family")
+            if family is None:
+                family = snap.derived["family"] = cls(snap.individuals.values())
+            return family
 
     def ancestors(self, individual: str) -> frozenset[str]:
         """Every ancestor of `individual` (not itself)."""

@@ -292,6 +292,7 @@ class DiskUse:
 
 def _individual(r: sqlite3.Row) -> Individual:
     row = dict(r)
+    row.pop("rev", None)  # the change counter of evolve.snapshots, not a property of the individual
     row["commit"] = row.pop("commit_sha")
     row["parents"] = tuple(json.loads(row["parents"]))
     row["status"] = Status(row["status"])

@@ -43,6 +43,7 @@ from .records import (
     _evaluation,
     _individual,
 )
+from .snapshots import Snapshots
 from .store_llm import LLMRecords
 from .tally import Tally
 
@@ -95,11 +96,14 @@ class Store(LLMRecords):
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._tally = Tally()  # scores read incrementally (evolve.tally)
+        self.snapshots = Snapshots()  # a run's rows read incrementally (evolve.snapshots)
         self.applied: list[int] = []
         try:
             self._open_reader(migrations) if readonly else self._open_writer(migrations)
             columns = {r[1] for r in self._conn().execute("PRAGMA table_info(evaluations)")}
             self._tally = Tally(has_cpu_name="cpu_name" in columns or not columns)
+            columns = {r[1] for r in self._conn().execute("PRAGMA table_info(individuals)")}
+            self.snapshots = Snapshots(has_rev="rev" in columns or not columns)
         except sqlite3.Error as exc:
             self.close()
             raise storefile.describe(exc, self.path, doing="opening it") from None
@@ -198,6 +202,7 @@ class Store(LLMRecords):
             self._execute(conn, "COMMIT")
         except BaseException as exc:
             self._tally.clear()  # it may have read rows of this change, which never landed
+            self.snapshots.clear()
             if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
                 try:
                     conn.execute("ROLLBACK")
@@ -373,6 +378,8 @@ class Store(LLMRecords):
         decision: str | None = None,
     ) -> list[Individual]:
         """Individuals in the order they were created, filtered by run, status(es) and decision."""
+        if run is not None and status is None and decision is None:
+            return self.snapshots.individuals(self._query, run)
         where, params = [], []
         if run is not None:
             where.append("run = ?")
@@ -538,6 +545,8 @@ class Store(LLMRecords):
         run: str | None = None,
         purpose: Purpose | str | None = None,
     ) -> list[Evaluation]:
+        if run is not None and individual is None and purpose is None:
+            return self.snapshots.evaluations(self._query, run)
         where, params = [], []
         if individual is not None:
             where.append("e.individual = ?")
