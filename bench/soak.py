@@ -164,7 +164,7 @@ class Sampler(threading.Thread):
             logs_bytes=_du(state / "logs"),
             log_files=_files(state / "logs"),
             worktrees_bytes=_du(state / "worktrees"),
-            optuna_bytes=_du(state / "optuna.db"),
+            optuna_bytes=sum(_du(Path(f"{state / 'optuna.db'}{s}")) for s in ("", "-wal", "-shm")),
             git_bytes=_du(self.engine.ws.root / ".git"),
         )
         after = _cpu()  # measuring the disk is not the controller's work

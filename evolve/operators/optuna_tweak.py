@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import sqlite3
 import threading
 import warnings
 from pathlib import Path
@@ -121,6 +122,18 @@ def _create_storage(optuna: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to optuna.db in WAL mode with synchronous=NORMAL, as the store's: Optuna commits
+    after every suggestion, and each commit of SQLite's default (rollback journal, FULL) waits for
+    the disk (a third of the controller's samples in bench/soak.py). Durable against a killed
+    process; a power loss may cost the last trials, which only guide the sampler (the store holds
+    every child and score)."""
+    conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 def _fits(value: Any, space: dict[str, Any]) -> bool:
     """Whether a kept value can be the trial's parameter (a choice must be one of the study's)."""
     if space["kind"] == "choice":
@@ -178,7 +191,7 @@ class OptunaTweak(Operator):
         if not path.exists():
             _create_storage(optuna, path)
         self.url = f"sqlite:///{path}"
-        self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 30}})
+        self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs={"creator": lambda: _connect(path)})
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)
         self._studies: dict[str, Any] = {}  # study name -> its Study, kept for the run
@@ -195,9 +208,19 @@ class OptunaTweak(Operator):
                 study_name=name, storage=self.storage, direction="minimize", load_if_exists=True
             )
             self._studies[name] = study
-        study.sampler = self._optuna.samplers.TPESampler(
+        sampler = self._optuna.samplers.TPESampler(
             seed=seed, n_startup_trials=self.startup_trials, constant_liar=True
         )
+        # The multivariate TPE's search space is the intersection over every finished trial: a
+        # sampler keeps it and reads only the trials finished since (Optuna's own cache), a new one
+        # reads them all. Each proposal needs its own seed, so its sampler is new: it is handed
+        # the last one's cache (a private attribute; without it, the same result, read in full).
+        cache = getattr(study.sampler, "_search_space", None)
+        if isinstance(cache, self._optuna.search_space.IntersectionSearchSpace) and hasattr(
+            sampler, "_search_space"
+        ):
+            sampler._search_space = cache
+        study.sampler = sampler
         return study
 
     def _tunable(self, knobs: dict[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,33 @@ def test_optuna_tweak_changes_only_included_constants_and_learns_from_real_resul
     assert trials[children[3][0]].state == optuna.trial.TrialState.RUNNING
 
 
+def test_optuna_tweak_hands_the_search_space_on_and_suggests_what_a_fresh_sampler_would(world):
+    # Each proposal gets a sampler of its own seed; it takes over the last one's search space (the
+    # intersection over finished trials, read incrementally) instead of reading every trial again.
+    op = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR"]))
+
+    def ask(study):
+        t = study.ask()
+        return t, (t.suggest_float("a", 0.01, 1.0, log=True), t.suggest_int("b", 1, 8))
+
+    study = op._study("s", seed=1)
+    for _ in range(12):
+        t, (a, b) = ask(study)
+        study.tell(t, a * b)
+    cache = study.sampler._search_space
+    assert cache is not None and cache._cached_trial_number >= 0  # it has read the finished trials
+    for seed in (7, 8):
+        fresh = optuna.load_study(study_name="s", storage=op.storage, sampler=optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=op.startup_trials, constant_liar=True))  # fmt: skip
+        t, expected = ask(fresh)
+        fresh.tell(t, state=optuna.trial.TrialState.FAIL)  # a failed trial counts for neither
+        carried = op._study("s", seed=seed)
+        assert carried.sampler._search_space is cache
+        t, got = ask(carried)
+        assert got == expected
+        carried.tell(t, sum(got))
+
+
 def test_optuna_tweak_tells_on_resume_what_was_decided_while_it_was_down(world):
     op = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR"], max_changes=1))
     child = op.propose(world.context("g0000")).genome
