@@ -268,7 +268,22 @@ def load_manifest(data_dir: str | Path | None = None, *, hint: str | None = None
         fields = {k: raw[k] for k in Manifest.__dataclass_fields__ if k != "path"}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PrepareError(f"manifest {path} is unreadable ({e}); delete {data_dir} and {hint}") from None
-    return Manifest(path=data_dir, **fields)
+    manifest = Manifest(path=data_dir, **fields)
+    _check_split_rule(manifest)
+    return manifest
+
+
+def _check_split_rule(manifest: Manifest) -> None:
+    """Refuse builtin data whose validation split was drawn by another rule than today's: the old
+    rule (by content hash, from the whole standard library) put validation text inside the sandbox."""
+    from .sources import BUILTIN_SPLIT, BuiltinSource
+
+    info = manifest.source_info if isinstance(manifest.source_info, dict) else {}
+    if manifest.source == BuiltinSource.name and info.get("split") != BUILTIN_SPLIT:
+        raise PrepareError(
+            f"the data at {manifest.path} was prepared by an older rule for the builtin source (a run could "
+            f"read its validation text); run `evolve prepare --profile {manifest.profile} --source builtin` again"
+        )
 
 
 # --- reading ------------------------------------------------------------------------------------

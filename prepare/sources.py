@@ -4,6 +4,11 @@
 validation shard); `local:PATH` is the user's own files; `builtin` is the Python standard library's
 own source text, which exists on every machine with Python and needs no network (the demo and the
 tests use it). A source makes its raw data present (`fetch`) and then yields documents per split.
+
+`builtin`'s validation split is a fixed set of standard-library modules that nothing imports while
+training (`BUILTIN_VAL_PACKAGES`, `BUILTIN_VAL_MODULES`). The sandbox must mount the standard library
+for Python to run, so the trainer hides those modules in every standard-library folder it mounts
+(`held_out_paths`, used by trainer.isolation): the validation text is not in train.py's file system.
 """
 
 from __future__ import annotations
@@ -35,6 +40,52 @@ HF_BASE_URL = f"https://huggingface.co/datasets/{HF_DATASET}/resolve/main"
 # as the validation shard: it is never a training shard, whatever --num-shards says.
 CLIMBMIX_MAX_SHARD = 6542
 CLIMBMIX_VAL_SHARD = CLIMBMIX_MAX_SHARD
+
+
+# The builtin source's validation split: these packages and top-level modules of the standard
+# library, and nothing else (they never go to training). They are in CPython 3.11 to 3.13 (lib2to3,
+# nntplib and telnetlib until 3.12; idlelib, tkinter and turtledemo where the distribution ships
+# them), nothing that training imports needs them (the standard library imports ftplib, smtplib and
+# xmlrpc only inside functions that training does not call), and they hold 0.5 to 2 MB of text.
+BUILTIN_VAL_PACKAGES = (
+    "curses", "ensurepip", "idlelib", "lib2to3", "tkinter", "turtledemo", "wsgiref", "xmlrpc",
+)  # fmt: skip
+BUILTIN_VAL_MODULES = (
+    "ftplib", "imaplib", "mailbox", "nntplib", "poplib", "smtplib", "tabnanny", "telnetlib", "turtle",
+)  # fmt: skip
+# The rule as the manifest records it (`source_info["split"]`): data prepared by another rule (the
+# old one drew validation by content hash from the whole library) is refused by `load_manifest`.
+BUILTIN_SPLIT = {
+    "rule": "held-out modules, hidden in the sandbox",
+    "packages": list(BUILTIN_VAL_PACKAGES),
+    "modules": list(BUILTIN_VAL_MODULES),
+}
+
+
+def held_out_paths(stdlib: str | Path) -> list[Path]:
+    """What of a standard-library folder holds the builtin source's validation text: the held-out
+    packages (folders), the modules' sources and type stubs, and their compiled files in
+    `__pycache__` (a .pyc holds the docstrings and the code). Only the paths that exist."""
+    root = Path(stdlib)
+    found = [root / name for name in BUILTIN_VAL_PACKAGES]
+    found += [root / f"{name}{ext}" for name in BUILTIN_VAL_MODULES for ext in (".py", ".pyi")]
+    try:
+        cached = sorted(os.listdir(root / "__pycache__"))
+    except OSError:
+        cached = []
+    found += [root / "__pycache__" / f for f in cached if f.split(".", 1)[0] in BUILTIN_VAL_MODULES]
+    return [p for p in found if os.path.lexists(p)]
+
+
+def is_stdlib_folder(path: str | Path, entries: set[str] | None = None) -> bool:
+    """A folder that looks like a Python standard library (or typeshed's stubs of one): it holds
+    `os.py`, `os.pyi` or `os/__init__.pyi`. `entries` are its names, when the caller listed it."""
+    names = entries if entries is not None else set(os.listdir(path))
+    return (
+        "os.py" in names
+        or "os.pyi" in names
+        or ("os" in names and os.path.isfile(Path(path, "os", "__init__.pyi")))
+    )
 
 
 def doc_hash(text: str) -> int:
@@ -107,7 +158,7 @@ class Source(ABC):
         """The texts of `split` ("train" or "val"), in a fixed order. Call `fetch` first."""
 
 
-# --- sources split by content hash (local files, builtin) --------------------------------------
+# --- sources split by content hash (local files) -----------------------------------------------
 
 
 class _HashSplitSource(Source):
@@ -290,9 +341,12 @@ def _jsonl_texts(path: Path, fix: str) -> Iterator[str]:
             yield text
 
 
-class BuiltinSource(_HashSplitSource):
+class BuiltinSource(Source):
     """The Python standard library's own source files (docstrings, comments and code), read as
-    text and never imported: offline, on every machine with Python, ~14 MB on CPython 3.11."""
+    text and never imported: offline, on every machine with Python, ~12 MB on CPython 3.11.
+
+    Validation is the held-out modules (`BUILTIN_VAL_PACKAGES`, `BUILTIN_VAL_MODULES`), training
+    everything else: a rule by path, so that the sandbox can hide the validation text by path."""
 
     name = "builtin"
     # A module is cut into documents of about this many characters (a few hundred tokens), so that
@@ -302,7 +356,6 @@ class BuiltinSource(_HashSplitSource):
     SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
 
     def __init__(self, root: str | Path | None = None) -> None:
-        super().__init__()
         self.root = Path(root or sysconfig.get_paths()["stdlib"])
 
     def files(self) -> list[Path]:
@@ -317,8 +370,10 @@ class BuiltinSource(_HashSplitSource):
             raise PrepareError(f"no Python source files under {self.root}; use --source local:PATH instead")
         return found
 
-    def _empty_message(self) -> str:
-        return f"no readable Python source under {self.root}; use --source local:PATH instead"
+    def is_validation(self, path: Path) -> bool:
+        """Whether a file of `files()` belongs to the validation split (a held-out module)."""
+        parts = path.relative_to(self.root).parts
+        return parts[0] in BUILTIN_VAL_PACKAGES or (len(parts) == 1 and path.stem in BUILTIN_VAL_MODULES)
 
     def info(self, num_shards: int) -> dict:
         files = self.files()
@@ -328,10 +383,35 @@ class BuiltinSource(_HashSplitSource):
             "python": sys.version.split()[0],
             "files": len(files),
             "bytes": total,
+            "split": BUILTIN_SPLIT,
         }
 
-    def _all_documents(self) -> Iterator[str]:
+    def fetch(self, raw_dir: Path, num_shards: int, progress: Progress | None = None) -> None:
+        # Nothing to download; both splits must have files.
+        files = self.files()
+        if not any(self.is_validation(p) for p in files):
+            held = ", ".join((*BUILTIN_VAL_PACKAGES, *BUILTIN_VAL_MODULES))
+            raise PrepareError(
+                f"the standard library at {self.root} has none of the modules the builtin source "
+                f"validates on ({held}); use another Python or --source local:PATH"
+            )
+        if all(self.is_validation(p) for p in files):
+            raise PrepareError(
+                f"the standard library at {self.root} has nothing to train on; use --source local:PATH"
+            )
+
+    def documents(self, split: str) -> Iterator[str]:
+        _check_split(split)
+        if split == "val":
+            return self._documents(True)
+        # a training chunk equal to a validation one (a short last chunk, `main()`) stays out
+        val = {doc_hash(t) for t in self._documents(True)}
+        return (t for t in self._documents(False) if doc_hash(t) not in val)
+
+    def _documents(self, validation: bool) -> Iterator[str]:
         for path in self.files():
+            if self.is_validation(path) != validation:
+                continue
             try:
                 text = path.read_bytes().decode("utf-8")
             except (OSError, UnicodeDecodeError):

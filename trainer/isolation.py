@@ -5,7 +5,10 @@ namespaces. Its file system is built from nothing: the system's `/usr` (and `/li
 few files of `/etc`, the Python environment and the prepare package, read-only; the run's private
 worktree copy, temp dir and compile cache, writable; the tokenizer, read-only; the devices the run
 was given. Everything else (the validation split, the training shards, the store, `.evolve/`,
-the other worktrees, the home folder, the network) is not there. When the run's first process
+the other worktrees, the home folder, the network) is not there. The `builtin` source's validation
+text is the standard library's held-out modules (prepare.sources): in every standard-library folder
+that a mount holds, they are covered (an empty read-only tmpfs over a package, /dev/null over a
+module and its compiled files), at every place that folder appears. When the run's first process
 ends, or the controller dies (`--die-with-parent`), the kernel ends every process of the
 namespace, detached or not.
 
@@ -22,8 +25,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from prepare.sources import BUILTIN_VAL_PACKAGES, held_out_paths, is_stdlib_folder
 
 from .errors import TrainerError
 
@@ -76,6 +82,42 @@ def bwrap_version() -> str:
     return version or "bwrap"
 
 
+# Pseudo file systems: never walked for standard-library folders.
+NOT_WALKED = ("/proc", "/sys", "/dev")
+# How long a walk for standard-library folders is trusted (a Python installed meanwhile is found then).
+STDLIB_WALK_SECONDS = 600.0
+_stdlib_walks: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def stdlib_folders(root: str) -> tuple[str, ...]:
+    """The Python standard-library folders (prepare.sources.is_stdlib_folder) under the real path
+    `root`, itself included: every Python installation a mount of `root` shows, whichever Python
+    runs train.py. Walked once per STDLIB_WALK_SECONDS; a folder below one walked is read from it."""
+    now = time.monotonic()
+    for top, (when, found) in list(_stdlib_walks.items()):
+        if now - when >= STDLIB_WALK_SECONDS:
+            _stdlib_walks.pop(top, None)
+        elif _within(root, top):
+            return tuple(f for f in found if _within(f, root))
+    found: list[str] = []
+    if not any(_within(root, p) for p in NOT_WALKED):
+        for dirpath, dirnames, filenames in os.walk(root):
+            if is_stdlib_folder(dirpath, {*dirnames, *filenames}):
+                found.append(dirpath)
+                dirnames[:] = [d for d in dirnames if d not in BUILTIN_VAL_PACKAGES]
+            dirnames[:] = [
+                d
+                for d in dirnames
+                if d not in ("__pycache__", ".git") and os.path.join(dirpath, d) not in NOT_WALKED
+            ]
+    _stdlib_walks[root] = (now, tuple(found))
+    return tuple(found)
+
+
 class Sandbox:
     """A bwrap command line under construction: mounts, devices, then the command."""
 
@@ -84,6 +126,7 @@ class Sandbox:
             "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", "/evolve",
         ]  # fmt: skip
+        self._mounts: list[tuple[str, str, str]] = []  # (flag, source, destination), in order
         self._seen: set[str] = set()
 
     def ro(self, src: str | Path, dst: str | Path | None = None) -> Sandbox:
@@ -101,7 +144,7 @@ class Sandbox:
         if dst in self._seen or not os.path.lexists(src):
             return self
         self._seen.add(dst)
-        self.args += [flag, src, dst]
+        self._mounts.append((flag, src, dst))
         return self
 
     def system(self) -> Sandbox:
@@ -130,10 +173,44 @@ class Sandbox:
             self.dev(f"/dev/{name}")
         return self
 
+    def held_out(self) -> tuple[list[str], list[str]]:
+        """The mounts' arguments, and the arguments that then cover the builtin source's validation
+        text (prepare.sources.held_out_paths) in every standard-library folder the mounts hold: at
+        each place inside the sandbox where that folder appears (/usr/lib and /lib, a venv's base
+        prefix, a sys.path entry), an empty read-only tmpfs over a package, /dev/null over a file.
+        A mount whose source lies inside the held-out text is left out."""
+        mounts = [(flag, src, dst, os.path.realpath(src)) for flag, src, dst in self._mounts]
+        hidden: set[str] = set()
+        for flag, _, _, real in mounts:
+            if flag != "--dev-bind" and os.path.isdir(real):
+                for folder in stdlib_folders(real):
+                    hidden.update(os.path.realpath(p) for p in held_out_paths(folder))
+        kept = [m for m in mounts if not any(_within(m[3], h) for h in hidden)]
+        binds = [arg for flag, src, dst, _ in kept for arg in (flag, src, dst)]
+        cover: list[str] = []
+        done: set[str] = set()
+        for h in sorted(hidden):
+            folder = os.path.isdir(h)
+            for i, (flag, _, dst, real) in enumerate(kept):
+                if flag == "--dev-bind" or not _within(h, real):
+                    continue
+                target = os.path.normpath(os.path.join(dst, os.path.relpath(h, real)))
+                # only where this mount is what the sandbox shows there (no later mount above it)
+                if target in done or any(_within(target, later[2]) for later in kept[i + 1 :]):
+                    continue
+                done.add(target)
+                cover += (
+                    ["--tmpfs", target, "--remount-ro", target]
+                    if folder
+                    else ["--ro-bind", "/dev/null", target]
+                )
+        return binds, cover
+
     def command(self, cmd: Sequence[str], cwd: str) -> list[str]:
         exe = shutil.which("bwrap") or "bwrap"
+        binds, cover = self.held_out()
         # the root itself (an empty tmpfs holding the mount points) is read-only too
-        return [exe, *self.args, "--remount-ro", "/", "--chdir", cwd, "--", *cmd]
+        return [exe, *self.args, *binds, *cover, "--remount-ro", "/", "--chdir", cwd, "--", *cmd]
 
 
 def python_paths(probe: dict) -> list[str]:

@@ -378,3 +378,98 @@ ATTACKS: tuple[Variant, ...] = (
         same_as_honest=True,
     ),
 )
+
+# ---- the builtin source's validation text: the standard library's held-out modules ---------------
+# {HELD_OUT} (tests/attacks/test_builtin_corpus.py): the held-out names, and the size and sha256
+# (16 hex digits) of every file of the held-out modules of the standard library the data was
+# prepared from. The attack switches the tripwire off first, so that only the OS stands.
+SEARCH_THE_STDLIB = """
+import hashlib, json, os, subprocess, sys, sysconfig
+box = getattr(sys, "modules")["prep" + "are.sandbox"]
+if box._ACTIVE is not None:
+    box._ACTIVE.policy = box.Policy(writable=("/",), readable=("/",))
+held = json.loads('{HELD_OUT}')
+packages, modules = set(held["packages"]), set(held["modules"])
+digests = {int(size): set(shas) for size, shas in held["sizes"].items()}
+found = []
+from prepare.sources import BuiltinSource
+try:
+    docs = list(BuiltinSource().documents("val"))
+except Exception:
+    docs = []
+if docs:
+    found.append(f"{len(docs)} validation documents by prepare's own rule")
+std = sysconfig.get_paths()["stdlib"]
+names = {std, os.path.realpath(std), sys.prefix, sys.base_prefix, *(p for p in sys.path if p.startswith("/"))}
+roots = {via + p for via in ("/proc/self/root", "/proc/1/root") for p in (std, os.path.realpath(std))}
+if os.path.isdir("/evolve"):  # the sandbox: all of it
+    roots.add("/")
+else:
+    mounts = {line.split()[4] for line in open("/proc/self/mountinfo")}
+    roots |= names | {m for m in mounts if m != "/" and not m.startswith(("/proc", "/sys", "/dev"))}
+def readable(path):
+    try:
+        with open(path, "rb") as f:
+            return len(f.read(4096)) > 0
+    except OSError:
+        return False
+looked = 0
+for root in sorted(roots):
+    held_dirs = set()
+    if os.path.isfile(root) and readable(root) and os.path.basename(root).split(".")[0] in modules:
+        found.append(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == "/":
+            dirnames[:] = [d for d in dirnames if d not in ("proc", "sys", "dev")]
+        parent = os.path.dirname(dirpath)
+        stdlib = "os.py" in filenames or "os.pyi" in filenames
+        cache_of_stdlib = os.path.basename(dirpath) == "__pycache__" and (
+            os.path.exists(os.path.join(parent, "os.py")) or os.path.exists(os.path.join(parent, "os.pyi"))
+        )
+        if stdlib:
+            held_dirs |= {os.path.join(dirpath, d) for d in dirnames if d in packages}
+        in_held = any(dirpath == h or dirpath.startswith(h + "/") for h in held_dirs)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            looked += 1
+            by_name = in_held or ((stdlib or cache_of_stdlib) and name.split(".")[0] in modules)
+            if by_name and readable(path):
+                found.append(path)
+                continue
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            if size in digests and os.path.isfile(path):
+                try:
+                    with open(path, "rb") as f:
+                        sha = hashlib.sha256(f.read()).hexdigest()[:16]
+                except OSError:
+                    continue
+                if sha in digests[size]:
+                    found.append(path + " (a copy)")
+for probe in (f"umount {std}/idlelib && ls -A {std}/idlelib", f"mkdir -p /tmp/m && mount --bind {std} /tmp/m && ls -A /tmp/m/idlelib"):
+    try:
+        out = subprocess.run(["unshare", "-Urm", "sh", "-c", probe], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    if out.strip():
+        found.append(f"unshare -Urm: {probe}")
+print(f"ATTACK: looked at {looked} files from {len(roots)} roots", flush=True)
+if not found:
+    raise FileNotFoundError(f"no validation text among {looked} files")
+print(f"ATTACK: found {len(found)}: " + "; ".join(found[:5]), flush=True)
+"""
+
+CORPUS_ATTACKS: tuple[Variant, ...] = (
+    ATTACKS[0],  # the honest baseline, for the score to compare with
+    Variant(
+        "searches_for_the_validation_source_files",
+        "looks for the builtin source's validation text: prepare's own split rule, every name of the "
+        "standard library (sys.path, sysconfig, the prefixes, /proc/self/root, /proc/1/root), every "
+        "mount, the whole file system by name and by content, and a new user namespace to unmount",
+        (after(SETUP, attempt(SEARCH_THE_STDLIB)),),
+        Status.OK,
+        same_as_honest=True,  # it finds nothing, so it trains as the baseline does
+    ),
+)

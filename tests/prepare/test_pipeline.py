@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,8 +24,8 @@ from prepare.errors import PrepareError
 from prepare.integrity import dataset_hash, package_hash
 from prepare.pipeline import find_prepared, prepare_dataset
 from prepare.profiles import dataset_dir, get_profile
-from prepare.shards import fingerprint, load_manifest, open_split
-from prepare.sources import CLIMBMIX_VAL_SHARD, shard_name
+from prepare.shards import check_dataset, fingerprint, load_manifest, open_split
+from prepare.sources import BUILTIN_SPLIT, CLIMBMIX_VAL_SHARD, BuiltinSource, shard_name
 from prepare.tokenizer import Tokenizer
 
 # A profile small enough for a few KB of text (the real tiny profile needs ~33K val tokens).
@@ -70,12 +72,51 @@ def test_tiny_builtin_dataset_is_complete_and_consistent(tiny_data):
             hashlib.sha256(open(tiny_data / f"{name}.bin", "rb").read()).hexdigest()
             == m.splits[name]["sha256"]
         )
-    text = tok.decode(open_split(tiny_data, "val").document(0)[1:])
-    assert "import" in text or "def " in text  # it is Python's standard library
+    val = open_split(tiny_data, "val")
+    text = "".join(tok.decode(val.document(i)[1:]) for i in range(10))
+    assert "import" in text and "def " in text  # it is Python's standard library
 
 
 def test_no_validation_document_is_in_training(tiny_data):
     assert not doc_keys(open_split(tiny_data, "val")) & doc_keys(open_split(tiny_data, "train"))
+
+
+def test_the_validation_split_is_the_held_out_modules_and_the_manifest_says_so(tiny_data):
+    m = load_manifest(tiny_data)
+    assert m.source_info["split"] == BUILTIN_SPLIT
+    tok = Tokenizer.load(tiny_data)
+    val = open_split(tiny_data, "val")
+    texts = itertools.islice(BuiltinSource(m.source_info["stdlib"]).documents("val"), val.num_documents)
+    expected = [tok.encode(t) for t in texts]
+    got = [val.document(i)[1:].tolist() for i in range(val.num_documents)]
+    assert got[:-1] == expected[:-1] and got[-1] == expected[-1][: len(got[-1])]  # the cap cuts the last
+
+
+def old_rule_copy(tiny_data, where):
+    """A copy of the tiny dataset whose manifest says it was split by the old rule (no `split`)."""
+    shutil.copytree(tiny_data, where)
+    raw = json.loads((where / "manifest.json").read_text())
+    del raw["source_info"]["split"]
+    (where / "manifest.json").write_text(json.dumps(raw))
+    return where
+
+
+def test_data_split_by_the_old_rule_is_refused_with_the_fix(tiny_data, tmp_path):
+    old = old_rule_copy(tiny_data, tmp_path / "old")
+    for read in (load_manifest, check_dataset, lambda d: open_split(d, "train")):
+        with pytest.raises(PrepareError, match="older rule for the builtin source") as err:
+            read(old)
+        assert "\n" not in str(err.value)
+        assert "run `evolve prepare --profile tiny --source builtin` again" in str(err.value)
+
+
+def test_prepare_rebuilds_data_split_by_the_old_rule(tiny_data, evolve_home, monkeypatch):
+    data = dataset_dir(get_profile("tiny"), "builtin")
+    old_rule_copy(tiny_data, data)
+    assert find_prepared("tiny", "builtin") is None  # not up to date: prepare starts over
+    built = []
+    monkeypatch.setattr("prepare.pipeline._build", lambda *a, **k: built.append(a[0]) or "rebuilt")
+    assert prepare_dataset("tiny", "builtin") == "rebuilt" and built == [data]
 
 
 def test_a_second_call_is_a_quick_no_op(tiny_data, monkeypatch):

@@ -15,6 +15,7 @@ from prepare.shards import (
     open_split,
     write_manifest,
 )
+from prepare.sources import BUILTIN_SPLIT
 
 BOS = 999
 
@@ -39,7 +40,7 @@ def write_dataset(data_dir, docs_by_split, cap: int = 0):
         data_dir,
         profile="tiny",
         source="builtin",
-        source_info={"k": 1},
+        source_info={"k": 1, "split": BUILTIN_SPLIT},
         tokenizer_hash="ab" * 32,
         vocab_size=1000,
         bos_id=BOS,

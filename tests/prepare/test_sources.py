@@ -9,7 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from prepare.errors import PrepareError
-from prepare.sources import BuiltinSource, LocalSource, Source, doc_hash, get_source
+from prepare.sources import (
+    BUILTIN_SPLIT,
+    BUILTIN_VAL_MODULES,
+    BUILTIN_VAL_PACKAGES,
+    BuiltinSource,
+    LocalSource,
+    Source,
+    chunk_text,
+    doc_hash,
+    get_source,
+    held_out_paths,
+)
 
 
 def texts(n: int, tag: str = "doc") -> list[str]:
@@ -117,7 +128,70 @@ def test_builtin_is_offline_stdlib_text_and_big_enough_for_tiny():
     chars = sum(map(len, train))
     assert chars > 4_000_000  # the tiny profile trains its tokenizer on 2M characters
     assert any('"""' in t for t in train)  # docstrings are in there
-    assert sum(map(len, val)) > 200_000  # tiny's validation needs ~33K tokens
+    assert sum(map(len, val)) > 200_000  # tiny's validation needs ~33K tokens (160K at most)
+
+
+def test_builtin_validation_is_the_held_out_modules_and_nothing_else():
+    """The split is a rule by path: every validation document is a chunk of a held-out module, no
+    training document is, and the rule is recorded (the manifest keeps `info`)."""
+    src = BuiltinSource()
+    held = set(held_out_paths(src.root))
+    files = src.files()
+    in_val = [f for f in files if src.is_validation(f)]
+    assert in_val and [f for f in files if {f, *f.parents} & held] == in_val
+    expected_val, train_chunks = [], set()
+    for f in files:
+        try:
+            chunks = list(chunk_text(f.read_bytes().decode("utf-8"), src.DOCUMENT_CHARS))
+        except UnicodeDecodeError:
+            continue
+        if src.is_validation(f):
+            expected_val += chunks
+        else:
+            train_chunks.update(chunks)
+    train, val = both_splits(src)
+    assert val == expected_val  # the held-out modules, in the source's fixed order
+    assert set(train) <= train_chunks and not set(train) & set(val)
+    assert train_chunks - set(train) <= set(val)  # only a copy of a validation chunk is dropped
+    assert src.info(1)["split"] == BUILTIN_SPLIT
+
+
+def fake_stdlib(root):
+    """A standard-library folder in miniature: os.py, a held-out package and module (with a
+    compiled file and a stub), and modules that train."""
+    (root / "idlelib" / "sub").mkdir(parents=True)
+    (root / "json").mkdir()
+    (root / "__pycache__").mkdir()
+    (root / "os.py").write_text("# os\n" + "def osfunc():\n    return 1\n\n" * 40)
+    (root / "json" / "__init__.py").write_text("# json\n" + "def load():\n    pass\n\n" * 40)
+    (root / "idlelib" / "sub" / "editor.py").write_text("# editor\n" + "class Editor:\n    pass\n\n" * 40)
+    (root / "turtle.py").write_text("# turtle\n" + "def forward(n):\n    pass\n\n" * 40)
+    (root / "turtle.pyi").write_text("def forward(n: int) -> None: ...\n")
+    (root / "__pycache__" / "turtle.cpython-311.pyc").write_bytes(b"pyc")
+    (root / "__pycache__" / "json.cpython-311.pyc").write_bytes(b"pyc")
+    return root
+
+
+def test_held_out_paths_name_the_packages_modules_stubs_and_compiled_files(tmp_path):
+    root = fake_stdlib(tmp_path)
+    names = sorted(p.relative_to(root).as_posix() for p in held_out_paths(root))
+    assert names == ["__pycache__/turtle.cpython-311.pyc", "idlelib", "turtle.py", "turtle.pyi"]
+    assert {"idlelib", "tkinter", "lib2to3"} <= set(BUILTIN_VAL_PACKAGES) and "turtle" in BUILTIN_VAL_MODULES
+
+
+def test_a_fake_stdlib_splits_by_path(tmp_path):
+    src = BuiltinSource(fake_stdlib(tmp_path))
+    train, val = both_splits(src)
+    assert val and all(t.startswith(("# editor", "# turtle")) or "Editor" in t or "forward" in t for t in val)
+    assert train and not any("Editor" in t or "forward" in t for t in train)
+
+
+def test_a_stdlib_without_the_held_out_modules_is_a_one_line_error(tmp_path):
+    (tmp_path / "os.py").write_text("x = 1\n")
+    (tmp_path / "json.py").write_text("y = 2\n")
+    with pytest.raises(PrepareError, match="has none of the modules the builtin source validates on") as err:
+        BuiltinSource(tmp_path).fetch(None, 0)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(

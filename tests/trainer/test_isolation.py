@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,47 @@ def test_relative_library_paths_never_bind_the_controllers_working_directory(tmp
     monkeypatch.chdir(tmp_path)
     absolute = str(tmp_path / "lib")
     assert library_paths({"LD_LIBRARY_PATH": f".:lib::{absolute}:/no/such/dir"}) == [absolute]
+
+
+def _fake_stdlib(root: Path) -> Path:
+    """A standard-library folder in miniature: os.py, json (trains), idlelib and turtle (held out)."""
+    (root / "idlelib" / "sub").mkdir(parents=True)
+    (root / "json").mkdir()
+    (root / "__pycache__").mkdir()
+    for rel in ("os.py", "json/__init__.py", "idlelib/sub/editor.py", "turtle.py", "turtle.pyi"):
+        (root / rel).write_text(f"text of {rel}\n")
+    for rel in ("__pycache__/turtle.cpython-311.pyc", "__pycache__/json.cpython-311.pyc"):
+        (root / rel).write_text(f"text of {rel}\n")
+    return root
+
+
+def test_the_builtin_validation_modules_are_covered_wherever_a_mount_shows_them(tmp_path):
+    """Two Pythons' standard libraries, one seen through two mounts (as /usr/lib and /lib are) and
+    one the run does not use: the held-out modules are empty or unreadable at every place, the rest
+    reads, and a mount of a folder inside the held-out text is left out."""
+    from trainer.isolation import Sandbox
+
+    host = tmp_path / "host"
+    _fake_stdlib(host / "usr" / "lib" / "python3.x")
+    _fake_stdlib(host / "opt" / "py" / "lib" / "python3.y")
+    (host / "lib").symlink_to(host / "usr" / "lib")
+    box = Sandbox().system()
+    box.ro(host / "usr", "/host/usr").ro(host / "lib", "/host/lib").ro(host / "opt", "/host/opt")
+    box.ro(host / "usr" / "lib" / "python3.x" / "idlelib" / "sub", "/host/inside")
+    places = ["/host/usr/lib/python3.x", "/host/lib/python3.x", "/host/opt/py/lib/python3.y"]
+    script = "; ".join(
+        f"ls -A {p}/idlelib; cat {p}/turtle.py {p}/turtle.pyi {p}/__pycache__/turtle.cpython-311.pyc {p}/idlelib/sub/editor.py; "
+        f"cat {p}/os.py {p}/json/__init__.py {p}/__pycache__/json.cpython-311.pyc"
+        for p in places
+    )
+    proc = subprocess.run(
+        box.command(["sh", "-c", f"{script}; ls /host/inside; touch {places[0]}/idlelib/new"], cwd="/"),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    seen = proc.stdout
+    assert seen.count("text of os.py") == 3 and seen.count("text of json/__init__.py") == 3
+    assert seen.count("text of __pycache__/json.cpython-311.pyc") == 3
+    assert "turtle" not in seen and "editor" not in seen and "sub" not in seen
+    assert proc.stderr.count("Permission denied") == 9  # turtle.py, its stub and its .pyc, 3 times
+    assert proc.stderr.count("editor.py: No such file") == 3
+    assert "/host/inside" in proc.stderr and "Read-only file system" in proc.stderr
