@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, NamedTuple
 
+from prepare.profiles import budget_text
+
 from .promotion import Score
 
 
@@ -114,9 +116,8 @@ class ScoreKey(NamedTuple):
         return same and (self.device == other.device or "" in (self.device, other.device))
 
     def __str__(self) -> str:
-        budget = f"{self.budget:g} s" if self.unit == "seconds" else f"{self.budget:g} {self.unit}"
         on = f" on {self.device}" if self.device else ""
-        return f"depth {self.depth}, {budget}{on}"
+        return f"depth {self.depth}, {budget_text(self.budget, self.unit)}{on}"
 
     @classmethod
     def of(cls, depth: int, budget: float, unit: str, gpu_name: str, cpu_name: str) -> ScoreKey:
