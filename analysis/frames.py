@@ -38,21 +38,13 @@ from evolve.champion import Candidate, pick_champion, verdict
 from evolve.judging import NoiseKey, RunFact, main_key, model_for_key, model_from_runs
 from evolve.promotion import NoiseModel, Score, pessimistic, pessimistic_many, pooled_std
 
+from .columns import LINEAGE_COLUMNS
 from .errors import AnalysisError
 
 STATE_DIR = ".evolve"
 DB_NAME = "evolve.db"
 VERDICTS = ("transfers", "does not transfer", "inconclusive")
 
-LINEAGE_COLUMNS = (
-    "id", "run", "commit", "branch", "parents", "parent", "kind", "origin", "operator", "island", "generation",
-    "status", "decision", "created", "started", "finished", "depth", "val_bpb_mean", "val_bpb_std",
-    "val_bpb_n", "bound", "confirmation", "confirmed_bpb_mean", "confirmed_bpb_n", "confirmed_seeds",
-    "delta_parent", "delta_baseline", "validation_depth", "validation_bpb_mean",
-    "validation_bpb_n", "validation_delta_baseline", "verdict", "description", "guard_reason",
-    "evaluations", "failures", "gpu_seconds", "llm_prompt_tokens", "llm_completion_tokens",
-    "llm_tokens", "llm_cost",
-)  # fmt: skip
 _TIMES = ("created", "started", "finished")
 
 

@@ -17,8 +17,8 @@ from genome.merge import MERGE_OPERATOR
 from genome.record import BRANCH_PREFIX, RUN_RE
 from genome.repo import GenomeRepo, run_git
 
+from .columns import LINEAGE_COLUMNS
 from .errors import AnalysisError
-from .frames import LINEAGE_COLUMNS
 
 
 def git_runs(root: Path) -> list[str]:

@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when installed
 
-from evolve.cli_run import parse_gpus  # noqa: E402
+from evolve.cli_common import parse_gpus  # noqa: E402
 from evolve.engine import DB_FILE, Engine, EngineConfig  # noqa: E402
 from evolve.scheduler import StopConditions, StopReason, session_rows  # noqa: E402
 from evolve.store import Store  # noqa: E402

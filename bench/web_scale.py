@@ -58,7 +58,7 @@ def browser_draw(root: Path, repeats: int) -> list[float]:
     cmd = [
         sys.executable,
         "-c",
-        "from evolve.cli import main; main()",
+        "from autoevolve.cli import main; main()",
         "serve",
         "-w",
         str(root),

@@ -1,4 +1,10 @@
-"""The `evolve` command line. Each subcommand lives in its own module and is registered below."""
+"""The search's half of the `evolve` command line: each subcommand lives in its own module and is
+registered below.
+
+The command as installed is autoevolve.cli's `main`: these commands plus `report` and `serve`
+(analysis.cli_report, analysis.cli_serve) and `demo` (autoevolve.demo), which need the analysis
+package; analysis imports evolve, so evolve does not import analysis (tests/test_import_graph.py).
+"""
 
 from __future__ import annotations
 
@@ -35,10 +41,7 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="autoevolve")
-def main():
-    """autoevolve: population-based evolutionary search over LLM training scripts.
+HELP = """autoevolve: population-based evolutionary search over LLM training scripts.
 
     \b
     A typical day:
@@ -50,7 +53,14 @@ def main():
     """
 
 
-def _register() -> None:
+def new_group(help: str = HELP) -> click.Group:
+    """A root group with the search's commands: the user errors it raises are one line and exit 1."""
+
+    @click.group(cls=_Group, help=help, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(package_name="autoevolve")
+    def main():
+        pass
+
     # --- subcommands (one import per command module) ---
     from .cli_prepare import prepare_cmd
 
@@ -59,12 +69,9 @@ def _register() -> None:
 
     main.add_command(init_cmd)
     main.add_command(export_cmd)
-    from .cli_report import report_cmd
+    from .cli_run import lineage_cmd, run_cmd, show_cmd, status_cmd, top_cmd
 
-    main.add_command(report_cmd)
-    from .cli_run import demo_cmd, lineage_cmd, run_cmd, show_cmd, status_cmd, top_cmd
-
-    for command in (run_cmd, status_cmd, top_cmd, show_cmd, lineage_cmd, demo_cmd):
+    for command in (run_cmd, status_cmd, top_cmd, show_cmd, lineage_cmd):
         main.add_command(command)
     from .cli_validate import validate_cmd
 
@@ -72,10 +79,10 @@ def _register() -> None:
     from .cli_doctor import doctor_cmd
 
     main.add_command(doctor_cmd)
-    from .cli_serve import serve_cmd
-
-    main.add_command(serve_cmd)
     # --- end of subcommands ---
+    return main
 
 
-_register()
+# The search's commands alone, for the tests and scripts that drive them (`evolve report`, `serve`
+# and `demo` are in autoevolve.cli's `main`, the installed command).
+main = new_group()

@@ -1,4 +1,4 @@
-"""`evolve run`, `status`, `top`, `show`, `lineage` and `demo`: run an evolution and read it."""
+"""`evolve run`, `status`, `top`, `show` and `lineage`: run an evolution and read it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import click
-from rich.console import Console, Group
+from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from genome import GenomeError, open_workspace
+from genome import GenomeError
 from genome.repo import git_process
 from genome.workspace import Workspace
 from prepare.errors import PrepareError
@@ -21,13 +21,14 @@ from prepare.profiles import PROFILES, get_profile
 
 from . import confirmation as confirm
 from . import storefile
+from .cli_common import leaderboard, make_console, parse_gpus, workspace_at
 from .cli_validate import latest_transfer, transfer_summary, transfer_table
 from .engine import DB_FILE, Engine, EngineConfig
 from .errors import EvolveError
 from .live import Device, LiveView, render, snapshot
 from .llm.config import apply_flags, parse_model_flags
 from .scheduler import StopConditions, StopReason, read_log
-from .store import Ranked, Store
+from .store import Store
 from .storefile import Backups
 
 _WORKSPACE = click.option(
@@ -39,13 +40,6 @@ _WORKSPACE = click.option(
 )
 
 
-def _workspace(path: Path) -> Workspace:
-    try:
-        return open_workspace(path)
-    except GenomeError as exc:
-        raise EvolveError(str(exc)) from None
-
-
 def _store(ws: Workspace) -> Store:
     db = ws.state_dir / DB_FILE
     if not db.exists():
@@ -54,37 +48,6 @@ def _store(ws: Workspace) -> Store:
             raise storefile.missing(db, good)
         raise EvolveError(f"no evolution in {ws.root} yet; start one with `evolve run`")
     return Store(db, readonly=True)
-
-
-def make_console() -> Console:
-    """A console; in a log file (no terminal), wide enough that tables do not wrap every cell."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def parse_gpus(spec: str | None, profile: str) -> tuple[str, ...]:
-    """`all`, `0,1` or `cpu[:N]` as the executor's devices."""
-    if spec is None:
-        spec = "all" if get_profile(profile).device == "cuda" else "cpu"
-    spec = spec.strip().lower()
-    if spec == "cpu" or spec.startswith("cpu:"):
-        count = spec.partition(":")[2] or "1"
-        if not count.isdigit() or int(count) < 1:
-            raise EvolveError(f"--gpus {spec}: use cpu or cpu:N with N >= 1")
-        return ("cpu",) * int(count)
-    if spec == "all":
-        import torch
-
-        n = torch.cuda.device_count()
-        if n == 0:
-            raise EvolveError(
-                "--gpus all: no CUDA device found; use --gpus cpu (with --profile tiny) to run on CPU"
-            )
-        return tuple(str(i) for i in range(n))
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
-        raise EvolveError(f"--gpus {spec!r}: use all, a list like 0,1, or cpu[:N]")
-    return tuple(parts)
 
 
 def with_llm_flags(
@@ -159,52 +122,6 @@ def run_engine(
             except (GenomeError, PrepareError) as exc:
                 raise EvolveError(str(exc)) from None
     return reason, engine
-
-
-def _leaderboard(store: Store, run: str, depth: int, n: int) -> Group:
-    """The N best that are kept (or still being judged), then apart the N best rejected: a child
-    rejected on one lucky seed often has the lowest mean, and ranked among the others it reads
-    as the winner."""
-    scores = store.scores(depth, run)
-    base = next((i for i in store.individuals(run) if not i.parents), None)
-    base_mean = scores[base.id].mean if base is not None and base.id in scores else None
-    kept: list[Ranked] = []
-    rejected: list[Ranked] = []
-    for ind_id, score in sorted(scores.items(), key=lambda kv: (kv[1].mean, -kv[1].n, kv[0])):
-        ind = store.get(ind_id)
-        side = rejected if ind is not None and ind.decision == "reject" else kept
-        if ind is not None and len(side) < n:
-            side.append(Ranked(ind, score))
-        if len(kept) >= n and len(rejected) >= n:
-            break
-    title = f"top {n} of run {run} (val_bpb at depth {depth}, lower is better): kept or being judged"
-    tables = [_board_table(title, kept, base_mean)]
-    if rejected:
-        tables.append(
-            _board_table(f"best {n} rejected: not shown better than their parent (few seeds can be luck)",
-                         rejected, base_mean)
-        )  # fmt: skip
-    return Group(*tables)
-
-
-def _board_table(title: str, board: list[Ranked], base_mean: float | None) -> Table:
-    table = Table(title=title)
-    for col in ("#", "id", "val_bpb", "vs baseline", "decision", "operator", "island", "description"):
-        table.add_column(col, justify="right" if col in ("#", "island") else "left")
-    for rank, line in enumerate(board, start=1):
-        ind, score = line.individual, line.score
-        delta = f"{score.mean - base_mean:+.6f}" if base_mean is not None else "-"
-        table.add_row(
-            str(rank),
-            ind.id,
-            str(score),
-            delta,
-            ind.decision or "-",
-            ind.operator,
-            str(ind.island),
-            ind.description,
-        )
-    return table
 
 
 _STOP_TEXT = {
@@ -328,7 +245,7 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
       evolve run --executor ray --address auto --hours 48
       evolve run --llm-model gpt-4.1-mini=3 --llm-model gpt-4.1 --max-llm-usd 20
     """
-    ws = with_llm_flags(_workspace(workspace), llm_models, llm_base_url, max_llm_usd)
+    ws = with_llm_flags(workspace_at(workspace), llm_models, llm_base_url, max_llm_usd)
     config = EngineConfig.from_workspace(
         ws, profile=profile, strategy=strategy, islands=islands, baseline_seeds=baseline_seeds,
         max_seeds=max_seeds, alpha=alpha, budget=budget, depth=depth, operators=operators, migrate_every=migrate_every,
@@ -358,7 +275,7 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
     finally:
         if periodic is not None:
             periodic.stop()  # its runs in flight finish and are recorded
-    console.print(_leaderboard(engine.store, engine.run_name, config.depth, 5))
+    console.print(leaderboard(engine.store, engine.run_name, config.depth, 5))
     trained = engine.experiments()
     engine.close()
     console.print(stop_text(reason, config.stop.max_experiments, trained), highlight=False)
@@ -372,7 +289,7 @@ def run_cmd(workspace, gpus, profile, strategy, hours, max_experiments, target_b
 def status_cmd(workspace, as_json):
     """One screen: devices, queue, population per island, best so far, noise floor, duty cycle, disk,
     and the LLM's calls, tokens and cost."""
-    ws = _workspace(workspace)
+    ws = workspace_at(workspace)
     with _store(ws) as store:
         run = store.get_run(ws.run)
         if run is None:
@@ -413,7 +330,7 @@ def status_cmd(workspace, as_json):
 def top_cmd(n, workspace, as_json):
     """The N best individuals by mean val_bpb over their seeds (with n and spread), and apart from
     them the N best rejected children (rejected: not shown better than their parent)."""
-    ws = _workspace(workspace)
+    ws = workspace_at(workspace)
     with _store(ws) as store:
         depth = _depth(store, ws)
         if as_json:
@@ -425,7 +342,7 @@ def top_cmd(n, workspace, as_json):
             ]  # fmt: skip
             click.echo(json.dumps(rows, indent=2))
             return
-        make_console().print(_leaderboard(store, ws.run, depth, n))
+        make_console().print(leaderboard(store, ws.run, depth, n))
 
 
 def _depth(store: Store, ws: Workspace) -> int:
@@ -498,7 +415,7 @@ def show_cmd(individual, workspace, lines, conversation):
 
     For a child of an LLM operator also its model, tokens, cost and rationale, and (at the end)
     the prompt it was made from and the answer, as the store kept them."""
-    ws = _workspace(workspace)
+    ws = workspace_at(workspace)
     console = make_console()
     with _store(ws) as store:
         ind = _get(store, ws, individual)
@@ -561,7 +478,7 @@ def show_cmd(individual, workspace, lines, conversation):
 @_WORKSPACE
 def lineage_cmd(individual, workspace):
     """An individual's ancestors as a tree, back to the baseline (merges have two branches)."""
-    ws = _workspace(workspace)
+    ws = workspace_at(workspace)
     with _store(ws) as store:
         _get(store, ws, individual)
         scores = store.scores(_depth(store, ws), ws.run)
@@ -591,45 +508,3 @@ def lineage_cmd(individual, workspace):
         tree = Tree(label(individual))
         grow(tree, individual)
     make_console().print(tree, highlight=False)
-
-
-@click.command("demo")
-@click.option("--dir", "directory", default="autoevolve-demo", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Where to create the demo workspace.")  # fmt: skip
-@click.option(
-    "--children", default=8, show_default=True, type=click.IntRange(min=1), help="Children to train."
-)
-@click.option(
-    "--budget",
-    type=click.FloatRange(min=1),
-    help="Training tokens per run (default 32,768: 8 steps, half the tiny profile's budget).",
-)
-@click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
-@click.option(
-    "--baseline-seeds",
-    default=4,
-    show_default=True,
-    type=click.IntRange(min=2),
-    help="Seeds of the baseline: the first noise model (fewer leave the judge too unsure to accept).",
-)
-@click.option(
-    "--validate-depth",
-    type=click.IntRange(min=3),
-    help="Depth the champion and the baseline are validated at (default 3; the search trains at 2).",
-)
-@click.option(
-    "--interval", default=15.0, show_default=True, help="Seconds between summary lines without a terminal."
-)
-def demo_cmd(directory, children, budget, devices, baseline_seeds, validate_depth, interval):
-    """A small evolution, offline on CPU, in a few minutes: the first thing to try.
-
-    Prepares the tiny profile from the builtin text, creates a workspace in --dir whose train.py
-    has its learning rates ten times too low, evolves it (--children children on 2 islands, the
-    Optuna tweak on two learning rates and the merge crossover), validates the champion and the
-    baseline at depth 3, writes the HTML report, and says in two lines what improved and by how
-    much. Budgets are training tokens, so a busy machine makes it slower, not different.
-    """
-    from .demo import run_demo
-
-    run_demo(directory, children=children, budget=budget, gpus=devices, baseline_seeds=baseline_seeds,
-             validate_depth=validate_depth, interval=interval, console=make_console())  # fmt: skip

@@ -8,14 +8,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from genome import GenomeError, open_workspace
-from genome.workspace import Workspace
+from genome import GenomeError
 from prepare.profiles import budget_text, get_profile
 
 from .champion import Champion, TransferReport, choose_champion, transfer_report, validated_depths
+from .cli_common import make_console, parse_gpus, workspace_at
 from .errors import EvolveError
 from .promotion import Score
 from .store import Store
@@ -114,13 +113,6 @@ def _num(value: float | None, digits: int = 6) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _workspace(path: Path) -> Workspace:
-    try:
-        return open_workspace(path)
-    except GenomeError as exc:
-        raise EvolveError(str(exc)) from None
-
-
 @click.command("validate")
 @click.option(
     "--workspace",
@@ -178,9 +170,7 @@ def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pendi
       evolve validate --depth 24 --top 5
       evolve validate --depth 24 --top 3 --gpus 6,7 --gpus-per-run 2
     """
-    from .cli_run import parse_gpus
-
-    ws = _workspace(workspace)
+    ws = workspace_at(workspace)
     try:
         spec = ValidationSpec.from_workspace(
             ws,
@@ -219,7 +209,7 @@ def validate_cmd(workspace, depth, top, budget, seeds, gpus, gpus_per_run, pendi
         }
         click.echo(json.dumps(data, indent=2))
         return
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = make_console()
     if result.report is not None:
         console.print(transfer_table(result.report, result.champion))
         for line in transfer_summary(result.report, result.champion):

@@ -21,13 +21,13 @@ pytestmark = pytest.mark.slow
 
 def evolve(*args: str, cwd: Path, env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from evolve.cli import main; main()", *args],
+        [sys.executable, "-c", "from autoevolve.cli import main; main()", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
 def _has_run_command() -> bool:
-    from evolve.cli import main
+    from autoevolve.cli import main
 
     return "run" in main.commands
 

@@ -18,7 +18,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 def evolve(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from evolve.cli import main; main()", *args],
+        [sys.executable, "-c", "from autoevolve.cli import main; main()", *args],
         cwd=cwd, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

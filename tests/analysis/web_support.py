@@ -27,7 +27,7 @@ PAGES = ("/", "/progress", "/tree", "/transfer", "/operators")
 
 
 def evolve_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from evolve.cli import main; main()", *args]
+    return [sys.executable, "-c", "from autoevolve.cli import main; main()", *args]
 
 
 @dataclass

@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from evolve.cli import main
-from evolve.cli_serve import is_loopback, url_of
+from analysis.cli_serve import is_loopback, url_of
+from autoevolve.cli import main
 from genome.workspace import init_workspace
 
 
@@ -39,7 +39,7 @@ def test_a_host_other_than_loopback_needs_the_flag(workspace):
 
 def test_with_the_flag_it_warns_and_answers_any_host_name(workspace):
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from evolve.cli import main; main()", "serve", "-w", str(workspace),
+        [sys.executable, "-c", "from autoevolve.cli import main; main()", "serve", "-w", str(workspace),
          "--host", "0.0.0.0", "--port", "0", "--allow-remote"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

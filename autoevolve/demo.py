@@ -21,8 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 
+from evolve.champion import baseline_of, choose_champion
+from evolve.cli_common import leaderboard, make_console, parse_gpus
+from evolve.cli_run import run_engine
+from evolve.cli_validate import progress_line, transfer_table
+from evolve.engine import EngineConfig
+from evolve.errors import EvolveError
+from evolve.scheduler import StopConditions
+from evolve.store import Store
+from evolve.validate import ValidationSpec, validate
 from genome.errors import GenomeError
 from genome.hyperparams import parse_hyperparams, rewrite_hyperparams
 from genome.repo import run_git
@@ -30,9 +40,6 @@ from genome.settings import SETTINGS_FILE
 from genome.workspace import Workspace, baseline_train_py, init_workspace, open_workspace
 from prepare.pipeline import prepare_dataset
 from prepare.profiles import get_profile
-
-from .errors import EvolveError
-from .scheduler import StopConditions
 
 RUN = "demo"
 # Learning rates of the baseline, divided by this in the demo's generation 0.
@@ -107,13 +114,7 @@ def run_demo(
     interval: float = 15.0,
     console: Console | None = None,
 ) -> None:
-    from analysis.report import write_report
-
-    from .champion import choose_champion
-    from .cli_run import _leaderboard, parse_gpus, run_engine
-    from .cli_validate import progress_line, transfer_table
-    from .engine import EngineConfig
-    from .validate import ValidationSpec, validate
+    from analysis.report import write_report  # here, not above: it loads matplotlib (`evolve --help`)
 
     console = console or Console()
     started = time.time()
@@ -139,7 +140,7 @@ def run_demo(
     )
     reason, engine = run_engine(ws, config, devices, console, interval=interval)
     store, run = engine.store, engine.run_name
-    console.print(_leaderboard(store, run, config.depth, 8))
+    console.print(leaderboard(store, run, config.depth, 8))
     for name, s in sorted(store.operator_stats(run).items()):
         console.print(
             f"  {name}: {s['children']} children, {s['improvements']} beat their parent", highlight=False
@@ -193,9 +194,6 @@ class _Steps:
 
 
 def _baseline(ws: Workspace) -> str:
-    from .champion import baseline_of
-    from .store import Store
-
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:
         base = baseline_of(store, ws.run)
     return base.id if base is not None else "g0000"
@@ -204,9 +202,6 @@ def _baseline(ws: Workspace) -> str:
 def outcome(ws: Workspace, depth: int, transfer: Any) -> list[str]:
     """The demo's result in two lines: what improved at the search depth and by how much, and
     whether it held at the validation depth."""
-    from .champion import baseline_of, choose_champion
-    from .store import Store
-
     with Store(ws.state_dir / "evolve.db", readonly=True) as store:
         base = baseline_of(store, ws.run)
         champ = choose_champion(store, ws.run, depth)
@@ -243,3 +238,43 @@ def outcome(ws: Workspace, depth: int, transfer: Any) -> list[str]:
             f"the baseline's {transfer.baseline_validation.mean:.4f} ({-row.validation_delta:+.4f}, noise floor {floor})."
         )
     return [first, second]
+
+
+@click.command("demo")
+@click.option("--dir", "directory", default="autoevolve-demo", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where to create the demo workspace.")  # fmt: skip
+@click.option(
+    "--children", default=8, show_default=True, type=click.IntRange(min=1), help="Children to train."
+)
+@click.option(
+    "--budget",
+    type=click.FloatRange(min=1),
+    help="Training tokens per run (default 32,768: 8 steps, half the tiny profile's budget).",
+)
+@click.option("--gpus", "devices", default="cpu:2", show_default=True, help="Devices, as for `evolve run`.")
+@click.option(
+    "--baseline-seeds",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Seeds of the baseline: the first noise model (fewer leave the judge too unsure to accept).",
+)
+@click.option(
+    "--validate-depth",
+    type=click.IntRange(min=3),
+    help="Depth the champion and the baseline are validated at (default 3; the search trains at 2).",
+)
+@click.option(
+    "--interval", default=15.0, show_default=True, help="Seconds between summary lines without a terminal."
+)
+def demo_cmd(directory, children, budget, devices, baseline_seeds, validate_depth, interval):
+    """A small evolution, offline on CPU, in a few minutes: the first thing to try.
+
+    Prepares the tiny profile from the builtin text, creates a workspace in --dir whose train.py
+    has its learning rates ten times too low, evolves it (--children children on 2 islands, the
+    Optuna tweak on two learning rates and the merge crossover), validates the champion and the
+    baseline at depth 3, writes the HTML report, and says in two lines what improved and by how
+    much. Budgets are training tokens, so a busy machine makes it slower, not different.
+    """
+    run_demo(directory, children=children, budget=budget, gpus=devices, baseline_seeds=baseline_seeds,
+             validate_depth=validate_depth, interval=interval, console=make_console())  # fmt: skip

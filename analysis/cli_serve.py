@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .errors import EvolveError
+from evolve.errors import EvolveError
 
 WEB_EXTRA = "pip install 'autoevolve[web]'"
 
@@ -86,7 +86,7 @@ def serve_cmd(workspace: Path, port: int, host: str, allow_remote: bool) -> None
     try:
         import uvicorn
 
-        from analysis.web import create_app
+        from .web import create_app
     except ImportError as exc:
         raise EvolveError(f"evolve serve needs the web extra ({exc.name} is missing): {WEB_EXTRA}") from None
     local = is_loopback(host)

@@ -43,13 +43,13 @@ def report_cmd(
     step with each step's diff. It only reads the store, so it is safe while `evolve run` runs.
     Without a store (only the git branches), the family tree and descriptions are still shown.
     """  # fmt: skip
-    from analysis.report import write_report
+    from .report import write_report  # here, not above: it loads pandas and matplotlib
 
     written = write_report(path, out, fmt=fmt, run=run, top=top)
     click.echo(f"wrote {written}")
     if png_dir is not None:
-        from analysis import plots
-        from analysis.frames import lineage, one_run
+        from . import plots
+        from .frames import lineage, one_run
 
         d = one_run(lineage(path), run)
         for name, draw in plots.PLOTS.items():
