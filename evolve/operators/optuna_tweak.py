@@ -20,6 +20,12 @@ A child that crashed or diverged is told a penalty (worse than every real value 
 seen, and at least `PENALTY`), so TPE learns to stay out of that region; FAIL would tell it
 nothing. A child never trained (a duplicate, a guard refusal) is FAIL. The studies live in
 `.evolve/optuna.db`: `optuna-dashboard sqlite:///.evolve/optuna.db` shows them.
+
+A study looks back over a window: once it holds `WINDOW` finished trials, the lineage goes on in
+a new study (`NAME.2`, `NAME.3`, ...) that starts from the `CARRIED` best of them. TPE's cost per
+suggestion grows with the trials it models (0.047 s of CPU at 250 trials, 0.111 s at 4,000, on
+this project's 2-core machine), and a lineage that only Optuna moves can run for days; the oldest
+trials were told improvements over parents long since surpassed.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from .base import (
 NAME = "optuna_tweak"
 STORAGE_FILE = "optuna.db"
 PENALTY = 1.0  # the least a failed child is told (bpb worse than its parent)
+WINDOW = 1000  # finished trials of a study before the lineage goes on in the next one ...
+CARRIED = 100  # ... which starts from this many of its best
 _RATE_WORDS = ("LR", "DECAY", "RATE")
 
 
@@ -195,6 +203,7 @@ class OptunaTweak(Operator):
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, int]] = {}  # child id -> (study name, trial number)
         self._studies: dict[str, Any] = {}  # study name -> its Study, kept for the run
+        self._generations: dict[str, int] = {}  # lineage -> the number of its newest study
         self._reconcile()
 
     # --- studies --------------------------------------------------------------------------------
@@ -223,6 +232,44 @@ class OptunaTweak(Operator):
         study.sampler = sampler
         return study
 
+    def _current(self, lineage: str) -> str:
+        """The study a lineage's next trial goes to: its newest, or a new one once that holds
+        WINDOW finished trials (started from the CARRIED best, with the same search space)."""
+        generation = self._generations.get(lineage)
+        if generation is None:  # the newest this optuna.db holds (1: the lineage's own name)
+            generation = 1
+            while self._exists(f"{lineage}.{generation + 1}"):
+                generation += 1
+        name = lineage if generation == 1 else f"{lineage}.{generation}"
+        self._generations[lineage] = generation
+        if not self._exists(name):
+            return name
+        states = self._optuna.trial.TrialState
+        study = self._study(name)
+        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL, states.PRUNED))
+        if len(finished) < WINDOW:
+            return name
+        best = sorted((t for t in finished if t.state == states.COMPLETE and t.value is not None),
+                      key=lambda t: (t.value, t.number))[:CARRIED]  # fmt: skip
+        self._generations[lineage] = generation + 1
+        nxt = f"{lineage}.{generation + 1}"
+        successor = self._study(nxt)
+        for attr in ("space", "root"):
+            if attr in study.user_attrs:
+                successor.set_user_attr(attr, study.user_attrs[attr])
+        successor.set_user_attr("carried_from", name)
+        successor.add_trials(best)
+        return nxt
+
+    def _exists(self, name: str) -> bool:
+        if name in self._studies:
+            return True
+        try:
+            self.storage.get_study_id_from_name(name)
+        except KeyError:
+            return False
+        return True
+
     def _tunable(self, knobs: dict[str, Any]) -> dict[str, Any]:
         out = {}
         for name, hp in knobs.items():
@@ -246,8 +293,8 @@ class OptunaTweak(Operator):
         if not tunable:
             raise OperatorError(f"{parent.id} has no tunable constants in {self.path}")
         key = lineage_key(source, set(knobs))
-        study_name = f"{ctx.run}-{key[:12]}"
         with self._lock:
+            study_name = self._current(f"{ctx.run}-{key[:12]}")
             study = self._study(study_name, seed=ctx.rng.randrange(2**31))
             center = study.user_attrs.get("space")
             if center is None:

@@ -18,6 +18,7 @@ from evolve.operators import (
     ProposalContext,
     available,
     make_operator,
+    optuna_tweak,
 )
 from evolve.operators.optuna_tweak import PENALTY, OptunaTweak, lineage_key, space_for
 from evolve.operators.weights import PROPOSAL_FAILED, Credit, OperatorWeights, credits_from_store
@@ -226,6 +227,38 @@ def test_optuna_tweak_hands_the_search_space_on_and_suggests_what_a_fresh_sample
         t, got = ask(carried)
         assert got == expected
         carried.tell(t, sum(got))
+
+
+def test_optuna_tweak_goes_on_in_a_new_study_from_the_best_after_a_window_of_trials(world, monkeypatch):
+    monkeypatch.setattr(optuna_tweak, "WINDOW", 4)
+    monkeypatch.setattr(optuna_tweak, "CARRIED", 2)
+    op = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR", "HEAD_LR"]))
+    told = {}
+
+    def child_told(seed: int, value: float):
+        proposal = op.propose(world.context("g0000", seed=seed))
+        c = proposal.genome
+        world.store.add_individual(id=c.id, run="ops", commit=c.commit, parents=("g0000",),
+                                   operator="optuna_tweak", status=Status.QUEUED)  # fmt: skip
+        op.on_outcome(Outcome(world.store.get(c.id), ("g0000",), Score.of([3.7]), False, improvement=value))
+        told[c.id] = value
+        return proposal.notes["study"]
+
+    first = [child_told(seed, 0.01 * (5 - seed)) for seed in range(4)]
+    assert len(set(first)) == 1  # four finished trials: the window is full
+    lineage = first[0]
+    assert child_told(4, 0.5) == f"{lineage}.2"
+    storage = f"sqlite:///{world.ws.state_dir / 'optuna.db'}"
+    old = optuna.load_study(study_name=lineage, storage=storage)
+    new = optuna.load_study(study_name=f"{lineage}.2", storage=storage)
+    assert len(old.trials) == 4 and new.user_attrs["space"] == old.user_attrs["space"]
+    carried = sorted(t.value for t in new.trials if t.user_attrs.get("child") != list(told)[-1])
+    assert carried == pytest.approx([0.02, 0.03])  # the two best of the window, as they were told
+    assert new.user_attrs["carried_from"] == lineage
+    op.close()
+    again = OptunaTweak(world.setup("optuna_tweak", include=["EMB_LR", "HEAD_LR"]))  # a resume
+    assert again._current(lineage) == f"{lineage}.2"  # goes on where the last session was
+    again.close()
 
 
 def test_optuna_tweak_tells_on_resume_what_was_decided_while_it_was_down(world):
