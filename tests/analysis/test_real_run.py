@@ -63,6 +63,7 @@ def test_lineage_of_a_real_run(real_run):
     ev = analysis.evaluations(real_run)
     assert len(ev) == df["evaluations"].sum() and (ev["profile"] == "tiny").all()
     assert ev["seed"].notna().all() and ev["data_fingerprint"].str.len().gt(0).all()
+    assert (ev.loc[ev["status"] == "ok", "metrics_num_steps"] >= 1).all()  # scored runs trained
     assert df["gpu_seconds"].sum() == pytest.approx(ev["wall_seconds"].fillna(0).sum())
 
 
