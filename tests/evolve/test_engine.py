@@ -281,7 +281,9 @@ def test_resuming_under_another_budget_is_refused_in_one_line_naming_both_keys(t
     out = CliRunner().invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu:1", "--budget", "40960"])
     assert out.exit_code == 1, out.output
     (line,) = [x for x in out.output.splitlines() if x.startswith("error:")]  # one line
-    assert "scored at depth 2, 81,920 training tokens" in line and "at depth 2, 40,960 training tokens" in line
+    assert (
+        "scored at depth 2, 81,920 training tokens" in line and "at depth 2, 40,960 training tokens" in line
+    )
     assert "evolve init" in line and "--run NEWNAME" in line
 
 
