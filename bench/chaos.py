@@ -51,25 +51,21 @@ sys.path.insert(0, str(REPO))  # run from a plain checkout too, not only when in
 
 from evolve.scheduler import pool_runs  # noqa: E402
 from genome.repo import git_process  # noqa: E402
-from genome.settings import SETTINGS_FILE  # noqa: E402
-from genome.workspace import Workspace, init_workspace  # noqa: E402
+from genome.workspace import Workspace  # noqa: E402
 from genome.worktrees import POOL_DIR  # noqa: E402
+from tests.run_support import (  # noqa: E402 - the tests' shared set-up: the bigram, the settings, the env
+    BIGRAM,
+    controller_env,
+    evolve_command,
+    search_settings,
+    settings_workspace,
+)
 from trainer.process import proc_stat  # noqa: E402
 
 RUN = "chaos"
 DB_FILE = "evolve.db"
 OPTUNA_FILE = "optuna.db"
-BIGRAM = REPO / "tests" / "evolve" / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 2
-max_seeds = 2
-operators = ["optuna_tweak", "merge_crossover"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR", "INIT_STD", "BETA1"]
-max_changes = 2
-"""
+SEARCH = search_settings(baseline_seeds=2, max_seeds=2, max_changes=2)
 RESUME_TIMEOUT = 900.0  # seconds one resume may take before the trial counts as hung
 # The bigram, plus a scratch file in its worktree: a killed run leaves it behind (a dirty worktree),
 # and a run that finds one fails, so a worktree the pool did not clean shows up as a crash.
@@ -98,25 +94,13 @@ def chaos_train_py(folder: Path) -> Path:
 def make_workspace(root: Path, train_py: Path | None = None, budget: float = 81920) -> Workspace:
     """A fresh workspace for the tiny profile whose evolve.toml (committed) holds the search settings."""
     train_py = train_py or chaos_train_py(root.with_name(root.name + "-src"))
-    ws = init_workspace(root, run=RUN, profile="tiny", islands=2, budget=budget, train_py=train_py)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    git_process(ws.root, "commit", "-qam", "chaos: search settings",
-                env={"GIT_AUTHOR_NAME": "chaos", "GIT_AUTHOR_EMAIL": "chaos@localhost",
-                     "GIT_COMMITTER_NAME": "chaos", "GIT_COMMITTER_EMAIL": "chaos@localhost"})  # fmt: skip
-    return ws
-
-
-def controller_env(home: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
-    return env
+    return settings_workspace(root, SEARCH, commit=True, train_py=train_py, run=RUN, profile="tiny", islands=2,
+                              budget=budget)  # fmt: skip
 
 
 def controller_cmd(ws: Workspace, slots: int, max_experiments: int) -> list[str]:
-    evolve = Path(sys.executable).with_name("evolve")
-    return [str(evolve), "run", "-w", str(ws.root), "--gpus", f"cpu:{slots}",
-            "--max-experiments", str(max_experiments), "--interval", "10"]  # fmt: skip
+    return evolve_command("run", "-w", str(ws.root), "--gpus", f"cpu:{slots}",
+                          "--max-experiments", str(max_experiments), "--interval", "10")  # fmt: skip
 
 
 # --- what the kill left behind --------------------------------------------------------------------

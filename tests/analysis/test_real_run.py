@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from run_support import controller_env
 
 import analysis
 from analysis import plots
@@ -26,24 +27,15 @@ def evolve(*args: str, cwd: Path, env: dict[str, str], timeout: float = 420) -> 
     )  # fmt: skip
 
 
-def _has_run_command() -> bool:
-    from autoevolve.cli import main
-
-    return "run" in main.commands
-
-
 @pytest.fixture(scope="module")
 def real_run(tiny_data, tmp_path_factory) -> Path:
-    """A small population run: 2 islands, 2 CPU workers, 4 s budgets, 6 children."""
-    if not _has_run_command():
-        pytest.skip("`evolve run` is not registered in evolve/cli.py yet")
+    """A small population run: 2 islands, 2 CPU workers, 8,192 training tokens (2 steps) a run, 6 children."""
     where = tmp_path_factory.mktemp("real")
-    env = {**os.environ, "EVOLVE_DATA": str(tiny_data), "EVOLVE_PROFILE": "tiny",
-           "EVOLVE_HOME": str(where / "home")}  # fmt: skip
+    env = controller_env(where / "home", tiny_data, EVOLVE_PROFILE="tiny")
     init = evolve("init", str(where / "ws"), "--run", "real", "--profile", "tiny", cwd=where, env=env)
     assert init.returncode == 0, init.stdout + init.stderr
     run = evolve(
-        "run", "-w", str(where / "ws"), "--gpus", "cpu:2", "--islands", "2", "--budget", "4",
+        "run", "-w", str(where / "ws"), "--gpus", "cpu:2", "--islands", "2", "--budget", "8192",
         "--baseline-seeds", "2", "--max-experiments", "6", "--interval", "5", cwd=where, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -71,6 +63,7 @@ def test_lineage_of_a_real_run(real_run):
     ev = analysis.evaluations(real_run)
     assert len(ev) == df["evaluations"].sum() and (ev["profile"] == "tiny").all()
     assert ev["seed"].notna().all() and ev["data_fingerprint"].str.len().gt(0).all()
+    assert (ev.loc[ev["status"] == "ok", "metrics_num_steps"] >= 1).all()  # scored runs trained
     assert df["gpu_seconds"].sum() == pytest.approx(ev["wall_seconds"].fillna(0).sum())
 
 

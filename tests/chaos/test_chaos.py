@@ -206,9 +206,16 @@ def test_a_resume_kills_what_a_run_left_behind_when_its_controller_was_sigkilled
             _kill_group(pid)
 
 
+# python/cpython#106905: fixed in 3.13, where there is no race to reproduce (the lock stays, and
+# the test after this one checks it is used on every version).
+RACY_AST = sys.version_info < (3, 13)
+
+
+@pytest.mark.skipif(not RACY_AST, reason="CPython >= 3.13 has no AST constructor race to reproduce")
 def test_proposal_workers_parse_concurrently_without_tripping_cpythons_ast_race():
     """Three threads parse train.py while finalizers run Python code mid-parse (a garbage collection
-    in a busy controller): on CPython < 3.13 a bare ast.parse fails there with SystemError."""
+    in a busy controller): on CPython < 3.13 a bare ast.parse fails there with SystemError (on
+    3.11, without genome.pyast's lock, in every one of several tries)."""
     from genome import parse_hyperparams, pyast
     from genome.guard import check_source
 
@@ -247,3 +254,73 @@ def test_proposal_workers_parse_concurrently_without_tripping_cpythons_ast_race(
     finally:
         sys.setswitchinterval(old)
     assert errors == []
+
+
+def _product_packages() -> list[str]:
+    """The top-level packages pyproject.toml ships (`[tool.setuptools.packages.find] include`)."""
+    from genome.settings import tomllib  # tomli before Python 3.11
+
+    found = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    return sorted({name.rstrip("*").split(".")[0] for name in found["include"]})
+
+
+PARSERS = {"parse", "literal_eval"}  # what builds Python AST objects from text (literal_eval parses)
+
+
+def _unlocked_parses(path: Path) -> list[str]:
+    """The places in `path` that parse or compile without genome.pyast: `ast.parse`,
+    `ast.literal_eval`, either imported from ast, and the builtin `compile`."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            bad = node.value.id == "ast" and node.attr in PARSERS
+        elif isinstance(node, ast.ImportFrom):
+            bad = node.module == "ast" and bool({a.name for a in node.names} & PARSERS)
+        else:
+            bad = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "compile"
+        if bad:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    return found
+
+
+def test_every_parse_in_the_product_goes_through_one_lock(monkeypatch):
+    """What keeps the race above away, checked on any Python and without racing: no module but
+    genome/pyast.py parses or compiles by itself, pyast holds its lock while it does, and the
+    proposal workers' parses (static guard, hyperparameter block, novelty hash, Optuna's lineage
+    key) all come through it."""
+    import ast
+
+    from evolve.novelty import normalized_source
+    from evolve.operators.optuna_tweak import lineage_key
+    from genome import parse_hyperparams, pyast
+    from genome.guard import check_source
+
+    pyast_file = REPO / "genome" / "pyast.py"
+    packages = _product_packages()
+    assert {"evolve", "genome", "trainer"} <= set(packages)
+    files = [f for package in packages for f in sorted((REPO / package).rglob("*.py")) if f != pyast_file]
+    assert len(files) > 50 and _unlocked_parses(pyast_file)  # the scan sees the one place that may
+    assert [place for f in files for place in _unlocked_parses(f)] == []
+
+    locked: list[tuple[str, bool]] = []
+    parse, build = ast.parse, compile
+
+    def watched_parse(*args, **kwargs):
+        locked.append(("parse", pyast._LOCK.locked()))
+        return parse(*args, **kwargs)
+
+    def watched_compile(*args, **kwargs):
+        locked.append(("compile", pyast._LOCK.locked()))
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", watched_parse)
+    monkeypatch.setattr(pyast, "compile", watched_compile, raising=False)  # shadows the builtin there
+    source = (REPO / "genome" / "baseline" / "train.py").read_text()
+    assert check_source(source).ok
+    knobs = parse_hyperparams(source)
+    normalized_source(source)
+    lineage_key(source, set(knobs))
+    assert {kind for kind, _ in locked} == {"parse", "compile"}
+    assert all(held for _, held in locked), locked

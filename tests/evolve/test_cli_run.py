@@ -4,56 +4,36 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
+from run_support import controller_env, evolve_command, search_settings, settings_workspace
 
 from evolve.champion import choose_champion
 from evolve.cli import main
 from evolve.live import LiveView, snapshot
 from evolve.store import LineageKind, Status, Store
-from genome.repo import MACHINE_IDENTITY, git_process, run_git
-from genome.settings import SETTINGS_FILE
+from genome.repo import git_process
 from genome.workspace import init_workspace
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 3
-max_seeds = 2
-confirm_seeds = 1
-migrate_every = 3
-operators = ["optuna_tweak", "merge_crossover"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR", "INIT_STD", "BETA1"]
-max_changes = 1
-"""
-
-
-def evolve_env(home: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
-    return env
+SEARCH = search_settings(baseline_seeds=3, max_seeds=2, confirm_seeds=1, migrate_every=3)
 
 
 @pytest.fixture(scope="module")
 def evolved(tmp_path_factory, tiny_data):
     """One real evolution: 10 children on 2 CPU slots, run by `evolve run` with no terminal."""
     root = tmp_path_factory.mktemp("e2e")
-    ws = init_workspace(root / "ws", run="e2e", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    env = evolve_env(root / "home", tiny_data)
-    cmd = [str(Path(sys.executable).with_name("evolve")), "run", "-w", str(ws.root), "--gpus", "cpu:2",
-           "--max-experiments", "10", "--interval", "2"]  # fmt: skip
+    ws = settings_workspace(
+        root / "ws", SEARCH, commit=True, run="e2e", profile="tiny", islands=2, budget=81920
+    )
+    env = controller_env(root / "home", tiny_data)
+    cmd = evolve_command(
+        "run", "-w", str(ws.root), "--gpus", "cpu:2", "--max-experiments", "10", "--interval", "2"
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return ws, proc.stdout, env
@@ -204,7 +184,7 @@ def test_status_top_show_and_lineage_read_the_run(evolved, store):
 
 def test_user_errors_are_one_line(tmp_path, tiny_data):
     runner = CliRunner()
-    env = evolve_env(tmp_path / "home", tiny_data)
+    env = controller_env(tmp_path / "home", tiny_data)
     nowhere = runner.invoke(main, ["run", "-w", str(tmp_path)], env=env)
     assert nowhere.exit_code == 1 and nowhere.output.startswith("error: no evolve.toml")
     ws = init_workspace(tmp_path / "ws", run="fresh", profile="tiny")
@@ -215,8 +195,7 @@ def test_user_errors_are_one_line(tmp_path, tiny_data):
 
 def test_without_prepared_data_the_hint_names_the_workspaces_profile_and_source(tmp_path):
     """Not $EVOLVE_PROFILE's (unset: h100) and not twice: the command that prepares this workspace's data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(tmp_path / "empty-home"))
+    env = controller_env(tmp_path / "empty-home")
     ws = init_workspace(tmp_path / "ws", run="fresh", profile="tiny")
     result = CliRunner().invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu"], env=env)
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output

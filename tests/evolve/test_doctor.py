@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from run_support import controller_env, evolve_command, search_settings, settings_workspace
 
 from evolve.store import Store
 from genome.repo import MACHINE_IDENTITY, git_process, run_git
-from genome.settings import SETTINGS_FILE
-from genome.workspace import init_workspace
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 2
-max_seeds = 2
-operators = ["optuna_tweak"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR"]
-max_changes = 2
-"""
+SEARCH = search_settings(
+    baseline_seeds=2, max_seeds=2, operators=["optuna_tweak"], include=["EMB_LR", "HEAD_LR"], max_changes=2
+)
 
 
 def evolve(ws: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).with_name("evolve")), *args, "-w", str(ws)]
+    cmd = evolve_command(*args, "-w", str(ws))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -47,12 +36,10 @@ def run_more(ws: Path, n: int, env: dict[str, str]) -> subprocess.CompletedProce
 def evolved(tmp_path_factory, tiny_data):
     """A real run of 3 children, left stopped; each test works on its own copy."""
     root = tmp_path_factory.mktemp("doctor")
-    ws = init_workspace(root / "ws", run="r", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(root / "home"), EVOLVE_DATA=str(tiny_data), OMP_NUM_THREADS="1")
+    ws = settings_workspace(
+        root / "ws", SEARCH, commit=True, run="r", profile="tiny", islands=1, budget=81920
+    )
+    env = controller_env(root / "home", tiny_data)
     proc = run_more(ws.root, 3, env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return ws.root, env

@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import pytest
+from run_support import BIGRAM, search_settings, settings_workspace
 
 from evolve import confirmation as confirm
 from evolve.champion import choose_champion
@@ -21,27 +22,13 @@ from genome.settings import SETTINGS_FILE
 from genome.workspace import init_workspace
 from trainer import LocalExecutor
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 3
-max_seeds = 3
-confirm_seeds = 2
-migrate_every = 3
-operators = ["optuna_tweak", "merge_crossover"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR", "INIT_STD", "BETA1"]
-max_changes = 1
-"""
+SEARCH = search_settings(baseline_seeds=3, max_seeds=3, confirm_seeds=2, migrate_every=3)
+SHORT = search_settings(baseline_seeds=2, max_seeds=3, confirm_seeds=1, migrate_every=3)  # 2 baseline seeds
 
 
 def workspace(tmp_path, strategy="population", search=SEARCH):
-    ws = init_workspace(tmp_path / "ws", run="t", profile="tiny", strategy=strategy, islands=2, budget=81920,
-                        train_py=BIGRAM)  # fmt: skip
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(search)
-    return ws
+    return settings_workspace(tmp_path / "ws", search, run="t", profile="tiny", strategy=strategy, islands=2,
+                              budget=81920)  # fmt: skip
 
 
 def child(engine: Engine, text_from: str, old: str, new: str, description: str) -> str:
@@ -169,10 +156,7 @@ class Scripted:
 def test_a_child_waits_for_its_parents_run_on_a_seed_only_the_child_has_and_survives_a_resume(
     tmp_path, use_tiny_data
 ):
-    search = SEARCH.replace("baseline_seeds = 3", "baseline_seeds = 2").replace(
-        "confirm_seeds = 2", "confirm_seeds = 1"
-    )
-    ws = workspace(tmp_path, search=search)
+    ws = workspace(tmp_path, search=SHORT)
     scripted = Scripted({0.05: -0.02})  # the child: 0.02 better on every seed, 2 tau with 2 baseline seeds
     config = EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=1))
     seen: list[str] = []
@@ -297,7 +281,9 @@ def test_resuming_under_another_budget_is_refused_in_one_line_naming_both_keys(t
     out = CliRunner().invoke(main, ["run", "-w", str(ws.root), "--gpus", "cpu:1", "--budget", "40960"])
     assert out.exit_code == 1, out.output
     (line,) = [x for x in out.output.splitlines() if x.startswith("error:")]  # one line
-    assert "scored at depth 2, 81,920 training tokens" in line and "at depth 2, 40,960 training tokens" in line
+    assert (
+        "scored at depth 2, 81,920 training tokens" in line and "at depth 2, 40,960 training tokens" in line
+    )
     assert "evolve init" in line and "--run NEWNAME" in line
 
 
@@ -336,12 +322,7 @@ class OnTwoModels(Scripted):
 
 def _timed_workspace(tmp_path):
     """A time-budget run (h100: depth 12, 30 s) with 2 baseline seeds."""
-    search = SEARCH.replace("baseline_seeds = 3", "baseline_seeds = 2").replace(
-        "confirm_seeds = 2", "confirm_seeds = 1"
-    )
-    ws = init_workspace(tmp_path / "ws", run="t", profile="h100", budget=30, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(search)
+    ws = settings_workspace(tmp_path / "ws", SHORT, run="t", profile="h100", budget=30)
     return ws, EngineConfig.from_workspace(ws, stop=StopConditions(max_experiments=1))
 
 

@@ -17,25 +17,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from run_support import BIGRAM, controller_env, evolve_command, search_settings, settings_workspace
 
 from evolve.cli import main
 from evolve.store import Status, Store
 from evolve.storefile import file_problem
-from genome.repo import MACHINE_IDENTITY, git_process, run_git
-from genome.settings import SETTINGS_FILE
-from genome.workspace import init_workspace
+from genome.repo import git_process
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 2
-max_seeds = 2
-operators = ["optuna_tweak"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR"]
-max_changes = 2
-"""
+SEARCH = search_settings(
+    baseline_seeds=2, max_seeds=2, operators=["optuna_tweak"], include=["EMB_LR", "HEAD_LR"], max_changes=2
+)
 
 
 def _mount(*args: str) -> bool:
@@ -72,22 +63,12 @@ def read_only_view(tmp_path):
         subprocess.run(["umount", "-l", str(view)], check=False)
 
 
-def _env(home: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
-    return env
-
-
 def _workspace(where: Path):
-    ws = init_workspace(where, run="r", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    return ws
+    return settings_workspace(where, SEARCH, commit=True, run="r", profile="tiny", islands=1, budget=81920)
 
 
 def _cmd(ws: Path, *args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("evolve")), *args, "-w", str(ws)]
+    return evolve_command(*args, "-w", str(ws))
 
 
 def _run(ws: Path, n: int) -> list[str]:
@@ -140,7 +121,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_there_is_ro
     small_disk, tiny_data, tmp_path
 ):
     ws = _workspace(small_disk / "ws")
-    env = _env(tmp_path / "home", tiny_data)
+    env = controller_env(tmp_path / "home", tiny_data)
     db = ws.state_dir / "evolve.db"
     log = open(tmp_path / "run.log", "w")
     proc = subprocess.Popen(_run(ws.root, 8), env=env, stdout=log, stderr=subprocess.PIPE, text=True)
@@ -186,7 +167,7 @@ def test_a_read_only_workspace_still_reads_and_refuses_to_run_in_one_line(
     read_only_view, tiny_data, tmp_path
 ):
     ws = _workspace(tmp_path / "ws")
-    env = _env(tmp_path / "home", tiny_data)
+    env = controller_env(tmp_path / "home", tiny_data)
     first = subprocess.run(_run(ws.root, 2), env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     view = read_only_view(ws.root)
@@ -264,7 +245,7 @@ def test_missing_or_truncated_data_is_the_environment_s_fault_and_costs_the_base
         with open(shard, "r+b") as f:
             f.truncate(shard.stat().st_size // 2)
     ws = _workspace(tmp_path / "ws")
-    env = _env(tmp_path / "home", data)
+    env = controller_env(tmp_path / "home", data)
     refused = _one_line_error(
         subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=300)
     )
@@ -290,11 +271,9 @@ def test_a_baseline_whose_train_py_is_broken_is_blamed_after_autoevolve_s_own_tr
 ):
     broken = tmp_path / "broken.py"
     broken.write_text(BROKEN + BIGRAM.read_text())
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=1, budget=65536, train_py=broken)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    env = _env(tmp_path / "home", tiny_data)
+    ws = settings_workspace(tmp_path / "ws", SEARCH, commit=True, train_py=broken, run="r", profile="tiny",
+                            islands=1, budget=65536)  # fmt: skip
+    env = controller_env(tmp_path / "home", tiny_data)
     proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
     refused = _one_line_error(proc, "the baseline keeps failing", "autoevolve's own train.py runs here")
     assert "the fault is in this workspace's train.py" in refused and "fix it" in refused
@@ -310,7 +289,7 @@ def test_when_autoevolve_s_own_train_py_fails_too_the_machine_is_blamed_and_its_
     idx = data / "train.idx"
     idx.write_bytes(b"\xff" * idx.stat().st_size)
     ws = _workspace(tmp_path / "ws")
-    env = _env(tmp_path / "home", data)
+    env = controller_env(tmp_path / "home", data)
     proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=600)
     refused = _one_line_error(proc, "the baseline keeps failing", "and so does autoevolve's own train.py")
     assert "the machine or the harness is at fault, not train.py" in refused and "fix train.py" not in refused
@@ -333,7 +312,7 @@ def test_no_isolation_tool_is_the_machine_s_fault_with_the_fix_and_nothing_recor
     for tool in ("git", "env", "sh"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
     ws = _workspace(tmp_path / "ws")
-    env = _env(tmp_path / "home", tiny_data)
+    env = controller_env(tmp_path / "home", tiny_data)
     env["PATH"] = f"{Path(sys.executable).parent}:{bin_dir}"
     proc = subprocess.run(_run(ws.root, 1), env=env, capture_output=True, text=True, timeout=300)
     refused = _one_line_error(proc, "bubblewrap (bwrap) is not installed", "apt-get install bubblewrap")

@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from run_support import controller_env, evolve_command, search_settings, settings_workspace
 
 import analysis
 from evolve.store import Store
-from genome.repo import MACHINE_IDENTITY, git_process, run_git
-from genome.settings import SETTINGS_FILE
-from genome.workspace import init_workspace
+from genome.repo import git_process
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 2
-max_seeds = 2
-operators = ["optuna_tweak"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR"]
-max_changes = 2
-"""
+SEARCH = search_settings(
+    baseline_seeds=2, max_seeds=2, operators=["optuna_tweak"], include=["EMB_LR", "HEAD_LR"], max_changes=2
+)
 RUNS = ("r1", "r2", "r3")
 
 
 def _evolve(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [str(Path(sys.executable).with_name("evolve")), *args]
+    cmd = evolve_command(*args)
     proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(args)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -40,12 +29,10 @@ def _evolve(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
 def three_runs(tmp_path_factory, tiny_data):
     """r1 from the bigram train.py; r2 from r1's exported champion; r3 from r2's."""
     root = tmp_path_factory.mktemp("next-run")
-    ws = init_workspace(root / "ws", run="r1", profile="tiny", islands=1, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(root / "home"), EVOLVE_DATA=str(tiny_data), OMP_NUM_THREADS="1")
+    ws = settings_workspace(
+        root / "ws", SEARCH, commit=True, run="r1", profile="tiny", islands=1, budget=81920
+    )
+    env = controller_env(root / "home", tiny_data)
     champions: dict[str, str] = {}
     for number, run in enumerate(RUNS):
         if number:

@@ -5,32 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from run_support import controller_env, evolve_command, search_settings, settings_workspace
+
 from evolve.store import Status, Store
 from genome.repo import git_process
-from genome.settings import SETTINGS_FILE
-from genome.workspace import init_workspace
 
-BIGRAM = Path(__file__).parent / "data" / "train_bigram.py"
-SEARCH = """
-[search]
-baseline_seeds = 2
-max_seeds = 2
-operators = ["optuna_tweak", "merge_crossover"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR", "INIT_STD", "BETA1"]
-max_changes = 1
-"""
+SEARCH = search_settings(baseline_seeds=2, max_seeds=2)
 
 
-def _env(home: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
-    return env
+def _workspace(tmp_path: Path):
+    return settings_workspace(tmp_path / "ws", SEARCH, run="r", profile="tiny", islands=2, budget=81920)
 
 
 def _rows(db: Path):
@@ -60,13 +47,12 @@ def _kill_orphans(worktrees: Path) -> None:
 
 
 def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, tiny_data):
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
+    ws = _workspace(tmp_path)
     db = ws.state_dir / "evolve.db"
-    env = _env(tmp_path / "home", tiny_data)
-    cmd = [str(Path(sys.executable).with_name("evolve")), "run", "-w", str(ws.root), "--gpus", "cpu:2",
-           "--max-experiments", "6", "--interval", "5"]  # fmt: skip
+    env = controller_env(tmp_path / "home", tiny_data)
+    cmd = evolve_command(
+        "run", "-w", str(ws.root), "--gpus", "cpu:2", "--max-experiments", "6", "--interval", "5"
+    )
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     running: list[str] = []
@@ -121,12 +107,12 @@ def test_sigkill_mid_run_then_resume_loses_nothing_and_duplicates_nothing(tmp_pa
 
 
 def test_sigterm_finishes_the_runs_in_flight_and_leaves_nothing_running(tmp_path, tiny_data):
-    ws = init_workspace(tmp_path / "ws", run="r", profile="tiny", islands=2, budget=81920, train_py=BIGRAM)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
+    ws = _workspace(tmp_path)
     db = ws.state_dir / "evolve.db"
-    cmd = [str(Path(sys.executable).with_name("evolve")), "run", "-w", str(ws.root), "--gpus", "cpu:1"]
-    proc = subprocess.Popen(cmd, env=_env(tmp_path / "home", tiny_data), stdout=subprocess.PIPE, text=True)
+    cmd = evolve_command("run", "-w", str(ws.root), "--gpus", "cpu:1")
+    proc = subprocess.Popen(
+        cmd, env=controller_env(tmp_path / "home", tiny_data), stdout=subprocess.PIPE, text=True
+    )
     running: list[str] = []
     try:
         deadline = time.time() + 300

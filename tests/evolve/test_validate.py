@@ -7,12 +7,12 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from run_support import controller_env, evolve_command, search_settings, settings_workspace
 
 import analysis
 from evolve.champion import Verdict, stored_verdicts
@@ -25,7 +25,7 @@ from evolve.validate import ValidationSpec, validate
 from genome import commit_hyperparams
 from genome.repo import MACHINE_IDENTITY, git_process, run_git
 from genome.settings import SETTINGS_FILE
-from genome.workspace import init_workspace, open_workspace
+from genome.workspace import open_workspace
 from trainer import LocalExecutor
 
 pytestmark = pytest.mark.slow
@@ -73,23 +73,9 @@ if cfg.world_size > 1:
     dist.destroy_process_group()
 prepare.report(cfg, num_steps=loader.steps, depth=cfg.depth)
 '''
-SEARCH = """
-[search]
-baseline_seeds = 4
-max_seeds = 3
-confirm_seeds = 1
-operators = ["optuna_tweak"]
-
-[operators.optuna_tweak]
-include = ["EMB_LR", "HEAD_LR"]
-max_changes = 1
-"""
-
-
-def _env(home: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVOLVE_")}
-    env.update(EVOLVE_HOME=str(home), EVOLVE_DATA=str(data), OMP_NUM_THREADS="1")
-    return env
+SEARCH = search_settings(
+    baseline_seeds=4, max_seeds=3, confirm_seeds=1, operators=["optuna_tweak"], include=["EMB_LR", "HEAD_LR"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +85,8 @@ def searched(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("searched")
     script = root / "train_depth.py"
     script.write_text(TRAIN_DEPTH)
-    ws = init_workspace(root / "ws", run="v", profile="tiny", islands=1, budget=61440, train_py=script)
-    with open(ws.root / SETTINGS_FILE, "a") as f:
-        f.write(SEARCH)
-    run_git(ws.root, "commit", "-q", "-m", "search settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
+    ws = settings_workspace(root / "ws", SEARCH, commit=True, train_py=script, run="v", profile="tiny", islands=1,
+                            budget=61440)  # fmt: skip
     old = os.environ.get("EVOLVE_DATA")
     os.environ["EVOLVE_DATA"] = str(tiny_data)
     try:
@@ -245,9 +229,10 @@ def test_several_devices_per_run_go_through_torchrun(searched, tmp_path, use_tin
 
 def test_validation_beside_a_live_evolve_run_shares_the_store_safely(searched, tmp_path, tiny_data):
     root, good, shallow = _copy(searched, tmp_path)
-    env = _env(tmp_path / "home", tiny_data)
-    cmd = [str(Path(sys.executable).with_name("evolve")), "run", "-w", str(root), "--gpus", "cpu:1",
-           "--max-experiments", "4", "--interval", "2"]  # fmt: skip
+    env = controller_env(tmp_path / "home", tiny_data)
+    cmd = evolve_command(
+        "run", "-w", str(root), "--gpus", "cpu:1", "--max-experiments", "4", "--interval", "2"
+    )
     db = root / ".evolve" / "evolve.db"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -297,8 +282,8 @@ def test_validate_every_runs_inside_evolve_run_on_a_device_set_aside(searched, t
     with open(root / SETTINGS_FILE, "a") as f:
         f.write("\n[validate]\ntop = 1\nseeds = 1\nbudget = 61440\n")
     run_git(root, "commit", "-q", "-m", "validate settings", "--", SETTINGS_FILE, env=MACHINE_IDENTITY)
-    env = _env(tmp_path / "home", tiny_data)
-    evolve = str(Path(sys.executable).with_name("evolve"))
+    env = controller_env(tmp_path / "home", tiny_data)
+    (evolve,) = evolve_command()
     alone = subprocess.run([evolve, "run", "-w", str(root), "--gpus", "cpu:1", "--validate-every", "1"],
                            env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert alone.returncode == 1 and "needs at least 2" in alone.stderr

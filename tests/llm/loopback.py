@@ -1,8 +1,9 @@
 """Test helpers: a loopback HTTP server speaking the OpenAI chat-completions API with scripted answers.
 
 The real `openai` client talks to it over 127.0.0.1. Each request takes the next scripted reply:
-an answer, an HTTP error (with headers such as Retry-After), a delay (to cause a client timeout),
-a connection reset, or a body that is not JSON. When the script runs out, `default` answers.
+an answer, an HTTP error (with headers such as Retry-After), a hold (no answer until the test sets
+an event: a client timeout, or calls kept in flight), a delay, a connection reset, or a body that
+is not JSON. When the script runs out, `default` answers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SECRET = "sk-test-SECRET0123456789abcdef"
+HANG = 60.0  # seconds: a guard against a hang only (a held reply, a wait); every wait ends on an event
 BIGRAM = Path(__file__).parents[1] / "evolve" / "data" / "train_bigram.py"
 
 
@@ -34,9 +36,19 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     body: Any = None  # an error body (JSON) or, with raw=True, the literal body of a 200
     delay: float = 0.0
+    hold: threading.Event | None = None  # answer only once it is set (at most HANG seconds)
     reset: bool = False
     raw: bool = False
     usage: tuple[int, int] | None = (100, 20)
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = HANG) -> None:
+    """Return once `done()`; an AssertionError naming `what` after `timeout` seconds (a hang)."""
+    give_up = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"waited {timeout:g} s for {what}")
+        time.sleep(0.005)
 
 
 def answer(description: str, search: str, replace: str, rationale: str = "it should help") -> str:
@@ -88,6 +100,8 @@ class LLMServer:
                         server.in_flight -= 1
 
             def _send(self, reply: Reply, body: dict) -> None:
+                if reply.hold is not None:
+                    reply.hold.wait(HANG)
                 if reply.delay:
                     time.sleep(reply.delay)
                 if reply.reset:

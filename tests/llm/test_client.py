@@ -1,12 +1,15 @@
-"""The LLM client against a loopback server: retries, Retry-After, cost, the USD cap, calls in flight."""
+"""The LLM client against a loopback server: retries, Retry-After, cost, the USD cap, calls in flight.
+
+Nothing waits on a race: a reply the client must time out on is held until the client has given
+up, and calls kept in flight are held until the others are seen waiting for a slot."""
 
 from __future__ import annotations
 
+import sys
 import threading
-import time
 
 import pytest
-from loopback import SECRET, Reply
+from loopback import HANG, SECRET, Reply, wait_until
 
 from evolve.llm.client import BudgetExhausted, LLMClient, LLMError, ModelBandit, retry_after
 from evolve.llm.config import load_config
@@ -55,11 +58,17 @@ def test_an_answer_is_returned_with_its_tokens_and_cost(llm_server):
 
 
 def test_timeout_500_and_reset_are_retried_and_each_attempt_recorded(llm_server):
+    # The first answer comes only after the call is over: the client times out on it whatever the
+    # load. The 3 s timeout is only what the other (immediate) answers must beat.
+    late = threading.Event()
     llm_server.push(
-        Reply(text="late", delay=1.5), Reply(status=500), Reply(reset=True), Reply(text="finally")
+        Reply(text="late", hold=late), Reply(status=500), Reply(reset=True), Reply(text="finally")
     )
-    client, calls = make_client(llm_server, timeout=0.5)
-    out = ask(client, calls)
+    client, calls = make_client(llm_server, timeout=3.0)
+    try:
+        out = ask(client, calls)
+    finally:
+        late.set()
     assert out.text == "finally"
     assert [c["ok"] for c in calls] == [False, False, False, True]
     # A failed attempt gave no answer: unusable, with its error.
@@ -125,17 +134,44 @@ def test_the_usd_cap_stops_new_calls(llm_server):
     assert resumed.exhausted  # a resumed run counts what it spent before
 
 
+def _waiting_for_a_slot(threads: list[threading.Thread]) -> int:
+    """How many of `threads` are blocked on the client's in-flight limit: their innermost frames
+    are a semaphore's acquire waiting on its condition, inside `LLMClient._request`."""
+    frames = sys._current_frames()
+    waiting = 0
+    for t in threads:
+        stack, frame = [], frames.get(t.ident)
+        while frame is not None:
+            stack.append((frame.f_code.co_name, frame.f_code.co_filename))
+            frame = frame.f_back
+        inner = [name for name, path in stack[:2] if path == threading.__file__]
+        waiting += inner == ["wait", "acquire"] and any(name == "_request" for name, _ in stack)
+    return waiting
+
+
 def test_no_more_calls_in_flight_than_the_limit(llm_server):
-    llm_server.default = lambda body: Reply(text="ok", delay=0.3)
+    # The first two answers are held until the other three calls are seen waiting in the client
+    # for a slot (or, were the limit broken, until a third call reaches the server).
+    held = threading.Event()
+    llm_server.push(Reply(text="ok", hold=held), Reply(text="ok", hold=held))
+    llm_server.default = lambda body: Reply(text="ok")
     client, calls = make_client(llm_server, max_in_flight=2)
     threads = [threading.Thread(target=ask, args=(client, calls)) for _ in range(5)]
-    start = time.monotonic()
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        wait_until(
+            lambda: (
+                llm_server.max_in_flight > 2
+                or (llm_server.in_flight == 2 and _waiting_for_a_slot(threads) == 3)
+            ),
+            "two calls at the server and three waiting for a slot",
+        )
+    finally:
+        held.set()
+        for t in threads:
+            t.join(HANG)
     assert len(calls) == 5 and llm_server.max_in_flight == 2
-    assert time.monotonic() - start >= 0.85  # three waves of 0.3 s
 
 
 def test_retry_after_forms():

@@ -1,10 +1,14 @@
 """Records when it ran and on which device to $MARK_DIR, sleeps a moment, then trains a bigram.
 
-With $BARRIER_N > 0 it first waits (up to 60 s) until that many runs have reached $BARRIER_DIR,
-so that runs meant to overlap do, however long each took to start."""
+With $BARRIER_N > 0 it first waits until that many runs (counted by seed: the ranks of one run are
+one) have reached $BARRIER_DIR, so that runs meant to be running at once provably are: a run passes
+the barrier only while another is alive. Its "start" is its arrival, so the [start, end] of two
+runs that met there overlap whatever the machine's load. A run still alone after 120 s (a hang
+guard, not a timing assumption) fails, naming the barrier."""
 
 import json
 import os
+import sys
 import time
 
 import torch
@@ -12,13 +16,21 @@ import torch
 import prepare
 
 cfg = prepare.run_config()
-if int(os.environ.get("BARRIER_N", "0")):
-    barrier = os.environ["BARRIER_DIR"]
-    open(os.path.join(barrier, str(cfg.seed)), "w").close()
-    give_up = time.time() + 60
-    while len(os.listdir(barrier)) < int(os.environ["BARRIER_N"]) and time.time() < give_up:
-        time.sleep(0.05)
 start = time.time()
+if int(os.environ.get("BARRIER_N", "0")):
+    barrier, wanted = os.environ["BARRIER_DIR"], int(os.environ["BARRIER_N"])
+    open(os.path.join(barrier, f"arrived-{cfg.seed}"), "w").close()
+
+    def arrived() -> int:
+        return sum(name.startswith("arrived-") for name in os.listdir(barrier))
+
+    give_up = time.time() + 120
+    while arrived() < wanted:
+        if time.time() > give_up:
+            sys.exit(
+                f"barrier: {arrived()} of {wanted} runs arrived in 120 s (they were not running at once)"
+            )
+        time.sleep(0.05)
 time.sleep(float(os.environ.get("SLEEP", "1.0")))
 mark = {
     "start": start,
