@@ -8,13 +8,12 @@ import random
 import sqlite3
 
 import pytest
+from test_store import child, ev
 
 from evolve.judging import Evidence
 from evolve.migrations import MIGRATIONS
 from evolve.promotion import PromotionPolicy
 from evolve.store import Status, Store
-
-from test_store import child, ev
 
 
 @pytest.fixture
@@ -76,12 +75,18 @@ def test_a_list_handed_out_keeps_its_view(store):
     assert [i.id for i in before] == ["base"] and before[0].decision is None
     assert list(held.individuals) == ["base"] and held.by_ind == {} and held.accepted() == []
     now = Evidence(store, "r1", 4)
-    assert list(now.individuals) == ["base", "a"] and now.accepted() == ["base"] and now.runs("a")[0].val_bpb == 1.0
+    assert (
+        list(now.individuals) == ["base", "a"]
+        and now.accepted() == ["base"]
+        and now.runs("a")[0].val_bpb == 1.0
+    )
 
 
 def test_an_individual_created_out_of_order_is_listed_in_order(store, db):
     child(store, "late")
-    store._conn().execute("UPDATE individuals SET created = 0 WHERE id = 'late'")  # e.g. adopted with its date
+    store._conn().execute(
+        "UPDATE individuals SET created = 0 WHERE id = 'late'"
+    )  # e.g. adopted with its date
     assert [i.id for i in store.individuals("r1")] == ["late", "base"] == [i.id for i in scratch(db)[0]]
 
 
